@@ -1,0 +1,112 @@
+/* specquant.h — the only public header of the SpecQuant-GGUF runtime.
+ *
+ * Opaque handles, plain C types, error codes plus sq_last_error() text (thread-local).
+ * The file format and the integer math are specified in docs/FORMAT.md.
+ */
+#ifndef SPECQUANT_H
+#define SPECQUANT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define SQ_API __declspec(dllexport)
+#else
+#define SQ_API __attribute__((visibility("default")))
+#endif
+
+/* ---- errors ------------------------------------------------------------------------------- */
+typedef enum {
+    SQ_OK = 0,
+    SQ_ERR_IO = 1,         /* missing file, read/mmap failure */
+    SQ_ERR_FORMAT = 2,     /* not a GGUF file, corrupt/truncated, bad offsets/shapes */
+    SQ_ERR_UNSUPPORTED = 3,/* unknown architecture, tensor type, ISA */
+    SQ_ERR_ARG = 4,        /* bad argument: n_ctx, token id, thread count, ... */
+    SQ_ERR_CTX_FULL = 5,   /* eval past n_ctx */
+    SQ_ERR_NOMEM = 6,
+    SQ_ERR_BACKEND = 7     /* backend not available (e.g. CUDA not built / no GPU) */
+} sq_status;
+
+/* Text of the last error on this thread ("" when none). Valid until the next call that fails. */
+SQ_API const char *sq_last_error(void);
+
+/* ---- CPU features ------------------------------------------------------------------------- */
+/* "scalar", "avx2", "avx512" (AVX-512 VNNI) or "neon": the kernel set in use. SQ_ISA=... in the
+ * environment forces one (an ISA the CPU lacks is an error at load). */
+SQ_API const char *sq_isa_name(void);
+
+/* ---- model -------------------------------------------------------------------------------- */
+typedef struct sq_model sq_model;
+
+typedef enum { SQ_KV_F16 = 0, SQ_KV_Q8 = 1, SQ_KV_Q4 = 2 } sq_kv_type;
+typedef enum { SQ_BACKEND_CPU = 0, SQ_BACKEND_CUDA = 1, SQ_BACKEND_AUTO = 2 } sq_backend;
+
+typedef struct {
+    int32_t n_ctx;         /* 0 = min(model's context length, 2048) */
+    int32_t n_threads;     /* 0 = number of online cores */
+    int32_t kv_type;       /* sq_kv_type */
+    float spectral_tau;    /* 1.0 = all stored coefficients; (0,1] = energy threshold */
+    int32_t backend;       /* sq_backend */
+} sq_model_params;
+
+SQ_API sq_model_params sq_model_default_params(void);
+
+/* Loads (mmap) and validates a .gguf file. Returns NULL on error (see sq_last_error). */
+SQ_API sq_model *sq_model_load(const char *path, const sq_model_params *params);
+SQ_API void sq_model_free(sq_model *m);
+
+SQ_API int32_t sq_model_n_vocab(const sq_model *m);
+SQ_API int32_t sq_model_n_ctx(const sq_model *m);       /* the context this instance was made with */
+SQ_API int32_t sq_model_n_ctx_train(const sq_model *m); /* the model's own context length */
+SQ_API int32_t sq_model_n_past(const sq_model *m);      /* tokens in the KV cache */
+/* Metadata value as text (strings as is, numbers printed); NULL when absent. */
+SQ_API const char *sq_model_meta(const sq_model *m, const char *key);
+
+/* Runs n tokens starting at the current KV position and appends them to the cache.
+ * logits: NULL, or room for n * n_vocab floats (all positions) — or for n_vocab floats when
+ * last_only != 0 (only the last position's logits are computed: what decode needs). */
+SQ_API sq_status sq_model_eval(sq_model *m, const int32_t *tokens, int32_t n, float *logits, int32_t last_only);
+
+/* Forgets KV positions >= n_past (0 = reset). n_past must be <= the current position. */
+SQ_API sq_status sq_model_set_n_past(sq_model *m, int32_t n_past);
+
+/* ---- tokenizer (built from tokenizer.ggml.* metadata) -------------------------------------- */
+/* Writes up to max_tokens ids; returns the number of tokens, or -(needed) if max_tokens is too
+ * small, or INT32_MIN on error. parse_special: recognise special/control tokens written in text. */
+SQ_API int32_t sq_tokenize(const sq_model *m, const char *text, int32_t text_len, int32_t *tokens,
+                           int32_t max_tokens, int32_t add_bos, int32_t parse_special);
+/* Bytes of one token's text (raw bytes, may be a partial UTF-8 sequence). Returns the length, or
+ * -(needed) if buf is too small. Special tokens render as their text only if render_special. */
+SQ_API int32_t sq_token_to_piece(const sq_model *m, int32_t token, char *buf, int32_t buf_len, int32_t render_special);
+SQ_API int32_t sq_token_bos(const sq_model *m);
+SQ_API int32_t sq_token_eos(const sq_model *m);
+SQ_API int32_t sq_token_is_eog(const sq_model *m, int32_t token); /* eos, eot, <|im_end|>, ... */
+
+/* ---- sampling ----------------------------------------------------------------------------- */
+typedef struct sq_sampler sq_sampler;
+typedef struct {
+    float temperature;     /* <= 0: greedy */
+    int32_t top_k;         /* <= 0: off */
+    float top_p;           /* 1.0: off */
+    float min_p;           /* 0.0: off */
+    float repeat_penalty;  /* 1.0: off */
+    int32_t repeat_last_n; /* window for the penalty */
+    uint64_t seed;
+} sq_sampler_params;
+SQ_API sq_sampler_params sq_sampler_default_params(void);
+SQ_API sq_sampler *sq_sampler_new(const sq_sampler_params *p);
+SQ_API void sq_sampler_free(sq_sampler *s);
+/* Picks a token from logits (n_vocab floats; the array may be modified). */
+SQ_API int32_t sq_sampler_sample(sq_sampler *s, float *logits, int32_t n_vocab);
+/* Records an accepted token (for the repetition penalty). */
+SQ_API void sq_sampler_accept(sq_sampler *s, int32_t token);
+SQ_API void sq_sampler_reset(sq_sampler *s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SPECQUANT_H */

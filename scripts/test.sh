@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Sets up .venv, builds and runs the C tests (also under ASan/UBSan), then runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+JOBS=${JOBS:-2}
+echo "[test] C unit tests"
+cmake -S . -B build/ctest -DCMAKE_BUILD_TYPE=Release -DSPECQUANT_CUDA=${SPECQUANT_CUDA:-AUTO} >/dev/null
+cmake --build build/ctest -j "$JOBS" >/dev/null
+ctest --test-dir build/ctest --output-on-failure
+echo "[test] C unit tests under -fsanitize=address,undefined"
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DSPECQUANT_SANITIZE=ON -DSPECQUANT_CUDA=OFF >/dev/null
+cmake --build build/asan -j "$JOBS" >/dev/null
+SQ_FUZZ_ITERS=${SQ_FUZZ_ITERS:-300} ctest --test-dir build/asan --output-on-failure
+echo "[test] pytest"
+.venv/bin/python -m pytest -q "$@"

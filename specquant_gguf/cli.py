@@ -1,0 +1,69 @@
+"""`specquant` console script: one subcommand per job, each implemented in its own module.
+
+Every subcommand module exposes `add_arguments(parser)` and `run(args) -> int`. This file only
+dispatches, turns expected errors into one-line messages, and maps them to exit codes
+(2: usage errors, 1: everything else).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import SpecQuantError, UsageError
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("specquant_gguf.pipeline", "convert a model (HF folder, GGUF file or short name) to a .gguf file"),
+    "inspect": ("specquant_gguf.inspect", "print a GGUF file's metadata and tensor table"),
+    "ppl": ("specquant_gguf.evaluate", "perplexity of a model file on a text file"),
+    "zeroshot": ("specquant_gguf.zeroshot", "zero-shot accuracy (piqa, arc_easy, hellaswag, ...)"),
+    "chat": ("specquant_gguf.generation", "chat with a model file (Python twin of sq-chat)"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every usage error here
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="specquant", description="SpecQuant-GGUF: W4A4 models in GGUF files.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:  # e.g. the converter's extras (torch) are not installed
+            p.set_defaults(_missing=f"'specquant {name}' is unavailable: {exc}")
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "_missing", None):
+        print(f"specquant: error: {args._missing}", file=sys.stderr)
+        return 1
+    try:
+        return int(args._run(args) or 0)
+    except UsageError as exc:
+        print(f"specquant {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except SpecQuantError as exc:
+        print(f"specquant {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("specquant: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"specquant {args.command}: error: out of memory", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
