@@ -33,6 +33,8 @@ typedef enum {
 
 /* Text of the last error on this thread ("" when none). Valid until the next call that fails. */
 SQ_API const char *sq_last_error(void);
+/* Code of the last error on this thread (SQ_OK when none); pairs with sq_last_error(). */
+SQ_API sq_status sq_last_status(void);
 
 /* ---- CPU features ------------------------------------------------------------------------- */
 /* "scalar", "avx2", "avx512" (AVX-512 VNNI) or "neon": the kernel set in use. SQ_ISA=... in the
@@ -42,7 +44,8 @@ SQ_API const char *sq_isa_name(void);
 /* ---- model -------------------------------------------------------------------------------- */
 typedef struct sq_model sq_model;
 
-typedef enum { SQ_KV_F16 = 0, SQ_KV_Q8 = 1, SQ_KV_Q4 = 2 } sq_kv_type;
+/* SQ_KV_F32: full-precision cache (2x the f16 memory), what reference.py computes: parity tests. */
+typedef enum { SQ_KV_F16 = 0, SQ_KV_Q8 = 1, SQ_KV_Q4 = 2, SQ_KV_F32 = 3 } sq_kv_type;
 typedef enum { SQ_BACKEND_CPU = 0, SQ_BACKEND_CUDA = 1, SQ_BACKEND_AUTO = 2 } sq_backend;
 
 typedef struct {
@@ -85,6 +88,45 @@ SQ_API int32_t sq_token_to_piece(const sq_model *m, int32_t token, char *buf, in
 SQ_API int32_t sq_token_bos(const sq_model *m);
 SQ_API int32_t sq_token_eos(const sq_model *m);
 SQ_API int32_t sq_token_is_eog(const sq_model *m, int32_t token); /* eos, eot, <|im_end|>, ... */
+/* add_bos above: 0 = no BOS, 1 = as the model says (tokenizer.ggml.add_bos_token, default on for
+ * SentencePiece; also adds EOS when tokenizer.ggml.add_eos_token), 2 = always BOS (if it has one). */
+/* All tokens' text; SentencePiece's dummy-prefix space is dropped, like Hugging Face's decode.
+ * Returns the length, or -(needed) if buf is too small, or INT32_MIN on error. */
+SQ_API int32_t sq_detokenize(const sq_model *m, const int32_t *tokens, int32_t n_tokens, char *buf,
+                             int32_t buf_len, int32_t render_special);
+
+/* ---- vocabulary alone (tokenizer without weights) ----------------------------------------- */
+/* The same tokenizer as a standalone object: sq_vocab_load reads only the tokenizer.ggml.* metadata
+ * of any GGUF file (also files whose tensors this runtime cannot run); sq_model_vocab is the one
+ * a loaded model owns (valid until sq_model_free). The sq_token* functions above are these. */
+typedef struct sq_vocab sq_vocab;
+SQ_API sq_vocab *sq_vocab_load(const char *path);
+SQ_API void sq_vocab_free(sq_vocab *v);
+SQ_API const sq_vocab *sq_model_vocab(const sq_model *m);
+SQ_API int32_t sq_vocab_n_tokens(const sq_vocab *v);
+SQ_API int32_t sq_vocab_tokenize(const sq_vocab *v, const char *text, int32_t text_len, int32_t *tokens,
+                                 int32_t max_tokens, int32_t add_bos, int32_t parse_special);
+SQ_API int32_t sq_vocab_token_to_piece(const sq_vocab *v, int32_t token, char *buf, int32_t buf_len,
+                                       int32_t render_special);
+SQ_API int32_t sq_vocab_detokenize(const sq_vocab *v, const int32_t *tokens, int32_t n_tokens, char *buf,
+                                   int32_t buf_len, int32_t render_special);
+SQ_API int32_t sq_vocab_bos(const sq_vocab *v);  /* -1 when none */
+SQ_API int32_t sq_vocab_eos(const sq_vocab *v);
+SQ_API int32_t sq_vocab_is_eog(const sq_vocab *v, int32_t token);
+SQ_API int32_t sq_vocab_add_bos(const sq_vocab *v); /* 1 if the model wants BOS first */
+
+/* ---- chat templates ----------------------------------------------------------------------- */
+/* Built-in formats: "chatml", "llama3", "llama2", "gemma", "phi3" (sq_chat_template_names()).
+ * sq_chat_template_detect: the built-in name for a template — a built-in name itself, or a model's
+ * Jinja text (tokenizer.chat_template, matched by its markers like llama.cpp); NULL if unknown. */
+SQ_API const char *sq_chat_template_detect(const char *tmpl);
+SQ_API const char *sq_chat_template_names(void); /* "chatml, llama3, llama2, gemma, phi3" */
+/* Formats n messages (roles "system", "user", "assistant") with tmpl (a built-in name or a Jinja
+ * text it recognises; a Jinja text's own default system prompt is kept). add_assistant: end with
+ * the assistant's header. Returns the length written (plus a NUL), or -(length + 1) when buf has
+ * fewer than length + 1 bytes, or INT32_MIN on error (unknown template, bad role: sq_last_error). */
+SQ_API int32_t sq_chat_apply(const char *tmpl, const char *const *roles, const char *const *contents,
+                             int32_t n, int32_t add_assistant, char *buf, int32_t buf_len);
 
 /* ---- sampling ----------------------------------------------------------------------------- */
 typedef struct sq_sampler sq_sampler;
@@ -95,8 +137,11 @@ typedef struct {
     float min_p;           /* 0.0: off */
     float repeat_penalty;  /* 1.0: off */
     int32_t repeat_last_n; /* window for the penalty */
-    uint64_t seed;
+    uint64_t seed;         /* SQ_SEED_RANDOM: a fresh seed each time */
 } sq_sampler_params;
+#define SQ_SEED_RANDOM UINT64_MAX
+/* sq_sampler_new returns NULL (sq_last_error) for temperature < 0, top_p outside (0, 1], min_p
+ * outside [0, 1], repeat_penalty <= 0, repeat_last_n < 0. sq_sampler_sample returns -1 on error. */
 SQ_API sq_sampler_params sq_sampler_default_params(void);
 SQ_API sq_sampler *sq_sampler_new(const sq_sampler_params *p);
 SQ_API void sq_sampler_free(sq_sampler *s);

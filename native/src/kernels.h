@@ -4,12 +4,26 @@
  * quantize_act.c; SIMD versions (matmul_avx2.c, matmul_avx512.c, matmul_neon.c) must give the
  * scalar kernel's integer group sums exactly. sq_kernels() returns the table picked by CPUID
  * (or forced by SQ_ISA=scalar|avx2|avx512|neon).
+ *
+ * Threading: every kernel works on a range (rows [r0, r1) of a matrix, or tokens [t0, t1) of an
+ * activation), so the engine splits work across threads by calling one kernel per range. Kernels
+ * never allocate and keep no mutable global state; ranges of different calls may run concurrently
+ * as long as their outputs do not overlap.
+ *
+ * Preconditions (checked once at load with sq_kernels_check_sq4(), not in the hot path):
+ * K % G == 0, G % 32 == 0 (G = 32, 64, 128, 256 or per-row G = K with K % 32 == 0),
+ * act bits 4 or 8, 0 <= r0 <= r1 <= rows, y has room for n_tok rows of ldy floats.
  */
 #ifndef SQ_KERNELS_H
 #define SQ_KERNELS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "specquant.h"
+
+/* Largest group the in-group Walsh–Hadamard transform supports (it runs in a stack buffer). */
+#define SQ_WHT_MAX_G 8192
 
 /* Quantized activations of n_tok rows of length K, group size G (K % G == 0).
  * q: n_tok*K bytes, one unsigned value per byte (u4 in [0,15] or u8 in [0,255]);
@@ -50,22 +64,46 @@ typedef struct {
     void (*matmul_q8)(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy);
     /* Integer group sums only (for tests): acc[t*(rows*K/G) + r*(K/G) + g], rows [r0,r1). */
     void (*group_sums_sq4)(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int32_t *acc);
+    /* Implementations behind sq_quantize_act / sq_quantize_q8act (same contract). */
+    void (*quantize_act)(const float *x, int t0, int t1, int wht, sq_qact *out);
+    void (*quantize_q8act)(const float *x, int t0, int t1, sq_q8act *out);
 } sq_kernel_table;
 
+/* The table in use: chosen once (thread-safe) by CPUID, or by SQ_ISA when that names an ISA this
+ * build and CPU support. Never NULL: when SQ_ISA is invalid it falls back to the CPUID choice, and
+ * sq_kernels_check() reports the problem — call that once at model load. */
 const sq_kernel_table *sq_kernels(void);
-/* The table for one ISA by name; NULL if not compiled in or not supported by this CPU. */
+/* SQ_OK, or SQ_ERR_UNSUPPORTED with sq_last_error() text when SQ_ISA names an unknown ISA or one
+ * this CPU / build lacks. */
+sq_status sq_kernels_check(void);
+/* The table for one ISA by name ("scalar", "avx2", "avx512", "neon"); NULL if not compiled in or
+ * not supported by this CPU. */
 const sq_kernel_table *sq_kernels_for(const char *isa);
+
+/* SQ_OK or SQ_ERR_FORMAT (with sq_last_error() text) if an SQ4 matrix of this shape, or its
+ * activations (bits), cannot run through the kernels; wht != 0 also requires G a power of two
+ * and G <= SQ_WHT_MAX_G. name is used in the message. */
+sq_status sq_kernels_check_sq4(const char *name, int rows, int K, int G, int bits, int wht);
 
 /* Activation quantization (FORMAT.md §4.1–4.2): rows t in [t0, t1) of x (n_tok × K fp32, row
  * stride K). wht != 0 applies the in-group Walsh–Hadamard butterfly first (G power of two). */
 void sq_quantize_act(const float *x, int t0, int t1, int wht, sq_qact *out);
+/* Q8_0 activations: per block of 32, d = amax/127, q = rint(x/d) (via x * (1/d)). K % 32 == 0. */
 void sq_quantize_q8act(const float *x, int t0, int t1, sq_q8act *out);
 
 /* Σ q_w per (row, group) of an SQ4 matrix; wsum has rows*(K/G) entries. */
 void sq_sq4_group_sums(const uint8_t *data, int rows, int K, int G, int32_t *wsum);
 
-/* fp16 <-> fp32 (IEEE half, round to nearest even). */
+/* fp16 <-> fp32 (IEEE half, round to nearest even; NaN payloads kept where they fit). */
 float sq_fp16_to_fp32(uint16_t h);
 uint16_t sq_fp32_to_fp16(float f);
+void sq_fp16_to_fp32_row(const uint16_t *src, float *dst, size_t n);
+
+/* Per-ISA tables and scalar building blocks (used by cpu.c and the tests). */
+extern const sq_kernel_table sq_kernels_scalar;
+void sq_quantize_act_scalar(const float *x, int t0, int t1, int wht, sq_qact *out);
+void sq_quantize_q8act_scalar(const float *x, int t0, int t1, sq_q8act *out);
+/* The in-place butterfly of FORMAT.md §4.1 on n = 2^k floats. */
+void sq_wht_inplace(float *v, int n);
 
 #endif

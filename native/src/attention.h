@@ -1,0 +1,25 @@
+/* attention.h — causal grouped-query attention over the KV cache (internal). */
+#ifndef SQ_ATTENTION_H
+#define SQ_ATTENTION_H
+
+#include <stddef.h>
+
+#include "kvcache.h"
+#include "threads.h"
+
+typedef struct {
+    const sq_kvcache *kv;
+    int layer;
+    const float *q;     /* n_tok × (n_head·head_dim), RoPE applied */
+    float *out;         /* n_tok × (n_head·head_dim) */
+    int n_tok, pos0;    /* token t sits at position pos0 + t and sees positions 0..pos0+t */
+    int n_head;
+    float scale;        /* 1/sqrt(head_dim) */
+    float *scratch;     /* per thread: sq_attention_scratch_floats() floats */
+    size_t scratch_floats;
+} sq_attn_args;
+
+size_t sq_attention_scratch_floats(int n_ctx, int head_dim);
+void sq_attention(sq_pool *pool, const sq_attn_args *a);
+
+#endif

@@ -1,0 +1,251 @@
+/* linear.c — linear layers over a batch: SQ4 (W4A4), Q8_0 (W8A8), F16/F32 (fp32), + spectral, + bias. */
+#include "linear.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "half.h"
+
+/* ---- loading ---------------------------------------------------------------------------------- */
+
+static sq_status check_shape(const sq_gguf_tensor *t, const char *name, int64_t ne0, int64_t ne1, int64_t ne2) {
+    int64_t want[4] = {ne0, ne1 < 0 ? 1 : ne1, ne2 < 0 ? 1 : ne2, 1};
+    for (int d = 0; d < 4; d++)
+        if ((int64_t)t->ne[d] != want[d])
+            return sq_set_error(SQ_ERR_FORMAT, "tensor '%s' has shape [%llu, %llu, %llu, %llu], expected [%lld, %lld, %lld, 1]",
+                                name, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                                (unsigned long long)t->ne[2], (unsigned long long)t->ne[3], (long long)want[0],
+                                (long long)want[1], (long long)want[2]);
+    return SQ_OK;
+}
+
+static sq_status init_weight(sq_linear *l, const sq_gguf_tensor *t, const char *tname, int G) {
+    l->data = t->data;
+    switch (t->type) {
+    case SQ_T_SQ4: {
+        if (l->cols % G)
+            return sq_set_error(SQ_ERR_FORMAT, "tensor '%s': row length %d is not a multiple of the group size %d", tname,
+                                l->cols, G);
+        size_t n = (size_t)l->rows * (l->cols / G);
+        l->wsum = malloc(n * sizeof *l->wsum);
+        if (!l->wsum) return sq_set_error(SQ_ERR_NOMEM, "out of memory for the group sums of '%s'", tname);
+        sq_sq4_group_sums(t->data, l->rows, l->cols, G, l->wsum);
+        l->sq4 = (sq_sq4_matrix){t->data, l->wsum, l->rows, l->cols, G};
+        l->wtype = SQ_W_SQ4;
+        return SQ_OK;
+    }
+    case SQ_T_Q8_0:
+        l->q8 = (sq_q8_matrix){t->data, l->rows, l->cols};
+        l->wtype = SQ_W_Q8;
+        return SQ_OK;
+    case SQ_T_F16: l->wtype = SQ_W_F16; return SQ_OK;
+    case SQ_T_F32: l->wtype = SQ_W_F32; return SQ_OK;
+    default:
+        return sq_set_error(SQ_ERR_UNSUPPORTED, "tensor '%s' has type %s; linear layers must be SQ4, Q8_0, F16 or F32",
+                            tname, sq_ggml_type_name(t->type));
+    }
+}
+
+static sq_status init_spectral(sq_linear *l, const sq_gguf *g, const char *name, int axis, float tau) {
+    char cn[160], kn[160];
+    snprintf(cn, sizeof cn, "%s.spectral", name);
+    snprintf(kn, sizeof kn, "%s.spectral_k", name);
+    const sq_gguf_tensor *tc = sq_gguf_tensor_find(g, cn), *tk = sq_gguf_tensor_find(g, kn);
+    if (!tc && !tk) return SQ_OK;
+    if (!tc || !tk) return sq_set_error(SQ_ERR_FORMAT, "'%s' has only one of %s / %s", name, cn, kn);
+    if (tc->type != SQ_T_F16 || tk->type != SQ_T_I16)
+        return sq_set_error(SQ_ERR_FORMAT, "'%s' must be F16 and '%s' I16 (got %s, %s)", cn, kn,
+                            sq_ggml_type_name(tc->type), sq_ggml_type_name(tk->type));
+    int channels = axis == SQ_SPEC_IN ? l->rows : l->cols, length = axis == SQ_SPEC_IN ? l->cols : l->rows;
+    if (tc->ne[1] < 1 || tc->ne[1] > (uint64_t)length)
+        return sq_set_error(SQ_ERR_FORMAT, "'%s': K_max = %llu must be in 1..%d", cn, (unsigned long long)tc->ne[1], length);
+    int k_max = (int)tc->ne[1];
+    sq_status st = check_shape(tc, cn, 2, k_max, channels);
+    if (!st) st = check_shape(tk, kn, channels, -1, -1);
+    if (st) return st;
+    l->spec = calloc(1, sizeof *l->spec);
+    if (!l->spec) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
+    return sq_spectral_init(l->spec, axis, (const uint16_t *)tc->data, (const int16_t *)tk->data, channels, k_max, tau,
+                            kn);
+}
+
+sq_status sq_linear_init(sq_linear *l, const sq_gguf *g, const char *name, int cols, int rows, int G, int spec_axis,
+                         float tau) {
+    memset(l, 0, sizeof *l);
+    l->rows = rows;
+    l->cols = cols;
+    char wn[160], bn[160];
+    snprintf(wn, sizeof wn, "%s.weight", name);
+    snprintf(bn, sizeof bn, "%s.bias", name);
+    const sq_gguf_tensor *t = sq_gguf_tensor_find(g, wn);
+    if (!t) return sq_set_error(SQ_ERR_FORMAT, "tensor '%s' is missing", wn);
+    sq_status st = check_shape(t, wn, cols, rows, -1);
+    if (!st) st = init_weight(l, t, wn, G ? G : cols);
+    if (!st && spec_axis >= 0) st = init_spectral(l, g, name, spec_axis, tau);
+    const sq_gguf_tensor *b = st ? NULL : sq_gguf_tensor_find(g, bn);
+    if (b) {
+        if (b->type != SQ_T_F32) st = sq_set_error(SQ_ERR_FORMAT, "bias '%s' must be F32", bn);
+        else if (!(st = check_shape(b, bn, rows, -1, -1))) l->bias = (const float *)b->data;
+    }
+    if (st) sq_linear_free(l);
+    return st;
+}
+
+void sq_linear_free(sq_linear *l) {
+    free(l->wsum);
+    if (l->spec) sq_spectral_free(l->spec);
+    free(l->spec);
+    memset(l, 0, sizeof *l);
+}
+
+/* ---- embedding rows --------------------------------------------------------------------------- */
+
+int sq_tensor_row_type_ok(uint32_t type) { return type == SQ_T_F32 || type == SQ_T_F16 || type == SQ_T_Q8_0; }
+
+void sq_tensor_row(const sq_gguf_tensor *t, int64_t row, float *out) {
+    int64_t n = (int64_t)t->ne[0];
+    switch (t->type) {
+    case SQ_T_F32: memcpy(out, (const float *)t->data + row * n, (size_t)n * sizeof *out); break;
+    case SQ_T_F16: sq_half_to_float_row((const uint16_t *)t->data + row * n, out, (int)n); break;
+    case SQ_T_Q8_0: {
+        const uint8_t *p = t->data + row * (n / 32) * 34;
+        for (int64_t b = 0; b < n / 32; b++, p += 34) {
+            uint16_t dh;
+            memcpy(&dh, p, 2);
+            float d = sq_half_to_float(dh);
+            for (int i = 0; i < 32; i++) out[b * 32 + i] = d * (float)(int8_t)p[2 + i];
+        }
+        break;
+    }
+    default: memset(out, 0, (size_t)n * sizeof *out);
+    }
+}
+
+/* ---- prepare: quantize activations, spectral projections (split by tokens) --------------------- */
+
+typedef struct {
+    const sq_exec *e;
+    sq_lin_input *in;
+    const sq_linear *const *lins;
+    int n, need_qa, need_q8, n_chunks;
+} prep_job;
+
+static void prep_task(void *ctx, int task, int thread) {
+    prep_job *j = ctx;
+    sq_lin_input *in = j->in;
+    int t0 = (int)((int64_t)in->n_tok * task / j->n_chunks), t1 = (int)((int64_t)in->n_tok * (task + 1) / j->n_chunks);
+    if (t0 >= t1) return;
+    if (j->need_qa) j->e->kt->quantize_act(in->x, t0, t1, j->e->wht, &in->qa);
+    if (j->need_q8) j->e->kt->quantize_q8act(in->x, t0, t1, &in->q8a);
+    const float *xt = in->x + (size_t)t0 * in->K;
+    if (in->spec_k) {
+        const sq_basis *b = NULL;
+        for (int i = 0; i < j->n && !b; i++)
+            if (j->lins[i]->spec && j->lins[i]->spec->axis == SQ_SPEC_IN && j->lins[i]->spec->k_used)
+                b = j->lins[i]->spec->basis;
+        sq_spectral_project_in(b, in->spec_k, xt, in->K, t1 - t0, in->spec_in + (size_t)t0 * in->spec_stride,
+                               in->spec_stride);
+    }
+    float *fbuf = j->e->scratch + (size_t)thread * j->e->scratch_floats;
+    for (int i = 0; i < j->n; i++) {
+        const sq_spectral *s = j->lins[i]->spec;
+        if (s && s->axis == SQ_SPEC_OUT && s->k_used)
+            sq_spectral_project(s, xt, in->K, t1 - t0, in->spec_out[i] + (size_t)t0 * in->spec_stride, in->spec_stride,
+                                fbuf);
+    }
+}
+
+void sq_linear_prepare(const sq_exec *e, sq_lin_input *in, const float *x, int n_tok, const sq_linear *const *lins,
+                       int n) {
+    prep_job j = {e, in, lins, n, 0, 0, 0};
+    in->x = x;
+    in->n_tok = n_tok;
+    in->K = lins[0]->cols;
+    in->spec_k = 0;
+    for (int i = 0; i < n; i++) {
+        j.need_qa |= lins[i]->wtype == SQ_W_SQ4;
+        j.need_q8 |= lins[i]->wtype == SQ_W_Q8;
+        const sq_spectral *s = lins[i]->spec;
+        if (s && s->axis == SQ_SPEC_IN && s->k_used > in->spec_k) in->spec_k = s->k_used;
+    }
+    in->qa.n_tok = n_tok;
+    in->qa.K = in->K;
+    in->qa.G = e->G ? e->G : in->K;
+    in->qa.bits = e->act_bits;
+    in->q8a.n_tok = n_tok;
+    in->q8a.K = in->K;
+    /* Enough chunks to keep every thread busy, never more than tokens. */
+    j.n_chunks = n_tok < e->n_threads ? n_tok : e->n_threads;
+    sq_pool_run(e->pool, prep_task, &j, j.n_chunks);
+}
+
+/* ---- run: the matmuls of a group of layers, split by output rows ------------------------------- */
+
+typedef struct {
+    const sq_exec *e;
+    const sq_lin_input *in;
+    const sq_linear *const *lins;
+    float *const *ys;
+    const int *ldys;
+    int n, rows_per_task;
+    int first_task[4]; /* task index where layer i starts; [n] = total */
+} run_job;
+
+static float dotf(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int u = 0; u < 8; u++) acc[u] += a[i + u] * b[i + u];
+    float r = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) r += a[i] * b[i];
+    return r;
+}
+
+/* fp32 matmul for F16/F32 weights: each row is converted once, then used for every token. */
+static void matmul_float(const sq_linear *l, const sq_lin_input *in, int r0, int r1, float *y, int ldy, float *rowbuf) {
+    for (int r = r0; r < r1; r++) {
+        const float *w = l->wtype == SQ_W_F32 ? (const float *)l->data + (size_t)r * l->cols : rowbuf;
+        if (l->wtype == SQ_W_F16) sq_half_to_float_row((const uint16_t *)l->data + (size_t)r * l->cols, rowbuf, l->cols);
+        for (int t = 0; t < in->n_tok; t++) y[(size_t)t * ldy + r] = dotf(w, in->x + (size_t)t * in->K, l->cols);
+    }
+}
+
+static void run_task(void *ctx, int task, int thread) {
+    run_job *j = ctx;
+    int i = 0;
+    while (task >= j->first_task[i + 1]) i++;
+    const sq_linear *l = j->lins[i];
+    int r0 = (task - j->first_task[i]) * j->rows_per_task, r1 = r0 + j->rows_per_task;
+    if (r1 > l->rows) r1 = l->rows;
+    float *y = j->ys[i], *scratch = j->e->scratch + (size_t)thread * j->e->scratch_floats;
+    int ldy = j->ldys[i];
+    const sq_lin_input *in = j->in;
+    switch (l->wtype) {
+    case SQ_W_SQ4: j->e->kt->matmul_sq4(&l->sq4, &in->qa, r0, r1, y, ldy); break;
+    case SQ_W_Q8: j->e->kt->matmul_q8(&l->q8, &in->q8a, r0, r1, y, ldy); break;
+    default: matmul_float(l, in, r0, r1, y, ldy, scratch); break;
+    }
+    const sq_spectral *s = l->spec;
+    if (s && s->k_used) {
+        const float *proj = s->axis == SQ_SPEC_IN ? in->spec_in : in->spec_out[i];
+        sq_spectral_apply(s, proj, in->spec_stride, in->n_tok, r0, r1, y, ldy, scratch);
+    }
+    if (l->bias)
+        for (int t = 0; t < in->n_tok; t++)
+            for (int r = r0; r < r1; r++) y[(size_t)t * ldy + r] += l->bias[r];
+}
+
+void sq_linear_run(const sq_exec *e, const sq_lin_input *in, const sq_linear *const *lins, float *const *ys,
+                   const int *ldys, int n) {
+    run_job j = {e, in, lins, ys, ldys, n, 0, {0}};
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += lins[i]->rows;
+    /* ~4 tasks per thread (rows in multiples of 16) balance layers of different heights. */
+    int64_t per = (total + 4 * (int64_t)e->n_threads - 1) / (4 * (int64_t)e->n_threads);
+    per = (per + 15) / 16 * 16;
+    j.rows_per_task = (int)per;
+    for (int i = 0; i < n; i++) j.first_task[i + 1] = j.first_task[i] + (int)((lins[i]->rows + per - 1) / per);
+    sq_pool_run(e->pool, run_task, &j, j.first_task[n]);
+}

@@ -1,0 +1,709 @@
+/* matmul_x86_impl.h — the x86 kernels, included by matmul_avx2.c (SQ_X86_VNNI 0) and
+ * matmul_avx512.c (SQ_X86_VNNI 1), each compiled with its own ISA flags. Not a public header: it
+ * defines functions and the table SQ_X86_TABLE named SQ_X86_NAME. The test also includes it once
+ * more with SQ_VNNI_EMULATE, so the VNNI variant's logic is checked on AVX2-only machines.
+ *
+ * SQ4 × u4/u8 activations (FORMAT.md §4.3). The inner product is u8 act × s8 weight: AVX2
+ * _mm256_maddubs_epi16 (s16 pair sums; a lane is at most |255·(−8)·2| = 4080, so 8 of them —
+ * 256 values — add up in 16 bits, then _mm256_madd_epi16 widens) or VNNI _mm256_dpbusd_epi32
+ * (int32 directly). Group sums are exact integers before any float is formed, so acc_g is
+ * bit-identical to the scalar kernel; only then z·Σq_w is subtracted and the scales applied.
+ *
+ * Two shapes:
+ * - decode (few tokens): one row at a time; the 8-lane partial sums of 8 groups are reduced
+ *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
+ *   exactly once (the path is bandwidth-bound).
+ * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
+ *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
+ */
+#include "kernels.h"
+
+#include <immintrin.h>
+#include <string.h>
+
+#ifndef SQ_VNNI_EMULATE
+#define SQ_VNNI_EMULATE 0
+#endif
+#ifndef SQ_X86_VNNI
+#error "define SQ_X86_VNNI (0: AVX2 maddubs, 1: AVX-512 VNNI dpbusd) before including matmul_x86_impl.h"
+#endif
+
+#ifndef PF_RV
+#define PF_RV 2             /* prefill tile: row vectors of 8 rows */
+#endif
+#define PF_R (8 * PF_RV)    /* prefill tile: rows */
+#ifndef PF_T
+#define PF_T 4              /* prefill tile: tokens */
+#endif
+#define SEG_MAX 1024        /* values of a row tile unpacked at a time (16 KB of s8 for 16 rows) */
+#if SQ_X86_VNNI
+#define SUB_MAX (1 << 30)   /* dpbusd accumulates in 32 bits: no widening needed */
+#define SUBK_U4 (1 << 30)
+#define SUBK_U8 (1 << 30)
+#else
+#define SUB_MAX 256         /* values summed in 16 bits before widening (8 maddubs of 4080 max) */
+#define SUBK_U4 256         /* prefill sub-block, u4 acts: lane ≤ 60·256 */
+#define SUBK_U8 32          /* prefill sub-block, u8 acts: lane ≤ 2040·16 */
+#endif
+#define PREFILL_MIN_TOK 3
+
+/* ---- small helpers -------------------------------------------------------------------------- */
+
+/* acc += the dot products of 4-byte pairs of u8 a and s8 b, in the accumulator's lane type:
+ * VNNI: int32 lanes via dpbusd (sum of 4 products); AVX2: int16 lanes via maddubs (sum of 2
+ * products, no saturation for |products| ≤ 2040 as here), widened later by WIDEN. */
+#if SQ_X86_VNNI
+#if SQ_VNNI_EMULATE
+/* test-only stand-in for dpbusd on AVX2 machines: exact for the value ranges used here */
+static inline __m256i sq_dpbusd(__m256i acc, __m256i a, __m256i b) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)));
+}
+#else
+#define sq_dpbusd(acc, a, b) _mm256_dpbusd_epi32((acc), (a), (b))
+#endif
+#define DOT_ACC(p, a, b) sq_dpbusd((p), (a), (b))
+#define WIDEN(p) (p)
+#else
+#define DOT_ACC(p, a, b) _mm256_add_epi16(_mm256_maddubs_epi16((a), (b)), (p))
+#define WIDEN(p) _mm256_madd_epi16((p), _mm256_set1_epi16(1))
+#endif
+
+static inline float fp16_load(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* nibble (0..15) -> two's complement int4 as s8, in both 128-bit lanes */
+static inline __m256i nib_lut(void) {
+    return _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7, -8, -7,
+                            -6, -5, -4, -3, -2, -1);
+}
+
+/* [Σ v0, Σ v1, …, Σ v7] of 8 vectors of 8 int32 lanes (transpose-add tree, 21 single-uop ops). */
+static inline __m256i reduce8(const __m256i v[8]) {
+    __m256i a01 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    __m256i a23 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    __m256i a45 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[4], v[5]), _mm256_unpackhi_epi32(v[4], v[5]));
+    __m256i a67 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[6], v[7]), _mm256_unpackhi_epi32(v[6], v[7]));
+    __m256i a03 = _mm256_add_epi32(_mm256_unpacklo_epi64(a01, a23), _mm256_unpackhi_epi64(a01, a23));
+    __m256i a47 = _mm256_add_epi32(_mm256_unpacklo_epi64(a45, a67), _mm256_unpackhi_epi64(a45, a67));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(a03, a47, 0x20), _mm256_permute2x128_si256(a03, a47, 0x31));
+}
+
+static inline int32_t hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
+
+static inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* ---- decode: one row × one token, groups read straight from the packed nibbles ----------------- */
+
+#define SQ_INLINE static inline __attribute__((always_inline))
+
+/* 8 int32 lanes whose sum is Σ q_x·q_w over one group (nib = the group's G/2 bytes). Inlined with
+ * a constant G, the loop unrolls and the widening bookkeeping folds away. */
+SQ_INLINE __m256i group_dot(const uint8_t *nib, const uint8_t *qx, int G) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
+    const int h = G / 2;
+    __m256i acc = _mm256_setzero_si256(), p = _mm256_setzero_si256();
+    int o = 0, n = 0; /* n: maddubs results summed in p since the last widening */
+    for (; o + 32 <= h; o += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(nib + o));
+        __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+        __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + o)), lo);
+        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + h + o)), hi);
+        n += 2;
+        if (n == SUB_MAX / 32) {
+            acc = _mm256_add_epi32(acc, WIDEN(p));
+            p = _mm256_setzero_si256();
+            n = 0;
+        }
+    }
+    if (o < h) { /* G/2 ≡ 16 (mod 32): the last 16 bytes give values o..o+15 and h+o..h+o+15 */
+        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o)));
+        v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+        __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qx + o))),
+                                            _mm_loadu_si128((const __m128i *)(qx + h + o)), 1);
+        p = DOT_ACC(p, a, wv);
+    }
+    return _mm256_add_epi32(acc, WIDEN(p));
+}
+
+/* fp16 scales of 8 consecutive blocks (stride bs bytes) as floats. Eight 16-bit loads beat
+ * vpgatherdd here (a gather is ~40 uops on Zen 3 and stalled the decode loop). */
+static inline __m256 load_scales8(const uint8_t *blk0, int bs) {
+    uint16_t h[8];
+    for (int j = 0; j < 8; j++) memcpy(&h[j], blk0 + (size_t)j * bs, 2);
+    __m128i v = _mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], (short)h[4], (short)h[5],
+                               (short)h[6], (short)h[7]);
+    return _mm256_cvtph_ps(v);
+}
+
+/* Row r, token t: writes y (float) or, when acc != NULL, the exact group sums acc[g]. */
+SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, float *y, int32_t *acc, const int G) {
+    const int K = w->K, ng = K / G, bs = 2 + G / 2;
+    const uint8_t *row = w->data + (size_t)r * bs * ng;
+    const uint8_t *qx = x->q + (size_t)t * K;
+    const int32_t *zt = x->z + (size_t)t * ng, *ws = w->wsum + (size_t)r * ng;
+    const float *dt = x->d + (size_t)t * ng;
+    __m256 Y = _mm256_setzero_ps();
+    int g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        __m256i v[8];
+        for (int j = 0; j < 8; j++) v[j] = group_dot(row + (size_t)(g + j) * bs + 2, qx + (size_t)(g + j) * G, G);
+        __m256i s = _mm256_sub_epi32(reduce8(v), _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + g)),
+                                                                    _mm256_loadu_si256((const __m256i *)(ws + g))));
+        if (acc) {
+            _mm256_storeu_si256((__m256i *)(acc + g), s);
+        } else {
+            __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
+            Y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, Y);
+        }
+    }
+    float ys = hsum_ps(Y);
+    for (; g < ng; g++) {
+        const uint8_t *blk = row + (size_t)g * bs;
+        int32_t s = hsum_epi32(group_dot(blk + 2, qx + (size_t)g * G, G)) - zt[g] * ws[g];
+        if (acc) acc[g] = s;
+        else ys += (float)s * (fp16_load(blk) * dt[g]);
+    }
+    if (!acc) *y = ys;
+}
+
+/* ---- prefill: 16 rows × 4 tokens per tile over pre-unpacked, row-interleaved weights ---------
+ *
+ * The weights of a 16-row tile are unpacked once per segment into "k-steps": 4 consecutive values
+ * of each of 8 rows in one 32-byte vector. Broadcasting 4 activation bytes of one token against it,
+ * maddubs + madd leave one int32 lane per row: no horizontal reduction at all, the lanes already
+ * are the (row, token) outputs. Sums stay in 16 bits for a sub-block of subk values (u4: ≤ 256,
+ * lane ≤ 60·256; u8: 32, lane ≤ 2040·16), then widen. */
+
+typedef struct {
+    int8_t w8[SEG_MAX / 4][PF_R][4] __attribute__((aligned(32))); /* [k-step][row][4 values] */
+    float dw[SEG_MAX / 32][PF_R];                                  /* [local group][row] */
+    int32_t ws[SEG_MAX / 32][PF_R];
+} pf_tile;
+
+/* Unpacks groups [g0, g0+ngs) of rows rr[] into the k-step layout. */
+static void unpack_tile(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int ngs, pf_tile *tl) {
+    const int G = w->G, ng = w->K / G, bs = 2 + G / 2, h = G / 2;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
+    const __m128i m4x = _mm_set1_epi8(0x0F), lutx = _mm256_castsi256_si128(lut);
+    int8_t tmp[SEG_MAX] __attribute__((aligned(32)));
+    for (int i = 0; i < PF_R; i++) {
+        const uint8_t *row = w->data + (size_t)rr[i] * bs * ng;
+        for (int gl = 0; gl < ngs; gl++) {
+            const uint8_t *blk = row + (size_t)(g0 + gl) * bs, *nib = blk + 2;
+            tl->dw[gl][i] = fp16_load(blk);
+            tl->ws[gl][i] = w->wsum[(size_t)rr[i] * ng + g0 + gl];
+            int o = 0;
+            for (; o + 32 <= h; o += 32) {
+                __m256i v = _mm256_loadu_si256((const __m256i *)(nib + o));
+                _mm256_storeu_si256((__m256i *)(tmp + o), _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4)));
+                _mm256_storeu_si256((__m256i *)(tmp + h + o),
+                                    _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)));
+            }
+            if (o < h) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(nib + o));
+                _mm_storeu_si128((__m128i *)(tmp + o), _mm_shuffle_epi8(lutx, _mm_and_si128(v, m4x)));
+                _mm_storeu_si128((__m128i *)(tmp + h + o),
+                                 _mm_shuffle_epi8(lutx, _mm_and_si128(_mm_srli_epi16(v, 4), m4x)));
+            }
+            int8_t(*dst)[PF_R][4] = tl->w8 + (size_t)gl * G / 4;
+            for (int j = 0; j < G / 4; j++) memcpy(dst[j][i], tmp + 4 * j, 4);
+        }
+    }
+}
+
+static inline __m256i bcast4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
+
+/* One token quad over one segment. qa[t]: token t's activations at the segment start. yt: float
+ * accumulators [token][row]; accv (group sums mode): [local group][token][row]. */
+SQ_INLINE void pf_quad(const pf_tile *tl, const uint8_t *const qa[PF_T], const int32_t *const za[PF_T],
+                       const float *const da[PF_T], int ngs, float yt[PF_T][PF_R], int32_t *accv, const int G,
+                       const int subk) {
+    for (int gl = 0; gl < ngs; gl++) {
+        const int k0 = gl * G;
+        __m256i acc[PF_T][PF_RV];
+        for (int t = 0; t < PF_T; t++)
+            for (int v = 0; v < PF_RV; v++) acc[t][v] = _mm256_setzero_si256();
+        for (int sb = k0; sb < k0 + G; sb += subk) {
+            __m256i p[PF_T][PF_RV];
+            for (int t = 0; t < PF_T; t++)
+                for (int v = 0; v < PF_RV; v++) p[t][v] = _mm256_setzero_si256();
+            /* k-steps of this sub-block; a compile-time constant for the common G ≤ subk */
+            const int nk = G <= subk ? G / 4 : (k0 + G - sb < subk ? k0 + G - sb : subk) / 4;
+            const int8_t *wp = tl->w8[sb / 4][0];
+#pragma GCC unroll 4
+            for (int j = 0; j < nk; j++) {
+                __m256i wv[PF_RV];
+                for (int v = 0; v < PF_RV; v++)
+                    wv[v] = _mm256_load_si256((const __m256i *)(wp + (size_t)j * 4 * PF_R + 32 * v));
+                for (int t = 0; t < PF_T; t++) {
+                    const __m256i a = bcast4(qa[t] + sb + 4 * j);
+                    for (int v = 0; v < PF_RV; v++) p[t][v] = DOT_ACC(p[t][v], a, wv[v]);
+                }
+            }
+            for (int t = 0; t < PF_T; t++)
+                for (int v = 0; v < PF_RV; v++) {
+                    const __m256i s = WIDEN(p[t][v]);
+                    acc[t][v] = _mm256_add_epi32(acc[t][v], s);
+                }
+        }
+        for (int t = 0; t < PF_T; t++) {
+            const __m256i zt = _mm256_set1_epi32(za[t][gl]);
+            const __m256 dxt = _mm256_set1_ps(da[t][gl]);
+            for (int v = 0; v < PF_RV; v++) {
+                const __m256i wsv = _mm256_loadu_si256((const __m256i *)&tl->ws[gl][8 * v]);
+                const __m256i s = _mm256_sub_epi32(acc[t][v], _mm256_mullo_epi32(zt, wsv));
+                if (accv) {
+                    _mm256_storeu_si256((__m256i *)(accv + ((size_t)gl * PF_T + t) * PF_R + 8 * v), s);
+                } else {
+                    const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(&tl->dw[gl][8 * v]), dxt);
+                    float *yp = &yt[t][8 * v];
+                    _mm256_storeu_ps(yp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, _mm256_loadu_ps(yp)));
+                }
+            }
+        }
+    }
+}
+
+typedef void (*pf_quad_fn)(const pf_tile *, const uint8_t *const[PF_T], const int32_t *const[PF_T],
+                           const float *const[PF_T], int, float[PF_T][PF_R], int32_t *);
+
+/* one copy per (G, sub-block) so that the k loop has constant bounds */
+#define DEF_PF_QUAD(NAME, GG, SUBK)                                                                            \
+    static void NAME(const pf_tile *tl, const uint8_t *const qa[PF_T], const int32_t *const za[PF_T],           \
+                     const float *const da[PF_T], int ngs, float yt[PF_T][PF_R], int32_t *accv) {               \
+        pf_quad(tl, qa, za, da, ngs, yt, accv, GG, SUBK);                                                       \
+    }
+DEF_PF_QUAD(pf_quad_32_4, 32, SUBK_U4)
+DEF_PF_QUAD(pf_quad_64_4, 64, SUBK_U4)
+DEF_PF_QUAD(pf_quad_128_4, 128, SUBK_U4)
+DEF_PF_QUAD(pf_quad_256_4, 256, SUBK_U4)
+DEF_PF_QUAD(pf_quad_32_8, 32, SUBK_U8)
+DEF_PF_QUAD(pf_quad_64_8, 64, SUBK_U8)
+DEF_PF_QUAD(pf_quad_128_8, 128, SUBK_U8)
+DEF_PF_QUAD(pf_quad_256_8, 256, SUBK_U8)
+
+/* generic G (per-row groups): the group size comes from the tile */
+static void pf_quad_any(int G, int bits, const pf_tile *tl, const uint8_t *const qa[PF_T],
+                        const int32_t *const za[PF_T], const float *const da[PF_T], int ngs, float yt[PF_T][PF_R],
+                        int32_t *accv) {
+    if (bits == 4) pf_quad(tl, qa, za, da, ngs, yt, accv, G, SUBK_U4);
+    else pf_quad(tl, qa, za, da, ngs, yt, accv, G, SUBK_U8);
+}
+
+static pf_quad_fn pick_pf_quad(int G, int bits) {
+    if (bits == 4) {
+        switch (G) {
+        case 32: return pf_quad_32_4;
+        case 64: return pf_quad_64_4;
+        case 128: return pf_quad_128_4;
+        case 256: return pf_quad_256_4;
+        }
+    } else {
+        switch (G) {
+        case 32: return pf_quad_32_8;
+        case 64: return pf_quad_64_8;
+        case 128: return pf_quad_128_8;
+        case 256: return pf_quad_256_8;
+        }
+    }
+    return NULL;
+}
+
+/* Shared driver of matmul (y != NULL) and group sums (acc != NULL) for the prefill shape. */
+static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy, int32_t *acc) {
+    const int G = w->G, K = w->K, ng = K / G, nt = x->n_tok;
+    const int seg_groups = SEG_MAX / G; /* ≥ 1: callers send G > SEG_MAX to the decode path */
+    const pf_quad_fn fn = pick_pf_quad(G, x->bits);
+    pf_tile tl;
+    float yt[PF_T][PF_R] __attribute__((aligned(32)));
+    int32_t accv[(SEG_MAX / 32) * PF_T * PF_R];
+    for (int r = r0; r < r1; r += PF_R) {
+        int rr[PF_R];
+        for (int i = 0; i < PF_R; i++) rr[i] = r + i < r1 ? r + i : r1 - 1; /* tail rows repeat the last */
+        const int nr = r1 - r < PF_R ? r1 - r : PF_R;
+        for (int g0 = 0; g0 < ng; g0 += seg_groups) {
+            const int ngs = ng - g0 < seg_groups ? ng - g0 : seg_groups;
+            unpack_tile(w, rr, g0, ngs, &tl);
+            for (int t = 0; t < nt; t += PF_T) {
+                const uint8_t *qa[PF_T];
+                const int32_t *za[PF_T];
+                const float *da[PF_T];
+                for (int j = 0; j < PF_T; j++) {
+                    const int tj = t + j < nt ? t + j : nt - 1; /* tail tokens repeat the last */
+                    qa[j] = x->q + (size_t)tj * K + (size_t)g0 * G;
+                    za[j] = x->z + (size_t)tj * ng + g0;
+                    da[j] = x->d + (size_t)tj * ng + g0;
+                }
+                const int ntt = nt - t < PF_T ? nt - t : PF_T;
+                memset(yt, 0, sizeof yt);
+                if (fn) fn(&tl, qa, za, da, ngs, yt, acc ? accv : NULL);
+                else pf_quad_any(G, x->bits, &tl, qa, za, da, ngs, yt, acc ? accv : NULL);
+                for (int j = 0; j < ntt; j++) {
+                    if (acc) {
+                        int32_t *dst = acc + (size_t)(t + j) * w->rows * ng + g0;
+                        for (int gl = 0; gl < ngs; gl++)
+                            for (int i = 0; i < nr; i++)
+                                dst[(size_t)(r + i) * ng + gl] = accv[((size_t)gl * PF_T + j) * PF_R + i];
+                        continue;
+                    }
+                    float *dst = y + (size_t)(t + j) * ldy + r;
+                    if (g0 == 0)
+                        for (int i = 0; i < nr; i++) dst[i] = yt[j][i];
+                    else
+                        for (int i = 0; i < nr; i++) dst[i] += yt[j][i];
+                }
+            }
+        }
+    }
+}
+
+/* rows [r0, r1) of token t; one copy per common G so that group_dot is compiled for it */
+#define DEF_DECODE_ROWS(NAME, GEXPR)                                                                     \
+    static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int t, float *y, int32_t *acc) { \
+        const int ng = w->K / w->G;                                                                     \
+        for (int r = r0; r < r1; r++)                                                                   \
+            row_decode(w, x, r, t, y ? y + r : NULL, acc ? acc + (size_t)r * ng : NULL, GEXPR);         \
+    }
+DEF_DECODE_ROWS(decode_rows_32, 32)
+DEF_DECODE_ROWS(decode_rows_64, 64)
+DEF_DECODE_ROWS(decode_rows_128, 128)
+DEF_DECODE_ROWS(decode_rows_256, 256)
+DEF_DECODE_ROWS(decode_rows_any, w->G)
+
+/* y: row 0 of token t's output (or NULL); acc: token t's group sums (or NULL) */
+static void decode_rows(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int t, float *y, int32_t *acc) {
+    switch (w->G) {
+    case 32: decode_rows_32(w, x, r0, r1, t, y, acc); break;
+    case 64: decode_rows_64(w, x, r0, r1, t, y, acc); break;
+    case 128: decode_rows_128(w, x, r0, r1, t, y, acc); break;
+    case 256: decode_rows_256(w, x, r0, r1, t, y, acc); break;
+    default: decode_rows_any(w, x, r0, r1, t, y, acc); break;
+    }
+}
+
+static int use_prefill(const sq_sq4_matrix *w, const sq_qact *x) {
+    return x->n_tok >= PREFILL_MIN_TOK && w->G <= SEG_MAX;
+}
+
+static void matmul_sq4_x86(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {
+    if (use_prefill(w, x)) {
+        sq4_prefill(w, x, r0, r1, y, ldy, NULL);
+        return;
+    }
+    for (int t = 0; t < x->n_tok; t++) decode_rows(w, x, r0, r1, t, y + (size_t)t * ldy, NULL);
+}
+
+static void group_sums_sq4_x86(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int32_t *acc) {
+    const int ng = w->K / w->G;
+    if (use_prefill(w, x)) {
+        sq4_prefill(w, x, r0, r1, NULL, 0, acc);
+        return;
+    }
+    for (int t = 0; t < x->n_tok; t++) decode_rows(w, x, r0, r1, t, NULL, acc + (size_t)t * w->rows * ng);
+}
+
+/* ---- Q8_0 × Q8_0 ----------------------------------------------------------------------------- */
+
+/* s8·s8 via maddubs: |w| (u8, 128 for −128) times act with w's sign; |product pair| ≤ 32512. */
+static inline __m256i dot_s8(__m256i wv, __m256i av) {
+#if SQ_X86_VNNI
+    return sq_dpbusd(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
+#else
+    return WIDEN(_mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv)));
+#endif
+}
+
+#define Q8_T 3 /* from this many tokens on, the tiled path */
+/* Few tokens: one row at a time, each weight byte read once. Walking one row after the other
+ * keeps the access a single sequential stream: interleaving 4 rows measured half the bandwidth. */
+static void q8_decode(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
+    const int K = w->K, nb = K / 32;
+    const size_t row_bytes = (size_t)34 * nb;
+    for (int t = 0; t < x->n_tok; t++) {
+        const int8_t *qx = x->q + (size_t)t * K;
+        const float *dx = x->d + (size_t)t * nb;
+        for (int r = r0; r < r1; r++) {
+            const uint8_t *row = w->data + (size_t)r * row_bytes;
+            __m256 Y0 = _mm256_setzero_ps(), Y1 = _mm256_setzero_ps();
+            int b = 0;
+            for (; b + 2 <= nb; b += 2) { /* two chains to hide the fma latency */
+                const uint8_t *b0 = row + (size_t)b * 34, *b1 = b0 + 34;
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
+                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(b1 + 2));
+                const __m256i a0 = _mm256_loadu_si256((const __m256i *)(qx + (size_t)b * 32));
+                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(qx + (size_t)b * 32 + 32));
+                Y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(w0, a0)), _mm256_set1_ps(fp16_load(b0) * dx[b]), Y0);
+                Y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(w1, a1)), _mm256_set1_ps(fp16_load(b1) * dx[b + 1]), Y1);
+            }
+            if (b < nb) {
+                const uint8_t *b0 = row + (size_t)b * 34;
+                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
+                const __m256i a0 = _mm256_loadu_si256((const __m256i *)(qx + (size_t)b * 32));
+                Y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(w0, a0)), _mm256_set1_ps(fp16_load(b0) * dx[b]), Y0);
+            }
+            y[(size_t)t * ldy + r] = hsum_ps(_mm256_add_ps(Y0, Y1));
+        }
+    }
+}
+
+/* Prefill: 16 rows × 4 tokens, rows interleaved per k-step like the SQ4 tile. maddubs needs one
+ * unsigned operand, so the weights are stored as |w| plus w itself for the sign: each (row vector,
+ * token) step is sign(a, w), then maddubs(|w|, ·) + madd (or one dpbusd). One fp32 fma per block. */
+#define Q8_SEG 512 /* values per segment: 2 × 8 KB of interleaved bytes for 16 rows */
+
+typedef struct {
+    uint8_t wa[Q8_SEG / 4][PF_R][4] __attribute__((aligned(32))); /* |w| */
+    int8_t wq[Q8_SEG / 4][PF_R][4] __attribute__((aligned(32)));  /* w (sign source) */
+    float dw[Q8_SEG / 32][PF_R];
+} q8_tile;
+
+static void q8_unpack_tile(const sq_q8_matrix *w, const int rr[PF_R], int b0, int nbs, q8_tile *tl) {
+    const size_t row_bytes = (size_t)34 * (w->K / 32);
+    for (int i = 0; i < PF_R; i++) {
+        const uint8_t *row = w->data + (size_t)rr[i] * row_bytes;
+        for (int bl = 0; bl < nbs; bl++) {
+            const uint8_t *blk = row + (size_t)(b0 + bl) * 34;
+            tl->dw[bl][i] = fp16_load(blk);
+            for (int j = 0; j < 8; j++) memcpy(tl->wq[bl * 8 + j][i], blk + 2 + 4 * j, 4);
+        }
+    }
+    for (int j = 0; j < nbs * 8; j++)
+        for (int v = 0; v < PF_RV; v++) {
+            const __m256i q = _mm256_load_si256((const __m256i *)tl->wq[j][8 * v]);
+            _mm256_store_si256((__m256i *)tl->wa[j][8 * v], _mm256_sign_epi8(q, q)); /* |−128| = 128 as u8 */
+        }
+}
+
+static void q8_quad(const q8_tile *tl, const int8_t *const qa[PF_T], const float *const da[PF_T], int nbs,
+                    float yt[PF_T][PF_R]) {
+    for (int bl = 0; bl < nbs; bl++) {
+        __m256i acc[PF_T][PF_RV];
+        for (int t = 0; t < PF_T; t++)
+            for (int v = 0; v < PF_RV; v++) acc[t][v] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+        for (int j = 0; j < 8; j++) {
+            __m256i wa[PF_RV], wq[PF_RV];
+            for (int v = 0; v < PF_RV; v++) {
+                wa[v] = _mm256_load_si256((const __m256i *)tl->wa[bl * 8 + j][8 * v]);
+                wq[v] = _mm256_load_si256((const __m256i *)tl->wq[bl * 8 + j][8 * v]);
+            }
+            for (int t = 0; t < PF_T; t++) {
+                const __m256i a = bcast4((const uint8_t *)(qa[t] + bl * 32 + 4 * j));
+                for (int v = 0; v < PF_RV; v++) {
+#if SQ_X86_VNNI
+                    acc[t][v] = sq_dpbusd(acc[t][v], wa[v], _mm256_sign_epi8(a, wq[v]));
+#else
+                    acc[t][v] = _mm256_add_epi32(acc[t][v], WIDEN(_mm256_maddubs_epi16(wa[v], _mm256_sign_epi8(a, wq[v]))));
+#endif
+                }
+            }
+        }
+        for (int t = 0; t < PF_T; t++) {
+            const __m256 dxt = _mm256_set1_ps(da[t][bl]);
+            for (int v = 0; v < PF_RV; v++) {
+                const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(&tl->dw[bl][8 * v]), dxt);
+                float *yp = &yt[t][8 * v];
+                _mm256_storeu_ps(yp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[t][v]), sc, _mm256_loadu_ps(yp)));
+            }
+        }
+    }
+}
+
+static void matmul_q8_x86(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
+    const int K = w->K, nb = K / 32, nt = x->n_tok;
+    if (nt < Q8_T) {
+        q8_decode(w, x, r0, r1, y, ldy);
+        return;
+    }
+    const int seg_blocks = Q8_SEG / 32;
+    q8_tile tl;
+    float yt[PF_T][PF_R] __attribute__((aligned(32)));
+    for (int r = r0; r < r1; r += PF_R) {
+        int rr[PF_R];
+        for (int i = 0; i < PF_R; i++) rr[i] = r + i < r1 ? r + i : r1 - 1;
+        const int nr = r1 - r < PF_R ? r1 - r : PF_R;
+        for (int b0 = 0; b0 < nb; b0 += seg_blocks) {
+            const int nbs = nb - b0 < seg_blocks ? nb - b0 : seg_blocks;
+            q8_unpack_tile(w, rr, b0, nbs, &tl);
+            for (int t = 0; t < nt; t += PF_T) {
+                const int8_t *qa[PF_T];
+                const float *da[PF_T];
+                for (int j = 0; j < PF_T; j++) {
+                    const int tj = t + j < nt ? t + j : nt - 1;
+                    qa[j] = x->q + (size_t)tj * K + (size_t)b0 * 32;
+                    da[j] = x->d + (size_t)tj * nb + b0;
+                }
+                memset(yt, 0, sizeof yt);
+                q8_quad(&tl, qa, da, nbs, yt);
+                const int ntt = nt - t < PF_T ? nt - t : PF_T;
+                for (int j = 0; j < ntt; j++) {
+                    float *dst = y + (size_t)(t + j) * ldy + r;
+                    if (b0 == 0)
+                        for (int i = 0; i < nr; i++) dst[i] = yt[j][i];
+                    else
+                        for (int i = 0; i < nr; i++) dst[i] += yt[j][i];
+                }
+            }
+        }
+    }
+}
+
+/* ---- activation quantization (bit-identical to quantize_act.c) ------------------------------ */
+
+/* In-place butterfly of FORMAT.md §4.1; every output is the same a+b / a−b as the scalar loop. */
+static void wht_x86(float *v, int n) {
+    if (n < 8) {
+        sq_wht_inplace(v, n);
+        return;
+    }
+    const __m256 sgn1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
+    const __m256 sgn2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
+    const __m256 sgn4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
+    for (int i = 0; i < n; i += 8) { /* h = 1, 2, 4 inside one vector */
+        __m256 a = _mm256_loadu_ps(v + i);
+        /* x + (-y) == x - y exactly, and ×±1 is exact, so these match the scalar butterfly */
+        __m256 lo = _mm256_permute_ps(a, 0xA0);                    /* [a0,a0,a2,a2,...] */
+        __m256 hi = _mm256_permute_ps(a, 0xF5);                    /* [a1,a1,a3,a3,...] */
+        a = _mm256_add_ps(lo, _mm256_mul_ps(hi, sgn1));             /* a0+a1, a0-a1: exact (×±1) */
+        lo = _mm256_permute_ps(a, 0x44);                           /* [a0,a1,a0,a1 | ...] */
+        hi = _mm256_permute_ps(a, 0xEE);                           /* [a2,a3,a2,a3 | ...] */
+        a = _mm256_add_ps(lo, _mm256_mul_ps(hi, sgn2));
+        lo = _mm256_permute2f128_ps(a, a, 0x00);                   /* [low, low] */
+        hi = _mm256_permute2f128_ps(a, a, 0x11);                   /* [high, high] */
+        a = _mm256_add_ps(lo, _mm256_mul_ps(hi, sgn4));
+        _mm256_storeu_ps(v + i, a);
+    }
+    for (int h = 8; h < n; h *= 2)
+        for (int i = 0; i < n; i += 2 * h)
+            for (int j = i; j < i + h; j += 8) {
+                __m256 a = _mm256_loadu_ps(v + j), b = _mm256_loadu_ps(v + j + h);
+                _mm256_storeu_ps(v + j, _mm256_add_ps(a, b));
+                _mm256_storeu_ps(v + j + h, _mm256_sub_ps(a, b));
+            }
+}
+
+#define SQ_RINT_MAGIC 12582912.0f
+static inline float rint_clamp_s(float v, float lo, float hi) {
+    if (!(v >= lo)) return lo;
+    if (v > hi) return hi;
+    float r = (v + SQ_RINT_MAGIC) - SQ_RINT_MAGIC;
+    return r > hi ? hi : r;
+}
+
+static inline float hmin_ps(__m256 v) {
+    __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_min_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax_ps(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* 32 floats -> 32 bytes (values already integral and in [-128, 255]) */
+static inline __m256i pack32(__m256 f0, __m256 f1, __m256 f2, __m256 f3, int is_signed) {
+    __m256i i0 = _mm256_cvtps_epi32(f0), i1 = _mm256_cvtps_epi32(f1);
+    __m256i i2 = _mm256_cvtps_epi32(f2), i3 = _mm256_cvtps_epi32(f3);
+    __m256i w01 = _mm256_packs_epi32(i0, i1), w23 = _mm256_packs_epi32(i2, i3);
+    __m256i b = is_signed ? _mm256_packs_epi16(w01, w23) : _mm256_packus_epi16(w01, w23);
+    /* packs interleave 128-bit lanes: [0,2,4,6 | 1,3,5,7] in 32-bit units -> restore order */
+    return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+static void quantize_act_x86(const float *x, int t0, int t1, int wht, sq_qact *out) {
+    const int K = out->K, G = out->G, ng = K / G;
+    const float L = (float)((1 << out->bits) - 1);
+    float buf[SQ_WHT_MAX_G] __attribute__((aligned(32)));
+    const __m256 zero = _mm256_setzero_ps(), Lv = _mm256_set1_ps(L), nLv = _mm256_set1_ps(-L);
+    for (int t = t0; t < t1; t++) {
+        for (int g = 0; g < ng; g++) {
+            const float *v = x + (size_t)t * K + (size_t)g * G;
+            if (wht) {
+                memcpy(buf, v, sizeof(float) * G);
+                wht_x86(buf, G);
+                v = buf;
+            }
+            __m256 mn = zero, mx = zero;
+            for (int j = 0; j < G; j += 8) {
+                __m256 a = _mm256_loadu_ps(v + j);
+                mn = _mm256_min_ps(a, mn); /* (a < mn) ? a : mn, like the scalar loop (NaN ignored) */
+                mx = _mm256_max_ps(a, mx);
+            }
+            const float fmn = hmin_ps(mn), fmx = hmax_ps(mx);
+            const float d = (fmx - fmn) / L;
+            const float id = d > 0.0f ? 1.0f / d : 0.0f;
+            const float z = rint_clamp_s(-fmn * id, 0.0f, L);
+            const __m256 idv = _mm256_set1_ps(id), zv = _mm256_set1_ps(z);
+            uint8_t *q = out->q + (size_t)t * K + (size_t)g * G;
+            for (int j = 0; j < G; j += 32) {
+                __m256 f[4];
+                for (int u = 0; u < 4; u++) {
+                    __m256 a = _mm256_mul_ps(_mm256_loadu_ps(v + j + 8 * u), idv);
+                    a = _mm256_min_ps(_mm256_max_ps(a, nLv), Lv); /* NaN -> -L (max returns 2nd) */
+                    a = _mm256_add_ps(_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zv);
+                    f[u] = _mm256_min_ps(_mm256_max_ps(a, zero), Lv);
+                }
+                _mm256_storeu_si256((__m256i *)(q + j), pack32(f[0], f[1], f[2], f[3], 0));
+            }
+            out->d[(size_t)t * ng + g] = d;
+            out->z[(size_t)t * ng + g] = (int32_t)z;
+        }
+    }
+}
+
+static void quantize_q8act_x86(const float *x, int t0, int t1, sq_q8act *out) {
+    const int K = out->K, nb = K / 32;
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    for (int t = t0; t < t1; t++) {
+        for (int b = 0; b < nb; b++) {
+            const float *v = x + (size_t)t * K + (size_t)b * 32;
+            __m256 a[4], am = _mm256_setzero_ps();
+            for (int u = 0; u < 4; u++) {
+                a[u] = _mm256_loadu_ps(v + 8 * u);
+                am = _mm256_max_ps(_mm256_and_ps(a[u], absmask), am);
+            }
+            const float amax = hmax_ps(am);
+            const float d = amax / 127.0f;
+            const __m256 idv = _mm256_set1_ps(d > 0.0f ? 1.0f / d : 0.0f);
+            for (int u = 0; u < 4; u++) {
+                __m256 s = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(a[u], idv), lo), hi);
+                a[u] = _mm256_round_ps(s, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            }
+            _mm256_storeu_si256((__m256i *)(out->q + (size_t)t * K + (size_t)b * 32), pack32(a[0], a[1], a[2], a[3], 1));
+            out->d[(size_t)t * nb + b] = d;
+        }
+    }
+}
+
+const sq_kernel_table SQ_X86_TABLE = {
+    .name = SQ_X86_NAME,
+    .matmul_sq4 = matmul_sq4_x86,
+    .matmul_q8 = matmul_q8_x86,
+    .group_sums_sq4 = group_sums_sq4_x86,
+    .quantize_act = quantize_act_x86,
+    .quantize_q8act = quantize_q8act_x86,
+};

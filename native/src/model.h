@@ -1,0 +1,75 @@
+/* model.h — internal view of a loaded model (sq_model is opaque in specquant.h).
+ *
+ * For other modules of the library:
+ *   const sq_gguf *sq_model_gguf(const sq_model *m);   // parsed metadata + tensor table (gguf.h)
+ *   sq_model_vocab(m)                                   // tokenizer (tokenizer.h), NULL if the
+ *                                                       // file has no tokenizer.ggml.model
+ * For tests and fuzzing: sq_model_load_buffer() loads from memory instead of a file.
+ */
+#ifndef SQ_MODEL_H
+#define SQ_MODEL_H
+
+#include <pthread.h>
+#include <stddef.h>
+
+#include "gguf.h"
+#include "kvcache.h"
+#include "linear.h"
+#include "rope.h"
+#include "spectral.h"
+#include "specquant.h"
+#include "threads.h"
+
+enum { SQ_ARCH_LLAMA = 0, SQ_ARCH_QWEN2 = 1 };
+
+/* Tokens per forward chunk: prompts longer than this run in several chunks. */
+#define SQ_MAX_BATCH 512
+
+typedef struct {
+    const float *attn_norm, *ffn_norm;
+    sq_linear q, k, v, o, gate, up, down;
+} sq_layer;
+
+typedef struct {
+    int arch;
+    char arch_name[16]; /* metadata key prefix */
+    int n_embd, n_layer, n_head, n_kv_head, head_dim, n_ff, n_vocab, n_ctx_train, n_rot;
+    float eps, rope_base, rope_freq_scale;
+    int group_size;   /* SQ4 G (0 = per row) */
+    int act_bits;     /* 4 or 8 */
+    int wht;          /* in-group Walsh–Hadamard on activations */
+    int spec_axis;    /* SQ_SPEC_IN / SQ_SPEC_OUT */
+} sq_hparams;
+
+struct sq_model {
+    sq_gguf gguf;
+    sq_hparams hp;
+    int n_ctx, n_batch, n_past, kv_type;
+    float spectral_tau;
+
+    const sq_gguf_tensor *tok_embd;
+    const float *out_norm;
+    sq_linear head;
+    sq_layer *layers;
+    sq_basis *bases;
+    int n_bases;
+    sq_rope rope;
+    sq_kvcache kv;
+    sq_exec exec;
+
+    /* scratch, sized at load for n_batch tokens */
+    float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up;
+    float *attn_scratch;
+    size_t attn_scratch_floats;
+    sq_lin_input in;
+
+    sq_vocab *vocab;          /* NULL when the file has no tokenizer.ggml.model */
+    char **meta_text;         /* sq_model_meta results, one per key, made on first request */
+    pthread_mutex_t meta_mu;
+};
+
+/* Loads from a buffer that must outlive the model (not copied). */
+sq_model *sq_model_load_buffer(const void *data, size_t size, const sq_model_params *params);
+const sq_gguf *sq_model_gguf(const sq_model *m);
+
+#endif

@@ -1,0 +1,321 @@
+/* test_model.c — the forward pass against itself and the load/eval contract.
+ *
+ * On tiny random files (tiny_model.h): batch prefill = token-by-token decode, 1 thread = 3
+ * threads, last_only = the last row of a full eval, a rewind with set_n_past = a fresh context,
+ * prompts longer than one chunk, KV types (q8/q4 close to f16, f16 close to f32), spectral
+ * truncation, every weight type; then argument and file errors: each gives its code and a message.
+ * Parity with reference.py is tests/test_parity.py (Python).
+ */
+#define _GNU_SOURCE /* memmem */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "model.h"
+#include "specquant.h"
+#include "tiny_model.h"
+
+static int g_fail = 0;
+#define CHECK(cond, ...)                                          \
+    do {                                                          \
+        if (!(cond)) {                                            \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);           \
+            printf(__VA_ARGS__);                                  \
+            printf("  [%s]\n", sq_last_error());                  \
+            g_fail++;                                             \
+        }                                                         \
+    } while (0)
+
+static const int32_t k_toks[] = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43, 38, 32, 79, 50, 28, 8, 41};
+#define NTOK ((int)(sizeof k_toks / sizeof k_toks[0]))
+
+/* max |a-b| / max |b| */
+static double rel_err(const float *a, const float *b, size_t n) {
+    double md = 0, mb = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        if (!(d <= md)) md = d; /* NaN propagates as a failure */
+        if (fabs(b[i]) > mb) mb = fabs(b[i]);
+    }
+    return mb > 0 ? md / mb : md;
+}
+
+static sq_model *load(const uint8_t *buf, size_t size, int n_threads, int kv, float tau) {
+    sq_model_params p = sq_model_default_params();
+    p.n_threads = n_threads;
+    p.kv_type = kv;
+    p.spectral_tau = tau;
+    sq_model *m = sq_model_load_buffer(buf, size, &p);
+    CHECK(m != NULL, "load failed");
+    return m;
+}
+
+static float *eval_all(sq_model *m, const int32_t *t, int n) {
+    float *out = malloc(sizeof(float) * (size_t)n * sq_model_n_vocab(m));
+    CHECK(sq_model_eval(m, t, n, out, 0) == SQ_OK, "eval");
+    return out;
+}
+
+/* Batch vs decode, threads, last_only, rewind: all on one configuration. */
+static void check_consistency(const char *what, const tiny_cfg *c) {
+    size_t size;
+    uint8_t *buf = tiny_model_build(c, &size);
+    sq_model *m1 = load(buf, size, 1, SQ_KV_F32, 1.0f), *m3 = load(buf, size, 3, SQ_KV_F32, 1.0f);
+    if (!m1 || !m3) goto out;
+    int V = sq_model_n_vocab(m1);
+    float *batch = eval_all(m1, k_toks, NTOK), *thr = eval_all(m3, k_toks, NTOK);
+    int finite = 1;
+    for (int i = 0; i < V * NTOK; i++) finite &= isfinite(batch[i]) != 0;
+    CHECK(finite, "%s: a logit is not finite", what);
+    CHECK(rel_err(thr, batch, (size_t)V * NTOK) < 1e-6, "%s: 3 threads differ from 1 (%g)", what,
+          rel_err(thr, batch, (size_t)V * NTOK));
+    /* decode one token at a time */
+    CHECK(sq_model_set_n_past(m1, 0) == SQ_OK, "reset");
+    float *row = malloc(sizeof(float) * V);
+    double worst = 0;
+    for (int t = 0; t < NTOK; t++) {
+        CHECK(sq_model_eval(m1, &k_toks[t], 1, row, 1) == SQ_OK, "decode %d", t);
+        double e = rel_err(row, batch + (size_t)t * V, (size_t)V);
+        if (e > worst) worst = e;
+    }
+    CHECK(worst < 1e-5, "%s: decode differs from batch (%g)", what, worst);
+    CHECK(sq_model_n_past(m1) == NTOK, "n_past %d", sq_model_n_past(m1));
+    /* last_only of a prefix + rewind: eval 12, rewind to 5, eval tokens 5..11 again */
+    CHECK(sq_model_set_n_past(m3, 0) == SQ_OK, "reset");
+    CHECK(sq_model_eval(m3, k_toks, 12, row, 1) == SQ_OK, "eval 12");
+    CHECK(rel_err(row, batch + (size_t)11 * V, (size_t)V) < 1e-5, "%s: last_only row differs", what);
+    CHECK(sq_model_set_n_past(m3, 5) == SQ_OK, "rewind");
+    CHECK(sq_model_eval(m3, k_toks + 5, 7, row, 1) == SQ_OK, "re-eval");
+    CHECK(rel_err(row, batch + (size_t)11 * V, (size_t)V) < 1e-5, "%s: rewind + re-eval differs", what);
+    CHECK(sq_model_eval(m3, k_toks, 3, NULL, 0) == SQ_OK, "eval without logits");
+    CHECK(sq_model_n_past(m3) == 15, "n_past after NULL-logits eval %d", sq_model_n_past(m3));
+    free(row);
+    free(batch);
+    free(thr);
+out:
+    sq_model_free(m1);
+    sq_model_free(m3);
+    free(buf);
+}
+
+static void test_variants(void) {
+    tiny_cfg c = tiny_default();
+    check_consistency("sq4 g32 wht", &c);
+    c.group = 64, c.wht = 0, c.act_bits = 8;
+    check_consistency("sq4 g64 none a8", &c);
+    c = tiny_default();
+    c.spectral_k = 4;
+    check_consistency("spectral in", &c);
+    c.axis_out = 1;
+    check_consistency("spectral out", &c);
+    c = tiny_default();
+    c.wtype = SQ_T_Q8_0;
+    check_consistency("q8", &c);
+    c.wtype = SQ_T_F16, c.embd_type = SQ_T_F16, c.tied = 0;
+    check_consistency("f16 untied", &c);
+    c = tiny_default();
+    c.arch = "qwen2", c.bias = 1, c.n_head = 8, c.n_kv_head = 2;
+    check_consistency("qwen2 gqa 4", &c);
+}
+
+/* KV cache types: q8 / q4 / f16 runs stay close to the f32 run. */
+static void test_kv_types(void) {
+    tiny_cfg c = tiny_default();
+    c.wtype = SQ_T_F16; /* no activation quantization: KV rounding is the only difference */
+    size_t size;
+    uint8_t *buf = tiny_model_build(&c, &size);
+    sq_model *ref = load(buf, size, 2, SQ_KV_F32, 1.0f);
+    float *r = ref ? eval_all(ref, k_toks, NTOK) : NULL;
+    const double tol[3] = {2e-3, 2e-2, 1.5e-1}; /* f16, q8, q4 */
+    for (int kv = 0; kv < 3 && r; kv++) {
+        sq_model *m = load(buf, size, 2, kv, 1.0f);
+        if (!m) continue;
+        float *o = eval_all(m, k_toks, NTOK);
+        double e = rel_err(o, r, (size_t)NTOK * sq_model_n_vocab(m));
+        CHECK(e < tol[kv] && e > 0, "kv type %d: error %g vs f32 (tolerance %g)", kv, e, tol[kv]);
+        free(o);
+        sq_model_free(m);
+    }
+    free(r);
+    sq_model_free(ref);
+    free(buf);
+}
+
+/* Prompts longer than SQ_MAX_BATCH run in chunks; the result equals two separate evals. */
+static void test_chunks(void) {
+    tiny_cfg c = tiny_default();
+    c.n_ctx = 1100, c.n_layer = 1;
+    size_t size;
+    uint8_t *buf = tiny_model_build(&c, &size);
+    sq_model *m = load(buf, size, 2, SQ_KV_F32, 1.0f);
+    if (!m) goto out;
+    int n = 700, V = sq_model_n_vocab(m);
+    int32_t *t = malloc(sizeof *t * n);
+    for (int i = 0; i < n; i++) t[i] = (int32_t)((i * 37 + 11) % V);
+    float *all = eval_all(m, t, n);
+    float *last = malloc(sizeof(float) * V);
+    CHECK(sq_model_set_n_past(m, 600) == SQ_OK, "rewind");
+    CHECK(sq_model_eval(m, t + 600, 100, last, 1) == SQ_OK, "tail");
+    CHECK(rel_err(last, all + (size_t)(n - 1) * V, (size_t)V) < 1e-5, "chunked prefill differs");
+    CHECK(sq_model_n_ctx(m) == 1100, "n_ctx %d", sq_model_n_ctx(m));
+    free(t);
+    free(all);
+    free(last);
+out:
+    sq_model_free(m);
+    free(buf);
+}
+
+/* tau < 1 drops coefficients (fewer per channel), and the model still runs. */
+static void test_spectral_tau(void) {
+    tiny_cfg c = tiny_default();
+    c.spectral_k = 8;
+    size_t size;
+    uint8_t *buf = tiny_model_build(&c, &size);
+    sq_model *a = load(buf, size, 1, SQ_KV_F32, 1.0f), *b = load(buf, size, 1, SQ_KV_F32, 0.5f);
+    if (a && b) {
+        long ka = 0, kb = 0;
+        const sq_spectral *sa = a->layers[0].q.spec, *sb = b->layers[0].q.spec;
+        CHECK(sa && sb, "no spectral branch loaded");
+        for (int i = 0; sa && sb && i < sa->channels; i++) ka += sa->k[i], kb += sb->k[i];
+        CHECK(kb < ka && kb > 0, "tau 0.5 kept %ld of %ld coefficients", kb, ka);
+        float *x = eval_all(b, k_toks, 4);
+        int finite = 1;
+        for (int i = 0; i < 4 * sq_model_n_vocab(b); i++) finite &= isfinite(x[i]) != 0;
+        CHECK(finite, "tau 0.5: a logit is not finite");
+        free(x);
+    }
+    sq_model_free(a);
+    sq_model_free(b);
+    free(buf);
+}
+
+static void expect_load_error(const uint8_t *buf, size_t size, const sq_model_params *p, sq_status code, const char *what) {
+    sq_model *m = sq_model_load_buffer(buf, size, p);
+    CHECK(m == NULL && sq_last_status() == code && sq_last_error()[0], "%s: expected error %d, got %s (status %d)", what,
+          code, m ? "a model" : "NULL", sq_last_status());
+    sq_model_free(m);
+}
+
+static void test_param_errors(void) {
+    tiny_cfg c = tiny_default();
+    size_t size;
+    uint8_t *buf = tiny_model_build(&c, &size);
+    sq_model_params p = sq_model_default_params();
+    p.n_ctx = 65;
+    expect_load_error(buf, size, &p, SQ_ERR_ARG, "n_ctx > model");
+    p.n_ctx = -1;
+    expect_load_error(buf, size, &p, SQ_ERR_ARG, "n_ctx < 0");
+    p = sq_model_default_params(), p.n_threads = -2;
+    expect_load_error(buf, size, &p, SQ_ERR_ARG, "n_threads < 0");
+    p = sq_model_default_params(), p.kv_type = 9;
+    expect_load_error(buf, size, &p, SQ_ERR_ARG, "kv_type");
+    p = sq_model_default_params(), p.spectral_tau = 0.0f;
+    expect_load_error(buf, size, &p, SQ_ERR_ARG, "tau 0");
+    p.spectral_tau = NAN;
+    expect_load_error(buf, size, &p, SQ_ERR_ARG, "tau NaN");
+    p = sq_model_default_params(), p.backend = SQ_BACKEND_CUDA;
+    expect_load_error(buf, size, &p, SQ_ERR_BACKEND, "cuda");
+    CHECK(sq_model_load("/nonexistent/x.gguf", NULL) == NULL && sq_last_status() == SQ_ERR_IO, "missing file");
+    CHECK(sq_model_load("/tmp", NULL) == NULL && sq_last_status() == SQ_ERR_IO, "directory");
+    CHECK(sq_model_load(NULL, NULL) == NULL && sq_last_status() == SQ_ERR_ARG, "NULL path");
+
+    /* eval errors leave the state unchanged */
+    p = sq_model_default_params();
+    p.n_ctx = 16;
+    sq_model *m = sq_model_load_buffer(buf, size, &p);
+    CHECK(m != NULL, "load n_ctx 16");
+    if (m) {
+        float *lg = malloc(sizeof(float) * 20 * sq_model_n_vocab(m));
+        int32_t bad[2] = {1, 97};
+        CHECK(sq_model_eval(m, bad, 2, lg, 0) == SQ_ERR_ARG && sq_model_n_past(m) == 0, "token out of range");
+        bad[1] = -1;
+        CHECK(sq_model_eval(m, bad, 2, lg, 0) == SQ_ERR_ARG, "negative token");
+        CHECK(sq_model_eval(m, k_toks, 0, lg, 0) == SQ_ERR_ARG, "n = 0");
+        CHECK(sq_model_eval(m, NULL, 3, lg, 0) == SQ_ERR_ARG, "NULL tokens");
+        CHECK(sq_model_eval(m, k_toks, 17, lg, 0) == SQ_ERR_CTX_FULL && sq_model_n_past(m) == 0, "past n_ctx");
+        CHECK(sq_model_eval(m, k_toks, 16, lg, 1) == SQ_OK, "exactly n_ctx");
+        CHECK(sq_model_eval(m, k_toks, 1, lg, 1) == SQ_ERR_CTX_FULL && sq_model_n_past(m) == 16, "full");
+        CHECK(sq_model_set_n_past(m, 17) == SQ_ERR_ARG && sq_model_set_n_past(m, -1) == SQ_ERR_ARG, "set_n_past");
+        CHECK(sq_model_set_n_past(m, 15) == SQ_OK && sq_model_eval(m, k_toks, 1, lg, 1) == SQ_OK, "rewind 1");
+        CHECK(sq_model_n_ctx_train(m) == 64 && sq_model_n_vocab(m) == 97, "sizes");
+        const char *v = sq_model_meta(m, "llama.embedding_length");
+        CHECK(v && !strcmp(v, "64"), "meta %s", v ? v : "NULL");
+        v = sq_model_meta(m, "specquant.rotation");
+        CHECK(v && !strcmp(v, "wht"), "meta string");
+        v = sq_model_meta(m, "llama.rope.freq_base");
+        CHECK(v && !strcmp(v, "10000"), "meta float %s", v ? v : "NULL");
+        CHECK(sq_model_meta(m, "no.such.key") == NULL, "absent meta");
+        free(lg);
+        sq_model_free(m);
+    }
+    CHECK(sq_model_eval(NULL, k_toks, 1, NULL, 0) == SQ_ERR_ARG, "NULL model");
+    sq_model_free(NULL);
+    p = sq_model_default_params();
+    m = sq_model_load_buffer(buf, size, &p);
+    CHECK(m && sq_model_n_ctx(m) == 64, "default n_ctx = model's (64)");
+    sq_model_free(m);
+    free(buf);
+}
+
+/* Structural errors in otherwise valid files: hyperparameters and tensor shapes. */
+static void test_model_errors(void) {
+    sq_model_params p = sq_model_default_params();
+    size_t size;
+    tiny_cfg c = tiny_default();
+    c.arch = "gpt2";
+    uint8_t *buf = tiny_model_build(&c, &size);
+    expect_load_error(buf, size, &p, SQ_ERR_UNSUPPORTED, "unknown architecture");
+    free(buf);
+    c = tiny_default();
+    c.n_head = 5; /* 64 % 5 != 0 */
+    c.n_kv_head = 5;
+    buf = tiny_model_build(&c, &size);
+    expect_load_error(buf, size, &p, SQ_ERR_FORMAT, "heads do not divide hidden");
+    free(buf);
+    c = tiny_default();
+    c.n_kv_head = 3; /* 4 % 3 */
+    buf = tiny_model_build(&c, &size);
+    expect_load_error(buf, size, &p, SQ_ERR_FORMAT, "kv heads do not divide heads");
+    free(buf);
+    c = tiny_default();
+    c.arch = "qwen2"; /* without biases */
+    buf = tiny_model_build(&c, &size);
+    expect_load_error(buf, size, &p, SQ_ERR_FORMAT, "qwen2 without biases");
+    free(buf);
+    /* a renamed tensor = a missing one */
+    c = tiny_default();
+    buf = tiny_model_build(&c, &size);
+    uint8_t *hit = memmem(buf, size, "blk.1.ffn_up.weight", 19);
+    CHECK(hit != NULL, "tensor name not found");
+    if (hit) {
+        hit[0] = 'x';
+        expect_load_error(buf, size, &p, SQ_ERR_FORMAT, "missing tensor");
+        hit[0] = 'b';
+    }
+    /* a wrong rotation block */
+    free(buf);
+    c = tiny_default();
+    c.group = 24; /* not a power of two: the WHT is impossible */
+    c.n_embd = 48, c.n_ff = 96;
+    buf = tiny_model_build(&c, &size);
+    expect_load_error(buf, size, &p, SQ_ERR_FORMAT, "wht with G = 24");
+    free(buf);
+}
+
+int main(void) {
+    test_variants();
+    test_kv_types();
+    test_chunks();
+    test_spectral_tau();
+    test_param_errors();
+    test_model_errors();
+    if (g_fail) {
+        printf("test_model: %d failure(s)\n", g_fail);
+        return 1;
+    }
+    printf("test_model: all passed\n");
+    return 0;
+}

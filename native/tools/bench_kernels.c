@@ -1,0 +1,188 @@
+/* bench_kernels.c — timing of the matmul kernels on the SmolLM2-135M shapes (not a test).
+ *
+ *   bench_kernels [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot]
+ *
+ * For each shape (rows × K) and token count it prints the time per call, GOPS (2·rows·K·n_tok / t)
+ * and the effective weight bandwidth (weight bytes / t). "cold" cycles over copies of the matrix
+ * totalling > 256 MB so the weights come from DRAM, as they do in a real decode; "hot" reuses one
+ * copy (cache-resident for the small shapes); --hot uses one copy for n_tok = 1 too. The 49152 × 576 head is Q8_0 × Q8_0.
+ * Rows are split across THREADS pthreads like the engine does. Times are the fastest of the calls
+ * made in 0.5 s (the machine may be shared).
+ */
+#include "kernels.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* With one thread the clock is the thread's CPU time: on a shared machine, wall time would count
+ * the time the scheduler gave to other processes. */
+static clockid_t g_clock = CLOCK_MONOTONIC;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(g_clock, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t g_rng = 88172645463325252ull;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 11);
+}
+
+typedef struct {
+    const sq_kernel_table *kt;
+    int is_q8;
+    const sq_sq4_matrix *w4;
+    const sq_qact *x4;
+    const sq_q8_matrix *w8;
+    const sq_q8act *x8;
+    int r0, r1;
+    float *y;
+    int ldy;
+} job;
+
+static void *run_job(void *p) {
+    job *j = p;
+    if (j->is_q8) j->kt->matmul_q8(j->w8, j->x8, j->r0, j->r1, j->y, j->ldy);
+    else j->kt->matmul_sq4(j->w4, j->x4, j->r0, j->r1, j->y, j->ldy);
+    return NULL;
+}
+
+/* one matmul split over nth threads (thread 0 is the caller) */
+static void matmul(const sq_kernel_table *kt, int is_q8, const sq_sq4_matrix *w4, const sq_qact *x4,
+                   const sq_q8_matrix *w8, const sq_q8act *x8, int rows, float *y, int ldy, int nth) {
+    pthread_t th[64];
+    job jobs[64];
+    for (int i = 0; i < nth; i++) {
+        /* split on multiples of 8 rows so SIMD tiles stay whole */
+        int per = ((rows + nth - 1) / nth + 7) / 8 * 8;
+        int r0 = i * per < rows ? i * per : rows, r1 = (i + 1) * per < rows ? (i + 1) * per : rows;
+        jobs[i] = (job){kt, is_q8, w4, x4, w8, x8, r0, r1, y, ldy};
+        if (i) pthread_create(&th[i], NULL, run_job, &jobs[i]);
+    }
+    run_job(&jobs[0]);
+    for (int i = 1; i < nth; i++) pthread_join(th[i], NULL);
+}
+
+static void bench_shape(const char *isa, int rows, int K, int G, int bits, int is_q8, int nt, int nth, int cold) {
+    const sq_kernel_table *kt = sq_kernels_for(isa);
+    if (!kt) return;
+    const size_t wbytes = is_q8 ? (size_t)rows * (K / 32) * 34 : (size_t)rows * (K / G) * (2 + G / 2);
+    int copies = cold ? (int)((256u << 20) / wbytes + 1) : 1;
+    if (copies > 4096) copies = 4096;
+    uint8_t *data = malloc(wbytes * copies);
+    int32_t *wsum = malloc(sizeof(int32_t) * rows * (K / G));
+    if (!data || !wsum) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < wbytes * copies; i++) data[i] = (uint8_t)rnd();
+    /* valid fp16 scales in every block */
+    const size_t bs = is_q8 ? 34 : 2 + G / 2;
+    for (size_t off = 0; off < wbytes * copies; off += bs) {
+        uint16_t h = sq_fp32_to_fp16(0.01f);
+        memcpy(data + off, &h, 2);
+    }
+    if (!is_q8) sq_sq4_group_sums(data, rows, K, G, wsum);
+
+    float *xf = malloc(sizeof(float) * nt * K);
+    for (int i = 0; i < nt * K; i++) xf[i] = (float)(rnd() % 2001) / 1000.0f - 1.0f;
+    sq_qact x4 = {malloc(nt * K), malloc(sizeof(float) * nt * (K / G)), malloc(sizeof(int32_t) * nt * (K / G)), nt, K, G,
+                  bits};
+    sq_q8act x8 = {malloc(nt * K), malloc(sizeof(float) * nt * (K / 32)), nt, K};
+    if (is_q8) kt->quantize_q8act(xf, 0, nt, &x8);
+    else kt->quantize_act(xf, 0, nt, 1, &x4);
+    float *y = malloc(sizeof(float) * nt * rows);
+
+    /* repeat for 0.5 s (at least 3 calls); report the fastest call: the machine is shared, and
+     * the minimum is the least noisy estimate of what the kernel itself costs */
+    int calls = 0;
+    double t0 = now_s(), per = 1e30;
+    do {
+        const uint8_t *d = data + wbytes * (calls % copies);
+        sq_sq4_matrix w4 = {d, wsum, rows, K, G};
+        sq_q8_matrix w8 = {d, rows, K};
+        double tc = now_s();
+        matmul(kt, is_q8, &w4, &x4, &w8, &x8, rows, y, rows, nth);
+        tc = now_s() - tc;
+        per = tc < per ? tc : per;
+        calls++;
+    } while (now_s() - t0 < 0.5 || calls < 3);
+    const double gops = 2.0 * rows * K * (double)nt / per * 1e-9;
+    printf("%-7s %-5s %6d x %-5d %3d %5d  %10.1f us  %8.1f GOPS  %7.2f GB/s  %s\n", isa, is_q8 ? "q8_0" : "sq4", rows, K,
+           is_q8 ? 32 : G, nt, per * 1e6, gops, wbytes / per * 1e-9, cold ? "cold" : "hot");
+    free(data), free(wsum), free(xf), free(x4.q), free(x4.d), free(x4.z), free(x8.q), free(x8.d), free(y);
+}
+
+/* sequential read bandwidth of one thread over 512 MB, for reference */
+static void bench_read_bw(void) {
+    const size_t n = (512u << 20) / 8;
+    uint64_t *buf = malloc(n * 8);
+    if (!buf) return;
+    for (size_t i = 0; i < n; i++) buf[i] = i;
+    double best = 1e9;
+    uint64_t s = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i < n; i += 4) a += buf[i], b += buf[i + 1], c += buf[i + 2], d += buf[i + 3];
+        s += a + b + c + d;
+        double t = now_s() - t0;
+        best = t < best ? t : best;
+    }
+    printf("memory read bandwidth (1 thread, 512 MB, scalar loop): %.2f GB/s  [%llu]\n", n * 8 / best * 1e-9,
+           (unsigned long long)(s & 1));
+    free(buf);
+}
+
+int main(int argc, char **argv) {
+    int nth = 1, G = 64, bits = 4, quick = 0, hot = 0;
+    const char *isas = "scalar,avx2,avx512,neon", *ntoks = "1,512";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "-t") && i + 1 < argc) nth = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-g") && i + 1 < argc) G = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-b") && i + 1 < argc) bits = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "-n") && i + 1 < argc) ntoks = argv[++i];
+        else if (!strcmp(argv[i], "-i") && i + 1 < argc) isas = argv[++i];
+        else if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--hot")) hot = 1;
+        else {
+            fprintf(stderr, "usage: %s [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot]\n", argv[0]);
+            return 2;
+        }
+    }
+    if (nth < 1 || nth > 64 || (bits != 4 && bits != 8) || G < 32 || G % 32) {
+        fprintf(stderr, "bad -t/-g/-b\n");
+        return 2;
+    }
+    if (nth == 1) g_clock = CLOCK_THREAD_CPUTIME_ID;
+    static const int shapes[][3] = {{576, 576, 0}, {192, 576, 0}, {1536, 576, 0}, {576, 1536, 0}, {49152, 576, 1}};
+    printf("threads %d (%s time), SQ4 G=%d, act bits %d, dispatch: %s\n", nth, nth == 1 ? "thread CPU" : "wall", G, bits,
+           sq_isa_name());
+    printf("isa     type    rows x K     G  ntok   time/call          GOPS   weight GB/s\n");
+    char isabuf[128], ntbuf[128];
+    snprintf(isabuf, sizeof isabuf, "%s", isas);
+    for (char *isa = strtok(isabuf, ","); isa; isa = strtok(NULL, ",")) {
+        if (!sq_kernels_for(isa)) continue;
+        snprintf(ntbuf, sizeof ntbuf, "%s", ntoks);
+        char *save = NULL;
+        for (char *ns = strtok_r(ntbuf, ",", &save); ns; ns = strtok_r(NULL, ",", &save)) {
+            int nt = atoi(ns);
+            if (nt < 1) continue;
+            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+                if (shapes[s][1] % G && !shapes[s][2]) continue;
+                /* the scalar prefill of the head takes ~10 s: skip it in --quick */
+                if (quick && !strcmp(isa, "scalar") && nt > 1 && shapes[s][2]) continue;
+                bench_shape(isa, shapes[s][0], shapes[s][1], G, bits, shapes[s][2], nt, nth, nt == 1 && !hot);
+            }
+        }
+    }
+    if (!quick) bench_read_bw();
+    return 0;
+}

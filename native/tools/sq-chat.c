@@ -1,0 +1,619 @@
+/* sq-chat — chat with a SpecQuant GGUF model from the terminal (the native twin of llama-cli).
+ *
+ *   sq-chat -m model.gguf                      interactive chat (the default without a prompt)
+ *   sq-chat -m model.gguf -p "Why is the sky blue?" -n 128 --temp 0
+ *
+ * Behaviour worth knowing (README "Chat (sq-chat)"):
+ * - -p / -f: the prompt is one user message wrapped in the model's chat template (like llama-cli's
+ *   conversation mode), answered once; --raw feeds it as plain text to complete instead. A model
+ *   with no (or an unrecognised) template runs -p as plain completion and says so on stderr; the
+ *   interactive chat then needs --chat-template NAME (or --raw is refused: nothing to chat with).
+ * - interactive: "> " asks for a line; Ctrl-C stops the answer being written, Ctrl-C at the prompt
+ *   or EOF (Ctrl-D) exits; "/reset" starts a new conversation, "/exit" leaves.
+ * - the KV cache is reused across turns: each turn tokenizes the whole conversation and evaluates
+ *   only what differs from what the cache holds.
+ * - context full: an answer that reaches n_ctx stops with a note on stderr; the next turn drops the
+ *   oldest messages (never the system prompt) until the conversation fits again with room to answer.
+ *   A prompt that cannot fit at all is an error (exit 1 with -p; a message and a new prompt in the
+ *   interactive chat).
+ * - timings (prefill and decode tokens/s) go to stderr at exit, answers to stdout.
+ * Exit codes: 0 ok, 1 runtime error (missing model, bad file, prompt too long), 2 bad usage,
+ * 130 interrupted (-p).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <time.h>
+
+#include "specquant.h"
+
+/* ---- options ----------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *model, *prompt, *prompt_file, *system, *tmpl;
+    int n_predict, n_ctx, n_threads, kv_type, backend, repeat_last_n;
+    float temp, top_p, min_p, repeat_penalty, spectral_tau;
+    int top_k;
+    uint64_t seed;
+    int interactive, raw, display_prompt;
+} options;
+
+static const char *g_prog = "sq-chat";
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: %s -m FILE [options]\n"
+            "\n"
+            "Chat with a SpecQuant GGUF model. Without -p/-f the chat is interactive.\n"
+            "\n"
+            "  -m, --model FILE        model file (.gguf)\n"
+            "  -p, --prompt TEXT       one user message; answer it and exit (with -i: then chat)\n"
+            "  -f, --file FILE         read the prompt from FILE\n"
+            "  -sys, --system TEXT     system prompt\n"
+            "  -i, --interactive       chat interactively (default when no prompt is given)\n"
+            "  -n, --n-predict N       max tokens per answer (-1 = until the end of turn or a full context) [-1]\n"
+            "  -c, --ctx-size N        context size in tokens (0 = the model's, at most 2048) [0]\n"
+            "  -t, --threads N         threads (0 = all cores) [0]\n"
+            "  --temp T                temperature (0 = greedy) [0.8]\n"
+            "  --top-k N               top-k (0 = off) [40]\n"
+            "  --top-p P               top-p in (0, 1] (1 = off) [0.95]\n"
+            "  --min-p P               min-p in [0, 1] (0 = off) [0.05]\n"
+            "  --repeat-penalty X      repetition penalty (1 = off) [1.0]\n"
+            "  --repeat-last-n N       tokens the penalty looks back on [64]\n"
+            "  --seed N                random seed (-1 = random) [-1]\n"
+            "  --kv-type f16|q8|q4     KV cache type [f16]\n"
+            "  --spectral-tau X        keep this energy fraction of the spectral branch, (0, 1] [1.0]\n"
+            "  --backend cpu|cuda|auto compute backend [cpu]\n"
+            "  --chat-template NAME    force a chat format: %s\n"
+            "  --raw                   no chat template: complete the prompt as plain text\n"
+            "  --no-display-prompt     do not echo the prompt\n"
+            "  -h, --help              this help\n",
+            g_prog, sq_chat_template_names());
+}
+
+static int usage_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", g_prog);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, " (see %s -h)\n", g_prog);
+    va_end(ap);
+    return 2;
+}
+
+static int parse_int(const char *s, long lo, long hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+static int parse_float(const char *s, float *out) {
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return 0;
+    *out = v;
+    return 1;
+}
+
+static int parse_seed(const char *s, uint64_t *out) {
+    if (strcmp(s, "-1") == 0) {
+        *out = SQ_SEED_RANDOM;
+        return 1;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-' || v == UINT64_MAX) return 0;
+    *out = v;
+    return 1;
+}
+
+static int is_opt(const char *a, const char *s, const char *l) { return (s && !strcmp(a, s)) || (l && !strcmp(a, l)); }
+
+/* One option with a value; returns 0 when `a` is not one of these, 2 on a bad value, 1 when used. */
+static int parse_valued(options *o, const char *a, const char *v) {
+#define BAD(...) return usage_error(__VA_ARGS__), 2
+    if (is_opt(a, "-m", "--model")) o->model = v;
+    else if (is_opt(a, "-p", "--prompt")) o->prompt = v;
+    else if (is_opt(a, "-f", "--file")) o->prompt_file = v;
+    else if (is_opt(a, "-sys", "--system")) o->system = v;
+    else if (is_opt(a, NULL, "--chat-template")) {
+        if (!sq_chat_template_detect(v) || strchr(v, '{')) BAD("unknown chat template '%s' (known: %s)", v, sq_chat_template_names());
+        o->tmpl = v;
+    } else if (is_opt(a, "-n", "--n-predict")) {
+        if (!parse_int(v, -1, INT_MAX, &o->n_predict)) BAD("-n must be an integer >= -1, got '%s'", v);
+    } else if (is_opt(a, "-c", "--ctx-size")) {
+        if (!parse_int(v, 0, 1 << 24, &o->n_ctx)) BAD("-c must be an integer >= 0, got '%s'", v);
+    } else if (is_opt(a, "-t", "--threads")) {
+        if (!parse_int(v, 0, 1024, &o->n_threads)) BAD("-t must be an integer in 0..1024, got '%s'", v);
+    } else if (is_opt(a, NULL, "--temp")) {
+        if (!parse_float(v, &o->temp) || o->temp < 0) BAD("--temp must be a number >= 0, got '%s'", v);
+    } else if (is_opt(a, NULL, "--top-k")) {
+        if (!parse_int(v, 0, INT_MAX, &o->top_k)) BAD("--top-k must be an integer >= 0, got '%s'", v);
+    } else if (is_opt(a, NULL, "--top-p")) {
+        if (!parse_float(v, &o->top_p) || !(o->top_p > 0 && o->top_p <= 1)) BAD("--top-p must be in (0, 1], got '%s'", v);
+    } else if (is_opt(a, NULL, "--min-p")) {
+        if (!parse_float(v, &o->min_p) || !(o->min_p >= 0 && o->min_p <= 1)) BAD("--min-p must be in [0, 1], got '%s'", v);
+    } else if (is_opt(a, NULL, "--repeat-penalty")) {
+        if (!parse_float(v, &o->repeat_penalty) || !(o->repeat_penalty > 0)) BAD("--repeat-penalty must be > 0, got '%s'", v);
+    } else if (is_opt(a, NULL, "--repeat-last-n")) {
+        if (!parse_int(v, 0, 1 << 24, &o->repeat_last_n)) BAD("--repeat-last-n must be an integer >= 0, got '%s'", v);
+    } else if (is_opt(a, NULL, "--seed")) {
+        if (!parse_seed(v, &o->seed)) BAD("--seed must be -1 or an integer >= 0, got '%s'", v);
+    } else if (is_opt(a, NULL, "--kv-type")) {
+        if (!strcmp(v, "f16")) o->kv_type = SQ_KV_F16;
+        else if (!strcmp(v, "q8")) o->kv_type = SQ_KV_Q8;
+        else if (!strcmp(v, "q4")) o->kv_type = SQ_KV_Q4;
+        else BAD("--kv-type must be f16, q8 or q4, got '%s'", v);
+    } else if (is_opt(a, NULL, "--spectral-tau")) {
+        if (!parse_float(v, &o->spectral_tau) || !(o->spectral_tau > 0 && o->spectral_tau <= 1))
+            BAD("--spectral-tau must be in (0, 1], got '%s'", v);
+    } else if (is_opt(a, NULL, "--backend")) {
+        if (!strcmp(v, "cpu")) o->backend = SQ_BACKEND_CPU;
+        else if (!strcmp(v, "cuda")) o->backend = SQ_BACKEND_CUDA;
+        else if (!strcmp(v, "auto")) o->backend = SQ_BACKEND_AUTO;
+        else BAD("--backend must be cpu, cuda or auto, got '%s'", v);
+    } else return 0;
+    return 1;
+#undef BAD
+}
+
+/* 0: go on; 2: usage error (printed); -1: help printed */
+static int parse_args(int argc, char **argv, options *o) {
+    *o = (options){.n_predict = -1, .kv_type = SQ_KV_F16, .backend = SQ_BACKEND_CPU, .repeat_last_n = 64,
+                   .temp = 0.8f, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1.0f, .spectral_tau = 1.0f,
+                   .top_k = 40, .seed = SQ_SEED_RANDOM, .display_prompt = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (is_opt(a, "-h", "--help")) { usage(stdout); return -1; }
+        if (is_opt(a, "-i", "--interactive")) { o->interactive = 1; continue; }
+        if (is_opt(a, NULL, "--raw")) { o->raw = 1; continue; }
+        if (is_opt(a, NULL, "--no-display-prompt")) { o->display_prompt = 0; continue; }
+        if (a[0] != '-') return usage_error("unexpected argument '%s'", a);
+        if (i + 1 >= argc) {
+            if (parse_valued(o, a, "0") == 0) return usage_error("unknown option '%s'", a);
+            return usage_error("option '%s' needs a value", a);
+        }
+        int r = parse_valued(o, a, argv[i + 1]);
+        if (r == 0) return usage_error("unknown option '%s'", a);
+        if (r == 2) return 2;
+        i++;
+    }
+    if (!o->model) return usage_error("no model: pass -m FILE");
+    if (o->prompt && o->prompt_file) return usage_error("give -p or -f, not both");
+    if (o->raw && o->tmpl) return usage_error("--raw and --chat-template exclude each other");
+    if (o->raw && (o->interactive || (!o->prompt && !o->prompt_file)))
+        return usage_error("--raw completes a prompt: it needs -p or -f and no -i");
+    return 0;
+}
+
+/* ---- small helpers ----------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t g_sigint;
+
+static void on_sigint(int sig) {
+    (void)sig;
+    g_sigint++;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int error_msg(int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: error: ", g_prog);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+/* Whole file into a NUL-terminated buffer (at most 64 MiB). */
+static char *read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        error_msg(1, "cannot open prompt file '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) break;
+        if (n + 1 >= cap) {
+            if (cap >= ((size_t)64 << 20)) {
+                error_msg(1, "prompt file '%s' is larger than 64 MiB", path);
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) { free(buf); buf = NULL; break; }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + n, 1, cap - 1 - n, f);
+        n += got;
+        if (got == 0) {
+            if (ferror(f)) { error_msg(1, "cannot read '%s'", path); free(buf); buf = NULL; }
+            break;
+        }
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = '\0';
+        *len = n;
+    }
+    return buf;
+}
+
+/* 1 if s[0..n) is well-formed UTF-8 without NUL bytes */
+static int utf8_ok(const char *s, size_t n) {
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0; i < n;) {
+        unsigned c = u[i];
+        size_t len = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+        if (!len || i + len > n || c == 0) return 0;
+        for (size_t k = 1; k < len; k++)
+            if ((u[i + k] & 0xC0) != 0x80) return 0;
+        if (len == 3 && ((c == 0xE0 && u[i + 1] < 0xA0) || (c == 0xED && u[i + 1] > 0x9F))) return 0;
+        if (len == 4 && ((c == 0xF0 && u[i + 1] < 0x90) || (c == 0xF4 && u[i + 1] > 0x8F))) return 0;
+        i += len;
+    }
+    return 1;
+}
+
+/* How many bytes of s can be printed now: all but an unfinished UTF-8 sequence at the end. */
+static size_t printable(const unsigned char *s, size_t n) {
+    for (size_t back = 1; back <= 3 && back <= n; back++) {
+        unsigned c = s[n - back];
+        if ((c & 0xC0) == 0x80) continue; /* continuation byte: look further back */
+        size_t need = (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 1;
+        return need > back ? n - back : n;
+    }
+    return n;
+}
+
+/* ---- the session ------------------------------------------------------------------------------- */
+
+typedef struct {
+    char *role;
+    char *text;
+} message;
+
+typedef struct {
+    sq_model *m;
+    const sq_vocab *v;
+    sq_sampler *smp;
+    const options *o;
+    const char *tmpl;     /* NULL: plain completion */
+    int n_ctx, n_vocab;
+    int32_t *kv;          /* tokens in the KV cache, in order */
+    int n_kv;
+    int32_t *toks;        /* scratch: the conversation's tokens */
+    float *logits;
+    message *msgs;
+    int n_msgs, cap_msgs;
+    char *reply;          /* the answer being written */
+    size_t reply_len, reply_cap;
+    double t_prefill, t_decode;
+    long n_prefill, n_decode;
+} session;
+
+static int add_message(session *s, const char *role, const char *text, size_t len) {
+    if (s->n_msgs == s->cap_msgs) {
+        int cap = s->cap_msgs ? 2 * s->cap_msgs : 8;
+        message *m = realloc(s->msgs, sizeof(message) * (size_t)cap);
+        if (!m) return 0;
+        s->msgs = m;
+        s->cap_msgs = cap;
+    }
+    char *r = strdup(role), *t = malloc(len + 1);
+    if (!r || !t) { free(r); free(t); return 0; }
+    memcpy(t, text, len);
+    t[len] = '\0';
+    s->msgs[s->n_msgs++] = (message){r, t};
+    return 1;
+}
+
+static void drop_message(session *s, int i) {
+    free(s->msgs[i].role);
+    free(s->msgs[i].text);
+    memmove(s->msgs + i, s->msgs + i + 1, sizeof(message) * (size_t)(s->n_msgs - i - 1));
+    s->n_msgs--;
+}
+
+/* The conversation in the template (with the assistant's header); malloc'ed, NULL on error. */
+static char *format_chat(session *s) {
+    const char *roles[1024], *texts[1024];
+    int n = s->n_msgs < 1024 ? s->n_msgs : 1024;
+    for (int i = 0; i < n; i++) {
+        roles[i] = s->msgs[s->n_msgs - n + i].role;
+        texts[i] = s->msgs[s->n_msgs - n + i].text;
+    }
+    int32_t need = sq_chat_apply(s->tmpl, roles, texts, n, 1, NULL, 0);
+    if (need == INT32_MIN) { error_msg(1, "%s", sq_last_error()); return NULL; }
+    char *buf = malloc((size_t)-need);
+    if (!buf) return NULL;
+    sq_chat_apply(s->tmpl, roles, texts, n, 1, buf, -need);
+    return buf;
+}
+
+/* Tokens of text into s->toks (n_ctx + 1 at most: longer is "does not fit"); -1 on error. */
+static int tokenize_text(session *s, const char *text, size_t len) {
+    if (len > INT32_MAX) return s->n_ctx + 1;
+    int32_t n = sq_vocab_tokenize(s->v, text, (int32_t)len, s->toks, s->n_ctx + 1, 1, 1);
+    if (n == INT32_MIN) return error_msg(-1, "%s", sq_last_error());
+    return n < 0 ? s->n_ctx + 1 : n;
+}
+
+/* Makes the KV cache hold s->toks[0..n): keeps the common prefix, evaluates the rest. */
+static int prefill(session *s, int n) {
+    int p = 0;
+    while (p < n && p < s->n_kv && s->kv[p] == s->toks[p]) p++;
+    if (p == n) p = n - 1; /* re-evaluate the last token: its logits are needed */
+    if (sq_model_set_n_past(s->m, p) != SQ_OK) return error_msg(1, "%s", sq_last_error());
+    s->n_kv = p;
+    double t0 = now_s();
+    if (sq_model_eval(s->m, s->toks + p, n - p, s->logits, 1) != SQ_OK) return error_msg(1, "%s", sq_last_error());
+    s->t_prefill += now_s() - t0;
+    s->n_prefill += n - p;
+    memcpy(s->kv + p, s->toks + p, sizeof(int32_t) * (size_t)(n - p));
+    s->n_kv = n;
+    return 0;
+}
+
+static void reply_add(session *s, const char *p, size_t n) {
+    if (s->reply_len + n + 1 > s->reply_cap) {
+        size_t cap = s->reply_cap ? s->reply_cap : 1024;
+        while (cap < s->reply_len + n + 1) cap *= 2;
+        char *r = realloc(s->reply, cap);
+        if (!r) return; /* the answer was printed; only the history loses it */
+        s->reply = r;
+        s->reply_cap = cap;
+    }
+    memcpy(s->reply + s->reply_len, p, n);
+    s->reply_len += n;
+    s->reply[s->reply_len] = '\0';
+}
+
+/* Samples and prints up to n_predict tokens. Returns 0, 1 on error, or 3 when the context filled. */
+static int decode(session *s) {
+    s->reply_len = 0;
+    size_t shown = 0; /* bytes of s->reply already printed */
+    int rc = 0;
+    for (int i = 0; s->o->n_predict < 0 || i < s->o->n_predict; i++) {
+        if (g_sigint) break;
+        int32_t t = sq_sampler_sample(s->smp, s->logits, s->n_vocab);
+        if (t < 0) { rc = error_msg(1, "%s", sq_last_error()); break; }
+        if (sq_vocab_is_eog(s->v, t)) break;
+        sq_sampler_accept(s->smp, t);
+        char piece[256];
+        int32_t n = sq_vocab_token_to_piece(s->v, t, piece, sizeof piece, 0);
+        if (n > 0) reply_add(s, piece, (size_t)n);
+        size_t ready = printable((const unsigned char *)s->reply, s->reply_len);
+        if (ready > shown) {
+            fwrite(s->reply + shown, 1, ready - shown, stdout);
+            fflush(stdout);
+            shown = ready;
+        }
+        if (s->n_kv >= s->n_ctx) { rc = 3; break; }
+        double t0 = now_s();
+        if (sq_model_eval(s->m, &t, 1, s->logits, 1) != SQ_OK) { rc = error_msg(1, "%s", sq_last_error()); break; }
+        s->t_decode += now_s() - t0;
+        s->n_decode++;
+        s->kv[s->n_kv++] = t;
+    }
+    if (s->reply_len > shown) fwrite(s->reply + shown, 1, s->reply_len - shown, stdout); /* a cut sequence */
+    fflush(stdout);
+    if (rc == 3)
+        fprintf(stderr, "\n%s: context full (%d tokens): answer cut; older turns will be dropped to go on\n", g_prog,
+                s->n_ctx);
+    return rc;
+}
+
+/* One user turn in chat mode. Returns 0, 1 on a fatal error, 4 when the prompt cannot fit. */
+static int chat_turn(session *s, const char *text, size_t len) {
+    if (!add_message(s, "user", text, len)) return error_msg(1, "out of memory");
+    int dropped = 0, n;
+    for (;;) {
+        char *conv = format_chat(s);
+        if (!conv) return 1;
+        n = tokenize_text(s, conv, strlen(conv));
+        free(conv);
+        if (n < 0) return 1;
+        int first = s->n_msgs > 0 && !strcmp(s->msgs[0].role, "system") ? 1 : 0;
+        int reserve = s->n_msgs - first > 1 ? s->n_ctx / 4 : 1; /* room to answer, while turns can go */
+        if (n + reserve <= s->n_ctx) break;
+        if (s->n_msgs - first <= 1) { /* only this message is left: it does not fit */
+            drop_message(s, s->n_msgs - 1);
+            fprintf(stderr, "%s: error: the prompt needs %d tokens, the context holds %d (use -c)\n", g_prog, n, s->n_ctx);
+            return 4;
+        }
+        drop_message(s, first);
+        dropped++;
+    }
+    if (dropped) fprintf(stderr, "%s: dropped the %d oldest message(s) to fit the context (%d tokens)\n", g_prog, dropped, s->n_ctx);
+    if (prefill(s, n)) return 1;
+    int rc = decode(s);
+    if (rc == 1) return 1;
+    if (!add_message(s, "assistant", s->reply ? s->reply : "", s->reply_len)) return error_msg(1, "out of memory");
+    return 0;
+}
+
+/* Plain completion of text (no template). */
+static int raw_turn(session *s, const char *text, size_t len) {
+    int n = tokenize_text(s, text, len);
+    if (n < 0) return 1;
+    if (n >= s->n_ctx) {
+        fprintf(stderr, "%s: error: the prompt needs %d tokens, the context holds %d (use -c)\n", g_prog, n, s->n_ctx);
+        return 4;
+    }
+    if (n == 0) return error_msg(4, "the prompt has no tokens");
+    if (prefill(s, n)) return 1;
+    return decode(s) == 1 ? 1 : 0;
+}
+
+static int turn(session *s, const char *text, size_t len) {
+    return s->tmpl ? chat_turn(s, text, len) : raw_turn(s, text, len);
+}
+
+/* Reads one line (without its newline) into *line; returns its length, -1 on EOF / Ctrl-C. */
+static long read_line(char **line, size_t *cap) {
+    errno = 0;
+    ssize_t n = getline(line, cap, stdin);
+    if (n < 0 || g_sigint) return -1;
+    while (n > 0 && ((*line)[n - 1] == '\n' || (*line)[n - 1] == '\r')) (*line)[--n] = '\0';
+    return (long)n;
+}
+
+static int interactive(session *s) {
+    char *line = NULL;
+    size_t cap = 0;
+    int rc = 0;
+    for (;;) {
+        g_sigint = 0;
+        fputs("\n> ", stdout);
+        fflush(stdout);
+        long n = read_line(&line, &cap);
+        if (n < 0) { fputc('\n', stdout); break; }
+        if (n == 0) continue;
+        if (!strcmp(line, "/exit") || !strcmp(line, "/quit")) break;
+        if (!strcmp(line, "/reset")) {
+            while (s->n_msgs > 0 && !(s->n_msgs == 1 && !strcmp(s->msgs[0].role, "system"))) drop_message(s, s->n_msgs - 1);
+            fprintf(stderr, "%s: new conversation\n", g_prog);
+            continue;
+        }
+        if (!utf8_ok(line, (size_t)n)) {
+            fprintf(stderr, "%s: error: that line is not valid UTF-8; type it again\n", g_prog);
+            continue;
+        }
+        rc = turn(s, line, (size_t)n);
+        if (rc == 1) break;
+        rc = 0;
+        if (g_sigint > 1) break; /* a second Ctrl-C while answering: leave */
+    }
+    free(line);
+    return rc;
+}
+
+static void print_timings(const session *s, double t_load) {
+    double pf = s->t_prefill > 0 ? (double)s->n_prefill / s->t_prefill : 0;
+    double dc = s->t_decode > 0 ? (double)s->n_decode / s->t_decode : 0;
+    fprintf(stderr, "\n%s: load    %8.2f ms\n", g_prog, t_load * 1e3);
+    fprintf(stderr, "%s: prefill %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_prefill * 1e3, s->n_prefill, pf);
+    fprintf(stderr, "%s: decode  %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_decode * 1e3, s->n_decode, dc);
+}
+
+/* The chat template to use (NULL = plain completion); *rc != 0 when chatting is impossible. */
+static const char *pick_template(const options *o, sq_model *m, int chatting, int *rc) {
+    *rc = 0;
+    if (o->raw) return NULL;
+    if (o->tmpl) return o->tmpl;
+    const char *t = sq_model_meta(m, "tokenizer.chat_template");
+    if (t && sq_chat_template_detect(t)) return t;
+    const char *why = t ? "an unrecognised chat template" : "no chat template (tokenizer.chat_template)";
+    if (chatting) {
+        *rc = error_msg(1, "the model has %s; choose one with --chat-template %s", why, "chatml|llama3|llama2|gemma|phi3");
+        return NULL;
+    }
+    fprintf(stderr, "%s: the model has %s: completing the prompt as plain text (--chat-template NAME to chat)\n", g_prog, why);
+    return NULL;
+}
+
+static int run(const options *o, const char *prompt, size_t prompt_len) {
+    int chatting = o->interactive || !prompt;
+    sq_model_params mp = sq_model_default_params();
+    mp.n_ctx = o->n_ctx;
+    mp.n_threads = o->n_threads;
+    mp.kv_type = o->kv_type;
+    mp.spectral_tau = o->spectral_tau;
+    mp.backend = o->backend;
+    double t0 = now_s();
+    sq_model *m = sq_model_load(o->model, &mp);
+    if (!m) return error_msg(1, "cannot load '%s': %s", o->model, sq_last_error());
+    double t_load = now_s() - t0;
+    session s = {.m = m, .v = sq_model_vocab(m), .o = o, .n_ctx = sq_model_n_ctx(m), .n_vocab = sq_model_n_vocab(m)};
+    int rc = 0;
+    if (!s.v) { rc = error_msg(1, "'%s' has no tokenizer (tokenizer.ggml.model)", o->model); goto done; }
+    s.tmpl = pick_template(o, m, chatting, &rc);
+    if (rc) goto done;
+    sq_sampler_params sp = {o->temp, o->top_k, o->top_p, o->min_p, o->repeat_penalty, o->repeat_last_n, o->seed};
+    s.smp = sq_sampler_new(&sp);
+    s.kv = malloc(sizeof(int32_t) * (size_t)(s.n_ctx + 1));
+    s.toks = malloc(sizeof(int32_t) * (size_t)(s.n_ctx + 1));
+    s.logits = malloc(sizeof(float) * (size_t)s.n_vocab);
+    if (!s.smp || !s.kv || !s.toks || !s.logits) { rc = error_msg(1, "%s", s.smp ? "out of memory" : sq_last_error()); goto done; }
+    if (o->system && s.tmpl && !add_message(&s, "system", o->system, strlen(o->system))) { rc = error_msg(1, "out of memory"); goto done; }
+    if (prompt) {
+        if (o->display_prompt) {
+            fwrite(prompt, 1, prompt_len, stdout);
+            if (s.tmpl) fputc('\n', stdout);
+            fflush(stdout);
+        }
+        rc = turn(&s, prompt, prompt_len);
+        if (rc == 4) rc = 1;
+        if (!rc && !o->interactive) fputc('\n', stdout);
+        if (!rc && g_sigint && !o->interactive) rc = 130;
+    }
+    if (!rc && (!prompt || o->interactive)) rc = interactive(&s);
+    print_timings(&s, t_load);
+done:
+    for (int i = 0; i < s.n_msgs; i++) {
+        free(s.msgs[i].role);
+        free(s.msgs[i].text);
+    }
+    free(s.msgs);
+    free(s.reply);
+    free(s.kv);
+    free(s.toks);
+    free(s.logits);
+    sq_sampler_free(s.smp);
+    sq_model_free(m);
+    return rc;
+}
+
+int main(int argc, char **argv) {
+    options o;
+    int rc = parse_args(argc, argv, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    char *file_text = NULL;
+    size_t prompt_len = 0;
+    const char *prompt = o.prompt;
+    if (o.prompt_file) {
+        if (!(file_text = read_file(o.prompt_file, &prompt_len))) return 1;
+        prompt = file_text;
+    } else if (prompt) {
+        prompt_len = strlen(prompt);
+    }
+    if (prompt && prompt_len == 0) rc = usage_error("the prompt is empty");
+    else if (prompt && !utf8_ok(prompt, prompt_len)) rc = error_msg(1, "the prompt is not valid UTF-8 text");
+    else if (o.system && (!*o.system || !utf8_ok(o.system, strlen(o.system))))
+        rc = error_msg(1, "the system prompt is empty or not valid UTF-8 text");
+    if (!rc) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_sigint; /* no SA_RESTART: Ctrl-C interrupts a blocked read */
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        rc = run(&o, prompt, prompt_len);
+    }
+    free(file_text);
+    return rc;
+}

@@ -1,0 +1,214 @@
+"""The conversion recipe and the quantization of one decoder block.
+
+quantize_block() turns one block's float weights plus the statistics of its inputs into what the
+file stores: smoothing folded into the norms / v rows / up rows (λ chosen per linear group, α
+searched per group on calibration samples), an optional spectral branch, the in-group WHT of the
+residual, and int4 groups by GPTQ (or RTN) with a clipping search.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from . import spectral
+from .calibrate import PointStats
+from .models import Block, LINEARS, ModelConfig
+from .quantize import CLIP_RATIOS, NO_CLIP, dequantize, fake_quant_act, gptq, q8_0_weight, rtn
+from .rotation import rotate_hessian, rotate_weight, wht_groups
+from .simulate import QLinear
+from .smooth import GROUPS, fold, group_scales_for
+
+METHODS = ("specquant", "smoothquant", "rtn", "f16", "q8")
+QUANT_METHODS = ("specquant", "smoothquant", "rtn")
+DEFAULT_ALPHA_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+POINT_OF = {"attn_q": "attn", "attn_k": "attn", "attn_v": "attn", "attn_output": "attn_out",
+            "ffn_gate": "ffn", "ffn_up": "ffn", "ffn_down": "ffn_down"}
+# smoothing order: the groups whose λ folds into another group's weights (v rows, up rows) go first
+SMOOTH_ORDER = ("attn_out", "ffn_down", "attn", "ffn")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    method: str = "specquant"
+    preset: str = "default"
+    act_bits: int = 4
+    group_size: int = 64  # 0 = one group per row
+    alpha: float | None = None  # None = per-group search over alpha_grid
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    rotation: str = "wht"
+    gptq: bool = True
+    act_order: bool = False
+    clip: bool = True
+    damp: float = 0.01
+    spectral_k: int = 0
+    spectral_axis: str = "in"
+    spectral_rule: str = "flat"
+    spectral_temp: float = 1.0
+    search_tokens: int = 512
+    search_gptq: bool = False  # use GPTQ (not RTN) inside the α search (slower)
+    propagate: str = "float"  # calibration activations through the float or the quantized block
+    head_type: str = "q8_0"
+
+    @property
+    def quantized(self) -> bool:
+        return self.method in QUANT_METHODS
+
+    @property
+    def smoothing(self) -> bool:
+        return self.method in ("specquant", "smoothquant")
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return CLIP_RATIOS if self.clip else NO_CLIP
+
+    def group_for(self, c_in: int) -> int:
+        return self.group_size or c_in
+
+    def mean_alpha(self, alphas: list[float]) -> float:
+        return float(sum(alphas) / len(alphas)) if alphas else (self.alpha if self.alpha is not None else 0.0)
+
+
+def method_defaults(method: str, preset: str = "default") -> Recipe:
+    """The recipe each --method / --preset stands for (flags may override parts of it)."""
+    if preset == "paper":  # the paper's literal reading: per-row weights, per-token acts, α=0.5, fixed K
+        return Recipe(method="specquant", preset="paper", group_size=0, alpha=0.5, rotation="none",
+                      gptq=False, clip=False, spectral_k=16, spectral_axis="in", spectral_rule="flat")
+    if method == "specquant":
+        return Recipe()
+    if method == "smoothquant":
+        return Recipe(method=method, alpha=0.5, rotation="none", gptq=False, clip=False)
+    if method == "rtn":
+        return Recipe(method=method, alpha=None, rotation="none", gptq=False, clip=False)
+    return Recipe(method=method, rotation="none", gptq=False, clip=False)
+
+
+@dataclass
+class QBlock:
+    """One converted block: norms (fp32, smoothing folded in) and the seven QLinears."""
+
+    norms: dict[str, torch.Tensor]
+    linears: dict[str, QLinear]
+    alphas: dict[str, float] = field(default_factory=dict)
+    errors: dict[str, float] = field(default_factory=dict)
+
+
+def scaled_stats(st: PointStats, lam: torch.Tensor) -> PointStats:
+    """Statistics of X' = X / λ."""
+    inv = (1.0 / lam).double()
+    return PointStats(absmax=st.absmax / lam, sqsum=st.sqsum * inv.pow(2),
+                      hess=st.hess * inv.unsqueeze(0) * inv.unsqueeze(1), count=st.count,
+                      samples=[s / lam for s in st.samples])
+
+
+def quantize_linear(w: torch.Tensor, st: PointStats, r: Recipe, fast: bool = False) -> QLinear:
+    """One smoothed linear weight (C_out, C_in) -> QLinear (spectral split, rotation, int4)."""
+    c_out, c_in = w.shape
+    coef = ks = None
+    resid = w
+    if r.spectral_k > 0:
+        k_cap = spectral.n_freqs(c_in if r.spectral_axis == "in" else c_out)
+        imp = spectral.channel_importance(w, st.rms, r.spectral_axis)
+        kk = spectral.allocate_k(imp, r.spectral_k, min(k_cap, 4 * r.spectral_k), r.spectral_rule, r.spectral_temp)
+        coef, ks, resid = spectral.split(w, kk, r.spectral_axis)
+    g = r.group_for(c_in)
+    hess = st.hess
+    if r.rotation == "wht":
+        resid = rotate_weight(resid, g)
+        if r.gptq and not fast:
+            hess = rotate_hessian(hess, g)
+    if r.gptq and (not fast or r.search_gptq):
+        q, d = gptq(resid, hess, g, r.ratios, r.damp, r.act_order)
+    else:
+        q, d = rtn(resid, g, r.ratios)
+    return QLinear("sq4", (c_out, c_in), q=q, d=d, group=g, coef=coef, ks=ks, axis=r.spectral_axis)
+
+
+def layer_error(ql: QLinear, x: torch.Tensor, xq: torch.Tensor, y_ref: torch.Tensor) -> float:
+    """Relative output error ||ŷ − y||² / ||y||² of a quantized linear on sample inputs."""
+    y = xq @ dequantize(ql.q, ql.d, ql.group).t()
+    if ql.k_max > 0:
+        y = y + spectral.branch(x, ql.coef, ql.ks, ql.axis, ql.shape[0])
+    return float(((y - y_ref) ** 2).sum() / (y_ref ** 2).sum().clamp(min=1e-30))
+
+
+def quant_act(x: torch.Tensor, g: int, r: Recipe) -> torch.Tensor:
+    xr = wht_groups(x, g) if r.rotation == "wht" else x
+    return fake_quant_act(xr, g, r.act_bits)
+
+
+def group_error(group: str, blk: Block, st: PointStats, lam: torch.Tensor, r: Recipe) -> float:
+    x = st.sample
+    xs = x / lam
+    names = GROUPS[group]
+    g = r.group_for(xs.shape[1])
+    xq = quant_act(xs, g, r)
+    sst = scaled_stats(st, lam) if r.search_gptq else st
+    err = 0.0
+    for n in names:
+        y_ref = x @ blk[n].t()
+        ql = quantize_linear(blk[n] * lam.unsqueeze(0), sst, r, fast=True)
+        err += layer_error(ql, xs, xq, y_ref)
+    return err / len(names)
+
+
+def search_alpha(group: str, blk: Block, st: PointStats, cfg: ModelConfig, r: Recipe) -> tuple[float, float]:
+    """α of the grid with the least output error of the group's quantized layers (RTN proxy)."""
+    best = (float("inf"), r.alpha_grid[0])
+    for a in r.alpha_grid:
+        lam = group_scales_for(group, st.absmax, blk, a, cfg)
+        e = group_error(group, blk, st, lam, r)
+        if e < best[0]:
+            best = (e, a)
+    return best[1], best[0]
+
+
+def quantize_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r: Recipe) -> QBlock:
+    """The block as the file stores it. blk is not modified."""
+    blk = {k: v.clone() for k, v in blk.items()}
+    if not r.quantized:
+        return float_block(blk, r)
+    stats = dict(stats)
+    alphas: dict[str, float] = {}
+    errors: dict[str, float] = {}
+    if r.smoothing:
+        for group in SMOOTH_ORDER:
+            st = stats[group]
+            if r.alpha is None:
+                a, e = search_alpha(group, blk, st, cfg, r)
+                errors[group] = e
+            else:
+                a = r.alpha
+            lam = group_scales_for(group, st.absmax, blk, a, cfg)
+            fold(blk, group, lam, cfg)
+            stats[group] = scaled_stats(st, lam)
+            alphas[group] = a
+    linears = {}
+    for name in LINEARS:
+        ql = quantize_linear(blk[name], stats[POINT_OF[name]], r)
+        ql.bias = blk.get(f"{name}_bias")
+        linears[name] = ql
+    norms = {"attn_norm": blk["attn_norm"], "ffn_norm": blk["ffn_norm"]}
+    return QBlock(norms, linears, alphas, errors)
+
+
+def float_block(blk: Block, r: Recipe) -> QBlock:
+    """f16 / q8 methods: standard ggml types, weights rounded as the file will hold them."""
+    linears = {}
+    for name in LINEARS:
+        w = blk[name]
+        if r.method == "q8":
+            linears[name] = QLinear("q8_0", tuple(w.shape), weight=q8_0_weight(w))
+        else:
+            linears[name] = QLinear("f16", tuple(w.shape), weight=w.to(torch.float16).float())
+        linears[name].bias = blk.get(f"{name}_bias")
+    return QBlock({"attn_norm": blk["attn_norm"], "ffn_norm": blk["ffn_norm"]}, linears)
+
+
+def describe(r: Recipe) -> dict[str, Any]:
+    return {k: getattr(r, k) for k in r.__dataclass_fields__}
+
+
+def with_overrides(base: Recipe, **kw: Any) -> Recipe:
+    return replace(base, **{k: v for k, v in kw.items() if v is not None})

@@ -1,0 +1,76 @@
+"""bench/ helpers that need neither llama.cpp nor the real model: RESULTS.md sections, targets,
+file facts, the bandwidth tool, plots."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import compare  # noqa: E402
+import membw  # noqa: E402
+
+
+def test_results_md_sections_are_replaced_and_others_kept(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Results\n\n## Perplexity\n\nsomeone else's numbers\n")
+    compare.update_results_md(md, {"Comparison": "table v1", "Speed": "speed v1"})
+    compare.update_results_md(md, {"Comparison": "table v2", "Speed": "speed v2"})
+    text = md.read_text()
+    assert "someone else's numbers" in text
+    assert "table v2" in text and "table v1" not in text and "speed v2" in text
+    assert text.count("## Comparison") == 1 and text.count("## Speed") == 1
+
+
+def _row(name, engine="ours", zs=None, ppl=30.0, pp=None, tg=None):
+    r = {"name": name, "engine": engine, "ppl": ppl, "zeroshot_avg": zs, "bits_per_weight": 4.5,
+         "file_bytes": 10**8}
+    if pp is not None:
+        r["speed"] = [{"threads": 2, "prefill_tok_s": pp, "decode_tok_s": tg, "decode_gb_s": 1.0}]
+    return r
+
+
+def test_targets_measure_margins():
+    rows = [_row("f16", zs=0.50), _row("rtn", zs=0.47), _row("smoothquant", zs=0.485),
+            _row("specquant", zs=0.49, pp=300, tg=60), _row("llama.cpp Q4_0", "llama.cpp", zs=0.48, pp=250, tg=40),
+            _row("llama.cpp F16", "llama.cpp", ppl=30.1)]
+    t = {x["target"]: x for x in compare.targets(rows)}
+    assert t["specquant zero-shot avg within 2 points of f16"]["met"]
+    assert t["specquant zero-shot avg >= 1 point above rtn"]["met"]
+    sm = t["specquant zero-shot avg >= 1 point above smoothquant"]
+    assert not sm["met"] and sm["margin"] == pytest.approx(-0.5)
+    assert t["decode >= 1.2x llama.cpp Q4_0 at 2 threads"]["met"]           # 1.5x
+    assert not t["prefill >= 1.5x llama.cpp Q4_0 at 2 threads"]["met"]      # 1.2x
+    assert t["our f16 PPL within 0.5% of llama.cpp F16 (same tokens)"]["met"]  # 0.33%
+
+
+def test_file_facts_on_a_tiny_model(tiny_f16):
+    f = common.file_facts(Path(tiny_f16.path))
+    assert f["file_bytes"] == Path(tiny_f16.path).stat().st_size
+    assert f["params"] > 0 and 16 < f["bits_per_weight"] < 40  # f16 tensors plus metadata overhead
+    assert 0 < f["bytes_per_token"] <= f["file_bytes"]
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_membw_tool_measures_something(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPECQUANT_CACHE", str(tmp_path))
+    rows = membw.measure(mib=64, threads=2, reps=1)
+    assert [r["threads"] for r in rows] == [1, 2]
+    assert all(0.5 < r["gb_per_s"] < 2000 for r in rows)
+
+
+def test_plots_are_written(tmp_path):
+    import plots
+
+    rows = [dict(_row("f16", zs=0.5, pp=100, tg=20), bits_per_weight=16.0),
+            dict(_row("specquant", zs=0.48, ppl=38.0, pp=300, tg=60), bits_per_weight=4.6),
+            dict(_row("llama.cpp Q4_0", "llama.cpp", zs=0.47, ppl=45.0, pp=250, tg=40), bits_per_weight=4.5)]
+    made = plots.make_all({"rows": rows}, tmp_path)
+    assert {p.name for p in made} == {"accuracy_vs_bpw.png", "ppl.png", "speed.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in made)

@@ -1,0 +1,265 @@
+"""`specquant convert` end to end on tiny synthetic models: files, metadata, agreement with the
+reference oracle, bad command lines, and block-by-block memory."""
+from __future__ import annotations
+
+import gc
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from specquant_gguf.calibrate import Calibration
+from specquant_gguf.cli import main
+from specquant_gguf.format import SQ4_TYPE_ID, TYPE_F16, TYPE_F32, TYPE_Q8_0, read_model
+from specquant_gguf.models import GGUFSource
+from specquant_gguf.forward import block_forward, head_logits, rms_norm
+from specquant_gguf.pipeline import convert_blocks, sim_block, write_converted
+from specquant_gguf.quantize import fake_quant_q8_0, q8_0_weight
+from specquant_gguf.recipe import Recipe
+
+from tinyllama import MemorySource, float_logits, tiny_config, write_gguf
+
+FAST = ["--calib-windows", "2", "--calib-len", "32", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> tuple[MemorySource, Path]:
+    src = MemorySource(tiny_config(n_layer=2), seed=0)
+    return src, write_gguf(src, tmp_path_factory.mktemp("src") / "tiny.f32.gguf")
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("calib") / "calib.jsonl"
+    lines = ['{"text": "<t%d> <t%d> hello world number %d and more words"}' % (i, i + 7, i) for i in range(40)]
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def _convert(src_path: Path, out: Path, *extra: str) -> int:
+    return main(["convert", str(src_path), "--out", str(out), *FAST, *extra])
+
+
+def _ref_logits(path: Path, tokens: list[int]) -> np.ndarray:
+    from specquant_gguf.reference import ReferenceModel
+
+    return ReferenceModel(path).forward(tokens)
+
+
+def test_default_conversion_writes_a_complete_file(tiny_src, tmp_path: Path) -> None:
+    src, path = tiny_src
+    out = tmp_path / "tiny.sq4.gguf"
+    assert _convert(path, out, "--group-size", "32") == 0
+    m = read_model(out)
+    md = m.metadata
+    for key in ("specquant.version", "specquant.converter", "specquant.method", "specquant.preset",
+                "specquant.group_size", "specquant.act_bits", "specquant.act_group_size", "specquant.rotation",
+                "specquant.rotation.block", "specquant.spectral.axis", "specquant.spectral.k_max",
+                "specquant.spectral.tau", "specquant.smooth.alpha", "specquant.calibration.source",
+                "specquant.calibration.tokens", "llama.block_count", "llama.embedding_length",
+                "llama.attention.head_count_kv", "llama.rope.freq_base", "tokenizer.ggml.tokens",
+                "tokenizer.ggml.bos_token_id"):
+        assert key in md, key
+    assert md["general.architecture"] == "llama"
+    assert md["specquant.method"] == "specquant" and md["specquant.group_size"] == 32
+    assert md["specquant.rotation"] == "wht" and md["specquant.rotation.block"] == 32
+    assert md["specquant.calibration.source"] == "self-generated"
+    assert md["specquant.calibration.tokens"] == 64
+    assert 0.0 <= md["specquant.smooth.alpha"] <= 1.0
+    assert md["tokenizer.ggml.tokens"] == src.tokenizer_kv()["tokenizer.ggml.tokens"][0]
+    types = {t.name: t.type_id for t in m}
+    for i in range(2):
+        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+            assert types[f"blk.{i}.{part}.weight"] == SQ4_TYPE_ID
+        assert types[f"blk.{i}.attn_norm.weight"] == TYPE_F32
+    assert types["token_embd.weight"] == TYPE_Q8_0 and "output.weight" not in types
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_file_matches_simulation_and_approximates_float(tiny_src, tmp_path: Path, calib_file: Path) -> None:
+    """The reference oracle (reading the file) agrees with the converter's own simulated forward,
+    and the W4A4 model stays close to the float model: specquant closer than plain RTN."""
+    src, path = tiny_src
+    tokens = list(range(5, 60, 3))
+    ref_fp = float_logits(src, torch.tensor([tokens]))[0].numpy()
+    errs = {}
+    for method in ("specquant", "rtn"):
+        out = tmp_path / f"{method}.gguf"
+        assert _convert(path, out, "--method", method, "--group-size", "32", "--calib", str(calib_file)) == 0
+        got = _ref_logits(out, tokens)
+        errs[method] = float(np.abs(got - ref_fp).mean() / np.abs(ref_fp).mean())
+    md = read_model(tmp_path / "specquant.gguf").metadata
+    assert md["specquant.calibration.source"] == "file:calib.jsonl" and md["specquant.calibration.tokens"] == 64
+    assert errs["specquant"] < errs["rtn"]
+    assert errs["specquant"] < 0.25, errs
+
+
+def test_simulation_equals_reference_oracle(tiny_src, tmp_path: Path) -> None:
+    """What the research tools measure (simulate.py) is what the file computes (reference.py)."""
+    _, path = tiny_src
+    source = GGUFSource(path)
+    cfg = source.config
+    calib = Calibration(torch.randint(3, cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(1)), "test")
+    emb = source.token_embd()
+    tokens = list(range(4, 40))
+    for n, recipe in enumerate((Recipe(group_size=32), Recipe(group_size=64, spectral_k=3, spectral_axis="out"),
+                                Recipe(group_size=32, act_bits=8, spectral_k=2, spectral_rule="softmax"))):
+        blocks = [sim_block(qb, recipe) for _, qb in convert_blocks(source, calib, recipe, emb)]
+        out = write_converted(source, recipe, calib, tmp_path / f"sim{n}.gguf") and tmp_path / f"sim{n}.gguf"
+        ref = _ref_logits(out, tokens)
+        emb_q = q8_0_weight(emb)  # token_embd is stored as Q8_0
+        x = emb_q[torch.tensor([tokens])]
+        for norms, lin in blocks:
+            x = block_forward(x, norms, cfg, lin=lin)
+        h = rms_norm(x, source.output_norm(), cfg.rms_eps)
+        sim = (fake_quant_q8_0(h) @ emb_q.t())[0].numpy()
+        assert np.allclose(sim, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max()), np.abs(sim - ref).max()
+
+
+@pytest.mark.parametrize("method,wtype", [("f16", TYPE_F16), ("q8", TYPE_Q8_0)])
+def test_standard_types(tiny_src, tmp_path: Path, method: str, wtype: int) -> None:
+    src, path = tiny_src
+    out = tmp_path / f"{method}.gguf"
+    assert _convert(path, out, "--method", method) == 0
+    m = read_model(out)
+    assert {t.type_id for t in m} <= {TYPE_F32, TYPE_F16, TYPE_Q8_0}
+    assert m.tensor("blk.0.attn_q.weight").type_id == wtype
+    assert m.metadata["specquant.method"] == method
+    assert m.metadata["general.file_type"] == (1 if method == "f16" else 7)
+    tokens = list(range(3, 30))
+    ref_fp = float_logits(src, torch.tensor([tokens]))[0].numpy()
+    got = _ref_logits(out, tokens)
+    tol = 2e-2 if method == "f16" else 5e-2
+    assert np.abs(got - ref_fp).max() < tol * np.abs(ref_fp).max()
+
+
+def test_paper_preset_and_per_row_groups(tiny_src, tmp_path: Path) -> None:
+    src, path = tiny_src
+    out = tmp_path / "paper.gguf"
+    assert _convert(path, out, "--preset", "paper") == 0
+    m = read_model(out)
+    md = m.metadata
+    assert md["specquant.preset"] == "paper" and md["specquant.group_size"] == 0
+    assert md["specquant.rotation"] == "none" and md["specquant.spectral.k_max"] == 16
+    assert abs(md["specquant.smooth.alpha"] - 0.5) < 1e-6
+    q, d = m.sq4("blk.0.ffn_down.weight")
+    assert d.shape == (128, 1)  # one scale per row
+    assert m.tensor("blk.0.attn_q.spectral").shape == (128, 16, 2)
+    assert m.array("blk.0.attn_q.spectral_k").dtype == np.int16
+
+
+def _fails(capsys, argv: list[str], code: int, needle: str) -> None:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == code, (rc, err)
+    assert needle in err, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--group-size", "48"], "--group-size"),
+    (["--alpha", "1.5"], "alpha"),
+    (["--alpha", "strong"], "alpha"),
+    (["--calib-windows", "0"], "--calib-windows"),
+    (["--calib-len", "4"], "--calib-len"),
+    (["--threads", "0"], "--threads"),
+    (["--rotation", "wht", "--group-size", "0"], "power-of-two"),
+    (["--method", "rtn", "--alpha", "0.5"], "--alpha"),
+    (["--method", "f16", "--group-size", "32"], "--group-size"),
+    (["--method", "q8", "--calib", "x.txt"], "--calib"),
+    (["--method", "smoothquant", "--spectral-k", "4"], "--spectral-k"),
+    (["--spectral-k", "-1"], "--spectral-k"),
+    (["--spectral-k", "100"], "--spectral-k"),
+    (["--spectral-axis", "out"], "--spectral-k"),
+    (["--act-bits", "3"], "--act-bits"),
+    (["--no-gptq", "--act-order"], "--act-order"),
+    (["--calib", "/nonexistent/calib.txt"], "no such file"),
+    (["--preset", "paper", "--method", "rtn"], "--preset"),
+])
+def test_bad_command_lines_exit_2(tiny_src, tmp_path: Path, capsys, extra: list[str], needle: str) -> None:
+    _, path = tiny_src
+    out = tmp_path / "x.gguf"
+    _fails(capsys, ["convert", str(path), "--out", str(out), *FAST, *extra], 2, needle)
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_group_size_must_divide_every_input(tmp_path: Path, capsys) -> None:
+    src = MemorySource(tiny_config(n_layer=1, n_embd=96, n_head=3, n_head_kv=1, n_ff=192), seed=1)
+    path = write_gguf(src, tmp_path / "odd.gguf")
+    _fails(capsys, ["convert", str(path), "--out", str(tmp_path / "o.gguf"), *FAST, "--group-size", "64"], 2,
+           "does not divide")
+
+
+def test_bad_models_exit_1_or_2(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "o.gguf")
+    _fails(capsys, ["convert", "no-such-model-xyz", "--out", out], 2, "not a known short name")
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a model at all" * 10)
+    _fails(capsys, ["convert", str(junk), "--out", out], 1, "not a GGUF file")
+    empty_dir = tmp_path / "hf"
+    empty_dir.mkdir()
+    _fails(capsys, ["convert", str(empty_dir), "--out", out], 1, "config.json")
+    (empty_dir / "config.json").write_text('{"model_type": "gpt_neox"}')
+    _fails(capsys, ["convert", str(empty_dir), "--out", out], 1, "not supported")
+    _fails(capsys, ["convert", str(junk), "--out", str(tmp_path / "nofolder" / "o.gguf")], 2, "does not exist")
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_unsupported_gguf_architecture(tmp_path: Path, capsys) -> None:
+    from specquant_gguf.format import ModelWriter
+
+    p = tmp_path / "gpt2.gguf"
+    with ModelWriter(p, arch="gpt2") as w:
+        w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    _fails(capsys, ["convert", str(p), "--out", str(tmp_path / "o.gguf")], 1, "not supported")
+
+
+class _CountingSource(MemorySource):
+    """Tracks how many source blocks are alive (weak references to their tensors)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.alive: list[weakref.ref] = []
+        self.peak = 0
+
+    def block(self, i: int):
+        gc.collect()
+        self.alive = [r for r in self.alive if r() is not None]
+        blk = super().block(i)
+        self.alive += [weakref.ref(t) for t in blk.values()]
+        n_blocks = len(self.alive) / len(blk)
+        self.peak = max(self.peak, n_blocks)
+        return blk
+
+
+def test_conversion_holds_one_block_at_a_time() -> None:
+    cfg = tiny_config(n_layer=6)
+    src = _CountingSource(cfg, seed=5)
+    calib = Calibration(torch.randint(3, cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)), "t")
+    emb = src.token_embd()
+    n = 0
+    for i, qb in convert_blocks(src, calib, Recipe(group_size=32), emb):
+        n += 1
+        assert all(ql.kind == "sq4" for ql in qb.linears.values())
+    assert n == 6 and src.loads == 6
+    assert src.peak <= 1.0  # when block i is loaded, no earlier fp32 block is alive
+
+
+def test_quantized_propagation_runs() -> None:
+    cfg = tiny_config(n_layer=2)
+    src = MemorySource(cfg, seed=6)
+    calib = Calibration(torch.randint(3, cfg.vocab_size, (2, 32), generator=torch.Generator().manual_seed(0)), "t")
+    blocks = list(convert_blocks(src, calib, Recipe(group_size=32, propagate="quant"), src.token_embd()))
+    assert len(blocks) == 2
+
+
+def test_head_logits_helper_matches_manual() -> None:
+    cfg = tiny_config(n_layer=1)
+    src = MemorySource(cfg, seed=7)
+    tokens = torch.tensor([[5, 6, 7]])
+    x = src.token_embd()[tokens]
+    x = block_forward(x, src.block(0), cfg)
+    out = head_logits(x, src.output_norm(), src.token_embd(), cfg.rms_eps)
+    assert torch.allclose(out, float_logits(src, tokens), atol=1e-5)

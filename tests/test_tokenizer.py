@@ -1,0 +1,312 @@
+"""The native tokenizer gives exactly the Hugging Face tokenizer's ids.
+
+Oracles:
+- SmolLM2 (byte-level BPE, tokenizer.ggml.pre = "smollm"): transformers builds the tokenizer from
+  the GGUF file (AutoTokenizer.from_pretrained(folder, gguf_file=...)). Its GGUF builder does not know
+  "smollm" and keeps GPT-2's plain ByteLevel pre-tokenizer, while SmolLM2's own tokenizer.json splits
+  every digit first (Digits(individual_digits=True) + ByteLevel, which is what llama.cpp's "smollm"
+  means too). We compare against the builder with that pre-tokenizer restored, and check that the
+  unmodified builder differs only on texts with non-ASCII numerals (½, ², ...), where the two HF
+  set-ups disagree with each other.
+- SentencePiece: a BPE model trained here with the sentencepiece package (byte fallback, user-defined
+  symbols) written to a vocabulary-only GGUF; oracles are transformers' LlamaTokenizer built from that
+  file and sentencepiece itself (which differs from HF only for text starting with a space: HF's
+  Metaspace adds no second ▁ there).
+- Llama-3 and Qwen2 pre-tokenizers: byte-level BPE vocabularies trained here with the tokenizers
+  library behind each model's split regex, written as GGUF; oracle: the trained tokenizer itself.
+Texts: every line of WikiText-2 test, the 1,000 C4 calibration texts (when ../shared/data exists),
+and an edge-case list (emoji, CJK, combining marks, whitespace runs, code, numbers, special tokens).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from conftest import smollm2_path
+
+runtime = pytest.importorskip("specquant_gguf.runtime")
+_ffi, _lib = runtime._ffi, runtime._lib
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("SPECQUANT_DATA", REPO.parent / "shared" / "data"))
+WIKI = DATA / "wikitext-2-raw" / "wiki.test.raw"
+C4 = DATA / "c4" / "c4_calib_1k.jsonl"
+
+EDGE = [
+    "", " ", "  ", "\n", "\n\n\n", " \n", "\n ", "\t", "\t\t x", "a\tb", "  \t\n  x", "x  ", "x \n\n y",
+    "Hello world", " Hello", "  Hello  world  ", "hello\r\nworld\r\n", "\r\n\r\n", "end.\n\n",
+    "I'm you're we've they'll he'd it's can't", "I'M YOU'RE WE'VE THEY'LL HE'D IT'S", "'s'S'tT 're", "ſ'ſ 'ſ",
+    "12345", "1 2 3", "3.14159", "1,000,000", "x1y22z333", " 42", "½ ¼ ¾", "²³", "Ⅻ", "٣٤٥", "१२३", "①②",
+    "😀", "👍🏽", "👨‍👩‍👧‍👦", "🇫🇷", "I ❤️ NY", "emoji😀in😀text",
+    "你好，世界", "日本語のテキスト", "한국어 텍스트", "中文 English 混合",
+    "e\u0301", "cafe\u0301", "Z\u0351\u036b\u0343\u036a\u0302\u036b\u033d\u034f\u0334\u0319a\u0308lgo", " \u0301x",
+    "\u00a0nbsp\u00a0", "a\u2028b\u2029c", "\u3000full width", "\u200bzero\u200bwidth", "\u2009thin",
+    "שלום עולם", "مرحبا بالعالم", "Привет, мир!", "Ελληνικά", "ñandú", "Straße",
+    "def f(x):\n    return x ** 2  # square\n", "if (a && b) { c[i] = d->e; }\n\tfoo();",
+    "<html><body class=\"x\">Hi</body></html>", "SELECT * FROM t WHERE a='b';", "x=>y; a!==b",
+    "...!!!???", "---", "$$$", "a--b", " .", " . .", "  .  ", "http://example.com/a?b=c&d=e#f",
+    "<|im_start|>user\nHi<|im_end|>\n", "<|im_start|><|im_end|>", "text<|endoftext|>more", "<|im_end", "<|im_end|",
+    "<repo_name>x<file_sep>", " <|im_start|> spaced ", "<s>hi</s>", "<unk>", "a<tool>b<|sep|>c",
+    "a" * 1000, " " * 1000, "\n" * 500, "ab" * 700, "🙂" * 200, "x " * 500,
+    "The quick brown fox\u00a0jumps\u2003over the lazy dog.", "\x00\x01\x02", "\x7f\x1b[31mred\x1b[0m",
+    "\u0085next line", "\ufeffBOM", "\U0010FFFF", "\ue000private", "\x04\x06 ctrl", "\U00040000 plane 4",
+]
+
+
+class Vocab:
+    """The native tokenizer of a GGUF file (sq_vocab_*: metadata only, no weights)."""
+
+    def __init__(self, path: Path) -> None:
+        self._v = _lib.sq_vocab_load(str(path).encode())
+        if self._v == _ffi.NULL:
+            raise RuntimeError(_ffi.string(_lib.sq_last_error()).decode())
+
+    def encode(self, text: str | bytes, add_bos: int = 1, special: bool = True) -> list[int]:
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        cap = len(data) + 8
+        buf = _ffi.new("int32_t[]", cap)
+        n = _lib.sq_vocab_tokenize(self._v, data, len(data), buf, cap, add_bos, int(special))
+        assert n >= 0, _ffi.string(_lib.sq_last_error())
+        return list(buf[0:n])
+
+    def decode(self, ids: list[int], special: bool = False) -> bytes:
+        arr = _ffi.new("int32_t[]", ids)
+        need = -_lib.sq_vocab_detokenize(self._v, arr, len(ids), _ffi.NULL, 0, int(special))
+        buf = _ffi.new("char[]", max(need, 1))
+        n = _lib.sq_vocab_detokenize(self._v, arr, len(ids), buf, max(need, 1), int(special))
+        assert n >= 0
+        return _ffi.unpack(buf, n)
+
+    def close(self) -> None:
+        _lib.sq_vocab_free(self._v)
+
+
+def _corpus() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    if WIKI.is_file():
+        out["wikitext-2 test lines"] = WIKI.read_text(encoding="utf-8").split("\n")
+    if C4.is_file():
+        out["c4 calibration texts"] = [json.loads(line)["text"] for line in C4.read_text(encoding="utf-8").splitlines()]
+    return out
+
+
+def _mismatches(ours, theirs, texts: list[str]) -> list[str]:
+    return [t for t in texts if ours(t) != theirs(t)]
+
+
+# ---------------------------------------------------------------------------------------------
+# SmolLM2
+
+
+@pytest.fixture(scope="module")
+def smol():
+    path = smollm2_path()
+    if path is None:
+        pytest.skip("SmolLM2 GGUF not on this machine")
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import pre_tokenizers
+    plain = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    real = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    real.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    v = Vocab(path)
+    yield v, real, plain
+    v.close()
+
+
+def test_smollm2_matches_hf_on_corpus(smol) -> None:
+    v, real, plain = smol
+    corpus = _corpus()
+    if not corpus:
+        pytest.skip("../shared/data not available")
+    for name, texts in corpus.items():
+        hf_ids = real.backend_tokenizer.encode_batch(texts)
+        bad = [t for t, h in zip(texts, hf_ids) if v.encode(t) != h.ids]
+        assert not bad, f"{name}: {len(bad)} of {len(texts)} differ, first {bad[0][:200]!r}"
+        # the plain GGUF builder (no digit split) differs only where a non-ASCII numeral is involved
+        plain_ids = plain.backend_tokenizer.encode_batch(texts)
+        for t, h in zip(texts, plain_ids):
+            if v.encode(t) != h.ids:
+                assert any(unicodedata.category(c)[0] == "N" and not c.isascii() for c in t), t[:200]
+
+
+def test_smollm2_edge_cases(smol) -> None:
+    v, real, _ = smol
+    for t in EDGE:
+        assert v.encode(t, special=True) == real(t)["input_ids"], repr(t[:80])
+    real.backend_tokenizer.encode_special_tokens = True  # HF's "special tokens are text" switch
+    try:
+        for t in EDGE:
+            assert v.encode(t, special=False) == real.backend_tokenizer.encode(t).ids, repr(t[:80])
+    finally:
+        real.backend_tokenizer.encode_special_tokens = False
+
+
+def test_smollm2_whole_wikitext_is_fast_and_exact(smol) -> None:
+    if not WIKI.is_file():
+        pytest.skip("../shared/data not available")
+    v, real, _ = smol
+    text = WIKI.read_text(encoding="utf-8")
+    t0 = time.perf_counter()
+    ids = v.encode(text)
+    elapsed = time.perf_counter() - t0
+    assert ids == real.backend_tokenizer.encode(text).ids
+    assert elapsed < 2.0, f"{len(text)} characters took {elapsed:.2f} s"
+    assert v.decode(ids).decode("utf-8") == text
+
+
+def test_bytes_round_trip_including_invalid_utf8(smol) -> None:
+    """Invalid UTF-8 is tokenized byte by byte, so decoding gives the bytes back -- for every byte the
+    vocabulary has a token for. SmolLM2 has none for 21 bytes (0xC0, 0xC1, 0xF5-0xFF, a few control
+    characters): those are dropped, as HF drops a character it has no token for."""
+    v = smol[0]
+    samples = [b"abc\x80def", b"\xc3", b"\xe2\x82", b"ok \xf0\x9f\x98", b"\xed\xa0\x80 surrogate",
+               "é😀".encode() + b"\x80" * 3, bytes(b for b in range(256) if b not in b"\x04\x06\x13\x14\x16\x1d\xc0\xc1\xf1\xf2" and b < 0xf5)]
+    for data in samples:
+        ids = v.encode(data, special=False)
+        assert v.decode(ids, special=True) == data, data
+    assert v.encode(b"\xff\xfe") == [] and v.encode("\x04") == []
+
+
+# ---------------------------------------------------------------------------------------------
+# SentencePiece (llama-2 style)
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+    spm = pytest.importorskip("sentencepiece")
+    gguf = pytest.importorskip("gguf")
+    import io
+    corpus = _corpus()
+    train = corpus.get("c4 calibration texts", [])[:300] or [t * 3 for t in EDGE[19:70]] * 10
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(train), model_writer=buf, vocab_size=1000 if len(train) > 100 else 400,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity", remove_extra_whitespaces=False,
+        add_dummy_prefix=True, split_digits=True, allow_whitespace_only_pieces=True,
+        user_defined_symbols=["<tool>", "<|sep|>"], character_coverage=0.9995, minloglevel=2, num_threads=1)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        piece = sp.id_to_piece(i)
+        tokens.append(piece)
+        scores.append(sp.get_score(i))
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 5 if sp.is_unused(i)
+                     else 6 if sp.is_byte(i) else 4 if piece in ("<tool>", "<|sep|>") else 1)
+    folder = tmp_path_factory.mktemp("spm")
+    path = folder / "spm.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(sp.bos_id())
+    w.add_eos_token_id(sp.eos_id())
+    w.add_unk_token_id(sp.unk_id())
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path, sp
+
+
+def test_sentencepiece_matches_hf_and_sentencepiece(spm_model) -> None:
+    transformers = pytest.importorskip("transformers")
+    path, sp = spm_model
+    hf = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    v = Vocab(path)
+    try:
+        texts = [t for ts in _corpus().values() for t in ts] + EDGE
+        bad_hf = _mismatches(v.encode, lambda t: hf(t)["input_ids"], texts)
+        assert not bad_hf, f"{len(bad_hf)} of {len(texts)} differ from HF, first {bad_hf[0][:120]!r}"
+        # sentencepiece itself: the same, except HF's Metaspace for text that starts with a space
+        # (every WikiText line does), user-defined symbols (HF matches them anywhere, sentencepiece
+        # as pieces) and control tokens written in the text (sentencepiece reads them as text)
+        plain = [t for t in texts if not t.startswith(" ") and not re.search(r"<tool>|<\|sep\|>|<s>|</s>|<unk>", t)]
+        bad_sp = _mismatches(v.encode, lambda t: [sp.bos_id()] + sp.encode(t), plain)
+        assert not bad_sp, f"{len(bad_sp)} of {len(plain)} differ from sentencepiece, first {bad_sp[0][:120]!r}"
+        for t in texts:  # decoding as HF does (dummy prefix dropped, bytes fused)
+            ids = v.encode(t)
+            assert v.decode(ids).decode("utf-8", errors="replace") == hf.decode(ids, skip_special_tokens=True), repr(t[:80])
+    finally:
+        v.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Llama-3 and Qwen2 pre-tokenizers, on byte-level BPE vocabularies trained here
+
+_LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+           r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+          r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+@pytest.mark.parametrize("pre,pattern", [("llama-bpe", _LLAMA3), ("qwen2", _QWEN2)])
+def test_bpe_pre_tokenizers_match_hf(pre: str, pattern: str, tmp_path: Path) -> None:
+    tokenizers = pytest.importorskip("tokenizers")
+    gguf = pytest.importorskip("gguf")
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
+    corpus = _corpus()
+    train = corpus.get("c4 calibration texts", [])[:400] or EDGE * 20
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    tok = tokenizers.Tokenizer(models.BPE(ignore_merges=(pre == "llama-bpe")))  # as Llama-3's tokenizer.json
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(train, trainers.BpeTrainer(vocab_size=3000, special_tokens=specials, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    model = json.loads(tok.to_str())["model"]
+    vocab = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    assert [i for _, i in vocab] == list(range(len(vocab)))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    path = tmp_path / f"{pre}.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list([t for t, _ in vocab])
+    w.add_token_types([3 if t in specials else 1 for t, _ in vocab])
+    w.add_token_merges(merges)
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    v = Vocab(path)
+    try:
+        texts = [t for ts in corpus.values() for t in ts] + EDGE + ["<|begin_of_text|>Hi<|eot_id|>\n\n1234567 ok"]
+        ref = [e.ids for e in tok.encode_batch(texts)]
+        bad = [t for t, r in zip(texts, ref) if v.encode(t) != r]
+        assert not bad, f"{pre}: {len(bad)} of {len(texts)} differ, first {bad[0][:120]!r}"
+    finally:
+        v.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad files
+
+
+def test_vocab_load_errors(tmp_path: Path) -> None:
+    assert _lib.sq_vocab_load(str(tmp_path / "missing.gguf").encode()) == _ffi.NULL
+    assert "missing.gguf" in _ffi.string(_lib.sq_last_error()).decode() or _ffi.string(_lib.sq_last_error())
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file at all")
+    assert _lib.sq_vocab_load(str(junk).encode()) == _ffi.NULL
+    gguf = pytest.importorskip("gguf")
+    bare = tmp_path / "bare.gguf"
+    w = gguf.GGUFWriter(str(bare), "llama")
+    w.add_name("no tokenizer")
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert _lib.sq_vocab_load(str(bare).encode()) == _ffi.NULL
+    assert re.search(r"tokenizer", _ffi.string(_lib.sq_last_error()).decode())
