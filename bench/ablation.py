@@ -56,12 +56,70 @@ VARIANTS: dict[str, Recipe | None] = {
     "specquant-searchgptq": replace(SPEC, search_gptq=True),
     "specquant-quantprop": replace(SPEC, propagate="quant"),
     "specquant-a8": replace(SPEC, act_bits=8),
+    "specquant-aa": replace(SPEC, act_aware=True),
+    "specquant-aa-g32": replace(SPEC, act_aware=True, group_size=32),
     "specquant-k4-in": replace(SPEC, spectral_k=4, spectral_axis="in"),
     "specquant-k4-out": replace(SPEC, spectral_k=4, spectral_axis="out"),
     "specquant-k4-in-soft": replace(SPEC, spectral_k=4, spectral_axis="in", spectral_rule="softmax"),
     "specquant-k16-in": replace(SPEC, spectral_k=16, spectral_axis="in"),
     "rtn-wht-gptq": replace(method_defaults("rtn"), rotation="wht", gptq=True, clip=True),
+    "quarot-gptq": replace(method_defaults("rtn"), rotation="quarot", gptq=True, clip=True),
+    "quarot-gptq-g32": replace(method_defaults("rtn"), rotation="quarot", gptq=True, clip=True, group_size=32),
 }
+
+
+# ------------------------------------------------------------------ QuaRot-like baseline (sim only)
+# Every linear's input is rotated by a full random orthogonal matrix Q (QuaRot/SpinQuant style: the
+# residual-stream rotation folded into the weights, online rotations before o_proj and down_proj),
+# RMSNorm weights folded into the next linears, GPTQ + clipping search on W·Q, per-token group-wise
+# asymmetric int4 activations. The SQ4 format cannot express the online full-size rotations, so this
+# exists only here, as the baseline the in-group rotation has to beat.
+
+def _random_orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+
+
+def quarot_block(blk, stats, cfg, r: Recipe, seed: int, index: int):
+    from specquant_gguf.models import LINEARS
+    from specquant_gguf.quantize import dequantize, fake_quant_act, gptq, rtn
+    from specquant_gguf.recipe import POINT_OF
+
+    gen = torch.Generator().manual_seed(seed * 1000 + index)
+    blk = {k: v.clone() for k, v in blk.items()}
+    gam = {"attn": blk["attn_norm"], "ffn": blk["ffn_norm"]}
+    rots = {p: _random_orthogonal(d, gen) for p, d in (("attn", cfg.n_embd), ("attn_out", cfg.q_dim),
+                                                       ("ffn", cfg.n_embd), ("ffn_down", cfg.n_ff))}
+    sims = {}
+    for name in LINEARS:
+        p = POINT_OF[name]
+        w = blk[name].double()
+        h = stats[p].hess
+        if p in gam:  # fold γ: the activation becomes x̂ = x / γ
+            w = w * gam[p].double().unsqueeze(0)
+            inv = 1.0 / gam[p].double()
+            h = h * inv.unsqueeze(0) * inv.unsqueeze(1)
+        q = rots[p]
+        w_rot = (w @ q).float()
+        h_rot = q.t() @ h @ q
+        g = r.group_for(w.shape[1])
+        qq, dd = gptq(w_rot, h_rot, g, r.ratios, r.damp) if r.gptq else rtn(w_rot, g, r.ratios)
+        wt = dequantize(qq, dd, g).t().contiguous()
+        qf = q.float()
+        sims[name] = (qf, wt, g)
+
+    cache = {}
+
+    def lin(name, x):
+        qf, wt, g = sims[name]
+        key = (POINT_OF[name], id(x))
+        if key not in cache:
+            cache.clear()
+            cache[key] = fake_quant_act(x @ qf, g, r.act_bits)
+        return cache[key] @ wt
+
+    norms = {"attn_norm": torch.ones(cfg.n_embd), "ffn_norm": torch.ones(cfg.n_embd)}
+    return norms, lin
 
 
 def wiki_windows(encode, n: int, length: int = 512) -> torch.Tensor:
@@ -103,7 +161,7 @@ def cached_stats(cfg, tag: str):
     def fn(i, blk, x, mask):
         f = folder / f"blk{i}.pt"
         if f.is_file():
-            d = torch.load(f)
+            d = torch.load(f, weights_only=False)  # our own cache
             return d["stats"], d["x"]
         stats, x_out = block_stats(x, blk, cfg, mask)
         torch.save({"stats": stats, "x": x_out}, f)
@@ -130,7 +188,18 @@ def perplexity(source: ModelSource, recipe: Recipe | None, windows: torch.Tensor
         bytes_ = {"int4": 0, "branch": 0, "linears": 0}
         tag = f"{calib.source.replace(':', '_')}_{tuple(calib.tokens.shape)}_s{seed}_n{recipe.search_tokens}" if calib else ""
         stats_fn = cached_stats(cfg, tag) if calib is not None else None
-        for i, qb in convert_blocks(source, calib, recipe, emb, seed, stats_fn=stats_fn):
+        quarot = recipe.rotation == "quarot"
+        if quarot:  # research baseline: its own block quantizer (see quarot_block)
+            from specquant_gguf.calibrate import sample_plan
+
+            recipe = replace(recipe, rotation="none")
+            x = emb[calib.tokens]
+            mask = sample_plan(*calib.tokens.shape, recipe.search_tokens, seed)
+            for i in range(cfg.n_layer):
+                blk = source.block(i)
+                st, x = stats_fn(i, blk, x, mask)
+                blocks.append(quarot_block(blk, st, cfg, recipe, seed, i))
+        for i, qb in ([] if quarot else convert_blocks(source, calib, recipe, emb, seed, stats_fn=stats_fn)):
             blocks.append(sim_block(qb, recipe))
             alphas += list(qb.alphas.values())
             for ql in qb.linears.values():

@@ -17,7 +17,8 @@ Protocol (the usual GPTQ / QuaRot / SpinQuant one, made explicit):
 
 Backends: "native" (specquant_gguf.runtime.Model, the C library and its tokenizer) and "reference"
 (the PyTorch oracle in reference.py with a `tokenizers` tokenizer built from the file's metadata).
-The default, "auto", is native when the library loads, else reference.
+The default, "auto", is native when the library loads and can run the file, else reference (with a
+note on stderr: e.g. a Q4_1 source file, which only the reference reads).
 The helpers (load_eval_text, wikitext_join, make_windows, score_window, perplexity, open_backend,
 evaluate_ppl) are reused by the benchmarks.
 """
@@ -27,10 +28,11 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -233,8 +235,14 @@ def open_backend(path: str | os.PathLike[str], backend: str = "auto", ctx: int =
         raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}")
     if not Path(path).is_file():
         raise UsageError(f"model file {str(path)!r} does not exist")
-    if backend == "auto":
-        backend = "native" if native_available() else "reference"
+    if backend == "auto" and native_available():
+        try:
+            return NativeBackend(path, n_ctx=ctx, threads=threads)
+        except UsageError:
+            raise
+        except SpecQuantError as exc:  # e.g. a source file with Q4_1 layers: the oracle reads any type
+            print(f"specquant: the native runtime cannot run {Path(path).name} ({exc}); using the reference backend",
+                  file=sys.stderr)
     if backend == "native":
         if not native_available():
             raise SpecQuantError("the native library is not available (build it, or use --backend reference)")

@@ -775,11 +775,11 @@ def read_model(path: str | os.PathLike[str]) -> ModelFile:
     return ModelFile(path)
 
 
+LINEAR_PARTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
 def iter_linear_names(n_layers: int) -> Iterable[str]:
     """Names of the seven linear weights of each block, in file order."""
     for i in range(n_layers):
-        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+        for part in LINEAR_PARTS:
             yield f"blk.{i}.{part}.weight"
-
-
-LINEAR_PARTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")

@@ -152,6 +152,11 @@ class _Sampler:
             self._lib.sq_sampler_free(s)
 
 
+def _context_full(need: int, n_ctx: int) -> SpecQuantError:
+    from .runtime import ContextFullError
+    return ContextFullError(f"the prompt needs {need} tokens, the context holds {n_ctx} (use a larger n_ctx / -c)")
+
+
 def _prompt_ids(model, prompt: str | Sequence[int]) -> list[int]:
     if isinstance(prompt, str):
         ids = model.tokenize(prompt, add_bos=None, special=True)
@@ -165,7 +170,7 @@ def _prompt_ids(model, prompt: str | Sequence[int]) -> list[int]:
     if not ids:
         raise UsageError("the prompt is empty (no tokens)")
     if len(ids) >= model.n_ctx:
-        raise UsageError(f"the prompt needs {len(ids)} tokens, the context holds {model.n_ctx} (use a larger n_ctx)")
+        raise _context_full(len(ids), model.n_ctx)
     return ids
 
 
@@ -245,7 +250,7 @@ def generate(model, prompt: str | Sequence[int], max_tokens: int = 128, temperat
     """Continues prompt (text, or token ids) with up to max_tokens tokens (-1 = until the end of turn
     or a full context). temperature 0 is greedy; seed None draws a fresh seed. stop: strings that end
     the text (not included). stream=True returns an iterator of str pieces instead of the text.
-    Bad arguments raise UsageError; a prompt that does not fit the context too."""
+    Bad arguments raise UsageError; a prompt that does not fit the context ContextFullError."""
     s = _Sampling.check(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop)
     ids = _prompt_ids(model, prompt)
     it = _pieces(model, ids, s, timings if timings is not None else Timings())
@@ -256,14 +261,17 @@ def generate(model, prompt: str | Sequence[int], max_tokens: int = 128, temperat
 # chat
 
 
+def _detect(template: str) -> str | None:
+    """The built-in format a name or a Jinja text stands for (None: not recognised)."""
+    ffi, lib, _ = _native()
+    name = lib.sq_chat_template_detect(template.encode("utf-8"))
+    return None if name == ffi.NULL else ffi.string(name).decode()
+
+
 def chat_template_name(model) -> str | None:
     """The built-in format of the model's tokenizer.chat_template (None: none, or not recognised)."""
-    ffi, lib, _ = _native()
     text = model.metadata("tokenizer.chat_template")
-    if text is None:
-        return None
-    name = lib.sq_chat_template_detect(text.encode("utf-8"))
-    return None if name == ffi.NULL else ffi.string(name).decode()
+    return None if text is None else _detect(text)
 
 
 def _check_messages(messages: Sequence[dict]) -> list[tuple[str, str]]:
@@ -297,8 +305,9 @@ def format_chat(messages: Sequence[dict], template: str, add_assistant: bool = T
 
 def _resolve_template(model, template: str | None) -> str:
     if template is not None:
-        if template not in TEMPLATES and template not in ("llama-3", "llama-2", "phi-3"):
-            raise UsageError(f"unknown chat template {template!r}; known: {', '.join(TEMPLATES)}")
+        if not isinstance(template, str) or _detect(template) is None:
+            raise UsageError(f"unknown chat template {str(template)[:40]!r}; known: {', '.join(TEMPLATES)} "
+                             "(or a Jinja text of one of them)")
         return template
     text = model.metadata("tokenizer.chat_template")
     if text is None or chat_template_name(model) is None:
@@ -312,8 +321,8 @@ def chat(model, messages: Sequence[dict], max_tokens: int = 128, temperature: fl
          stop: str | Sequence[str] | None = None, stream: bool = False, *, template: str | None = None,
          repeat_last_n: int = 64, timings: Timings | None = None) -> str | Iterator[str]:
     """The assistant's answer to messages (OpenAI-style dicts with role system/user/assistant).
-    template: None = the model's own (an error if it has none or it is not recognised), or a
-    built-in name (chatml, llama3, llama2, gemma, phi3). Other options as in generate()."""
+    template: None = the model's own (an error if it has none or it is not recognised), a built-in
+    name (chatml, llama3, llama2, gemma, phi3) or a Jinja text of one. Other options as in generate()."""
     s = _Sampling.check(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop)
     prompt = format_chat(messages, _resolve_template(model, template), add_assistant=True)
     ids = _prompt_ids(model, prompt)
@@ -412,7 +421,7 @@ class _Session:
                 break
             if len(self.messages) - first <= 1:
                 self.messages.pop()
-                raise UsageError(f"the prompt needs {n} tokens, the context holds {n_ctx} (use -c)")
+                raise _context_full(n, n_ctx)
             del self.messages[first]
             dropped += 1
         if dropped:
@@ -464,7 +473,7 @@ def _interactive(session: _Session) -> None:
             session.turn(line)
         except KeyboardInterrupt:
             continue  # Ctrl-C stops the answer; the next one at the prompt exits
-        except UsageError as exc:
+        except SpecQuantError as exc:  # e.g. a message too long for the context: ask again
             print(f"specquant chat: error: {exc}", file=sys.stderr)
 
 

@@ -11,6 +11,9 @@ import json
 import re
 from typing import Any
 
+import numpy as np
+from gguf import GGUFValueType
+
 from .format import LINEAR_PARTS, SQ4_TYPE_ID, ModelFile, read_model
 
 _LINEAR_RE = re.compile(r"^blk\.\d+\.(" + "|".join(LINEAR_PARTS) + r")\.weight$")
@@ -25,8 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full", action="store_true", help="print long metadata arrays and strings whole")
 
 
-def summarize_value(value: Any, full: bool = False) -> Any:
-    """Long arrays become '[49152 strings]'; long strings are cut (unless full)."""
+def summarize_value(value: Any, full: bool = False, f32: bool = False) -> Any:
+    """Long arrays become '[49152 strings]'; long strings are cut (unless full); f32 values print
+    in their shortest float32 form (1e-05, not 9.999999747378752e-06)."""
+    if f32 and isinstance(value, float):
+        return float(str(np.float32(value)))
     if isinstance(value, list):
         if full or len(value) <= _ARRAY_SHOWN:
             return value
@@ -70,7 +76,8 @@ def describe(m: ModelFile, full: bool = False, tensors: bool = True) -> dict[str
         "file": str(m.path),
         "gguf_version": m.version,
         "alignment": m.alignment,
-        "metadata": {k: summarize_value(v, full) for k, v in m.metadata.items()},
+        "metadata": {k: summarize_value(v, full, m.kv_types[k][0] == GGUFValueType.FLOAT32)
+                     for k, v in m.metadata.items()},
         "totals": totals(m),
     }
     if tensors:

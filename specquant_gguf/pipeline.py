@@ -70,7 +70,7 @@ def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, em
             stats, x_float = stats_fn(i, blk, x, mask)
         else:
             stats, x_float = block_stats(x, blk, cfg, mask)
-        qb = quantize_block(blk, stats, cfg, r)
+        qb = quantize_block(blk, stats, cfg, r, x)
         del blk, stats
         if r.propagate == "quant":
             norms, lin = sim_block(qb, r)
@@ -381,8 +381,9 @@ def log(msg: str, quiet: bool = False) -> None:
 
 
 def write_converted(source: ModelSource, r: Recipe, calib: Calibration | None, out: str | Path, seed: int = 0,
-                    quiet: bool = True) -> Summary:
-    """Converts every block and writes the file (atomically: nothing is left behind on error)."""
+                    quiet: bool = True, blocks: list[QBlock] | None = None) -> Summary:
+    """Converts every block and writes the file (atomically: nothing is left behind on error).
+    blocks: already converted blocks (tests), instead of converting here."""
     from .format import ModelWriter
 
     cfg = source.config
@@ -393,7 +394,9 @@ def write_converted(source: ModelSource, r: Recipe, calib: Calibration | None, o
         w.add_tensor("token_embd.weight", _head_payload(emb, r.head_type))
         bar = _Progress(cfg.n_layer, f"{r.method} blocks", quiet, unit="blk")
         try:
-            for i, qb in convert_blocks(source, calib, r, emb, seed, on_block=lambda _: bar.update()):
+            it = enumerate(blocks) if blocks is not None else \
+                convert_blocks(source, calib, r, emb, seed, on_block=lambda _: bar.update())
+            for i, qb in it:
                 w.add_tensor(f"blk.{i}.attn_norm.weight", np.ascontiguousarray(qb.norms["attn_norm"].numpy()))
                 w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ascontiguousarray(qb.norms["ffn_norm"].numpy()))
                 for name in LINEARS:

@@ -141,12 +141,13 @@ def fake_quant_act(x: torch.Tensor, group: int, bits: int = 4) -> torch.Tensor:
 
 
 def fake_quant_q8_0(x: torch.Tensor) -> torch.Tensor:
-    """Symmetric int8 blocks of 32 (llama.cpp's Q8_0 activation quantization for Q8_0 matrices)."""
+    """Symmetric int8 blocks of 32 for Q8_0 matrices (FORMAT.md §4.5 as the runtime does it):
+    d = amax/127 in fp32, q = rint(x·(1/d))."""
     shape = x.shape
     v = x.float().reshape(*shape[:-1], shape[-1] // 32, 32)
-    d = _fp16(v.abs().amax(-1, keepdim=True) / 127.0)
-    safe = torch.where(d > 0, d, torch.ones_like(d))
-    q = torch.clamp(torch.round(v / safe), -127, 127)
+    d = v.abs().amax(-1, keepdim=True) / 127.0
+    inv = torch.where(d > 0, 1.0 / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d))
+    q = torch.round(v * inv)
     return (q * d).reshape(shape)
 
 

@@ -7,10 +7,12 @@ the integer math of docs/FORMAT.md §4. The native runtime is tested against it.
 Linear layers by weight type:
 - SQ4: activations go through the in-group Walsh–Hadamard butterfly (fp32, FORMAT.md §4.1 order),
   asymmetric per-token-group quantization (§4.2, rint = half to even), exact integer group sums
-  (§4.3), then `acc · d_w · d_x` summed over groups in fp32; plus the spectral branch (fp64 here:
-  the oracle computes it more precisely than the fp32 runtime must) and the bias.
-- Q8_0: activations quantized to Q8_0 on the fly (symmetric int8 per block of 32, d = amax/127 in
-  fp32, q = rint(x/d) half to even), exact integer block sums, `isum · d_w · d_x` (§4.5).
+  (§4.3), then the canonical epilogue y = Σ_g in group order of acc·(d_w·d_x) in fp32 (bit-identical
+  to the runtime's kernels); plus the spectral branch (fp64 here: the oracle computes it more
+  precisely than the fp32 runtime must) and the bias.
+- Q8_0: activations quantized to Q8_0-style blocks on the fly (symmetric int8 per block of 32,
+  d = amax/127 kept in fp32, q = rint(x·(1/d)) half to even), exact integer block sums,
+  `isum · d_w · d_x` (§4.5).
 - anything else (F16, F32, Q4_0, Q4_1, ...): dequantized to fp32 and multiplied in fp32.
 Integer sums are carried in float32 tensors: every partial sum is an integer below 2^24
 (|q_x| ≤ 255, |q_w| ≤ 8 or 127, at most a few thousand terms), so fp32 arithmetic is exact there.
@@ -121,6 +123,18 @@ def _group_acc_t(qx: torch.Tensor, z: torch.Tensor, qw: torch.Tensor, wsum: torc
     return s - z.transpose(0, 1)[:, :, None] * wsum[:, None, :]
 
 
+def _epilogue(acc: torch.Tensor, dw: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """The canonical epilogue of FORMAT.md §4.3 / kernels.h, bit for bit in fp32:
+    s = d_w·d_x; y = 0; for g in order: y = y + (float)acc_g·s (separate multiply and add, no FMA).
+
+    acc (nb, T, O) integer sums in fp32, dw (nb, O), dx (T, nb) -> y (T, O)."""
+    acc.mul_(dw[:, None, :] * dx.t()[:, :, None])  # (float)acc_g · (d_w·d_x), one rounding each
+    y = acc[0].clone()  # 0 + a = a exactly
+    for g in range(1, acc.shape[0]):
+        y.add_(acc[g])
+    return y
+
+
 def group_sums(q_x: np.ndarray, z: np.ndarray, q_w: np.ndarray, group_size: int) -> np.ndarray:
     """Integer group sums of FORMAT.md §4.3: acc (T, rows, K/G) int32 = Σ q_x·q_w − z·Σ q_w.
 
@@ -141,7 +155,8 @@ def group_sums(q_x: np.ndarray, z: np.ndarray, q_w: np.ndarray, group_size: int)
 class SQ4Linear:
     """An SQ4 matrix prepared for the oracle.
 
-    exact=True: integer group sums (bmm over groups, exact in fp32), then Σ_g acc·d_w·d_x.
+    exact=True: integer group sums (bmm over groups, exact in fp32), then the canonical epilogue
+    (_epilogue): the same fp32 result as the runtime's scalar kernel, bit for bit.
     exact=False (fast, for perplexity): the same quantized activations (bit-identical q, d, z), but
     y = ((q − z)·d_x) @ (q_w·d_w)ᵀ as one fp32 GEMM: only the fp32 summation order differs
     (relative differences ~1e-6), at several times the speed.
@@ -176,9 +191,7 @@ class SQ4Linear:
         for t0 in range(0, t, step):
             t1 = min(t, t0 + step)
             acc = _group_acc_t(q[t0:t1], z[t0:t1], self.qw, self.wsum)  # (nb, Tc, O)
-            # (float) acc_g · d_w · d_x, left to right in fp32, then summed over g
-            acc.mul_(self.dw[:, None, :]).mul_(dx[t0:t1].t()[:, :, None])
-            torch.sum(acc, dim=0, out=out[t0:t1])
+            out[t0:t1] = _epilogue(acc, self.dw, dx[t0:t1])
         return out
 
 
@@ -194,16 +207,18 @@ def sq4_matmul(x: np.ndarray, q_w: np.ndarray, d_w: np.ndarray, group_size: int,
 # Q8_0 matmul (FORMAT.md §4.5)
 
 
-def _quantize_q8_t(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (T, K) -> q (T, K/32, 32) fp32 integers in [-127, 127], d (T, K/32) fp32.
+def _quantize_q8_t(x: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (T, K) -> q (T, K/32, 32) fp32 integers in [-127, 127], d (T, K/32) fp32, like llama.cpp's Q8_0:
 
-    d = amax/127 (fp32, not rounded to fp16), id = d > 0 ? 1/d : 0, q = rint(x·id) (half to even)."""
+    d = amax/127 (fp32), id = d > 0 ? 1/d : 0, q = rint(x·id) (half to even, as ggml's SIMD paths).
+    Unlike ggml, the scale stays fp32 (FORMAT.md §4.5; native/src/quantize_act.c does the same)."""
     v = np.ascontiguousarray(x.numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
     t, k = v.shape
     v = v.reshape(t, k // 32, 32)
     d = np.abs(v).max(axis=2) / np.float32(127.0)
     inv = np.divide(np.float32(1.0), d, out=np.zeros_like(d), where=d > 0)
-    return torch.from_numpy(np.rint(v * inv[..., None])), torch.from_numpy(d)
+    q = np.rint(v * inv[..., None])
+    return torch.from_numpy(q), torch.from_numpy(d)
 
 
 def quantize_q8_activations(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,8 +260,7 @@ class Q8Linear:
         for t0 in range(0, t, step):
             t1 = min(t, t0 + step)
             isum = torch.bmm(q[t0:t1].transpose(0, 1), self.qw)  # (nb, Tc, O), exact
-            isum.mul_(self.dw[:, None, :]).mul_(dx[t0:t1].t()[:, :, None])
-            torch.sum(isum, dim=0, out=out[t0:t1])
+            out[t0:t1] = _epilogue(isum, self.dw, dx[t0:t1])
         return out
 
 
@@ -406,18 +420,18 @@ class ReferenceModel:
     exact_q8: Q8_0 matrices run as the runtime runs them (Q8_0 activations); False dequantizes them
     to fp32 and multiplies unquantized activations (a plain float forward of the source weights).
     spectral_tau: the runtime's load-time truncation of the spectral branch (1.0 = keep all).
+    kv_type: "f32" (exact, the runtime's SQ_KV_F32, for parity tests) or "f16" (K after RoPE and V
+    rounded to fp16, like the runtime's default cache).
     """
 
     def __init__(self, path: str | os.PathLike[str] | ModelFile, *, exact: bool = True, exact_q8: bool = True,
-                 spectral_tau: float = 1.0) -> None:
+                 spectral_tau: float = 1.0, kv_type: str = "f32") -> None:
         self.file = path if isinstance(path, ModelFile) else read_model(path)
         if not 0.0 < spectral_tau <= 1.0:
             raise SpecQuantError(f"spectral_tau must be in (0, 1], got {spectral_tau}")
         self.hp = read_hparams(self.file)
         md = self.file.metadata
-        self.act_bits = int(md.get("specquant.act_bits", 4))
-        if self.act_bits not in (4, 8):
-            raise FormatError(f"specquant.act_bits must be 4 or 8, got {self.act_bits}")
+        self.act_bits = md.get("specquant.act_bits", 4)  # checked where an SQ4 matrix needs it
         act_g = md.get("specquant.act_group_size", md.get("specquant.group_size"))
         if act_g is not None and md.get("specquant.group_size") is not None and act_g != md["specquant.group_size"]:
             raise FormatError("specquant.act_group_size must equal specquant.group_size")
@@ -426,6 +440,9 @@ class ReferenceModel:
             raise FormatError(f"unknown specquant.rotation {self.rotation!r}")
         self.axis = md.get("specquant.spectral.axis", "in")
         self.exact, self.exact_q8, self.tau = exact, exact_q8, spectral_tau
+        if kv_type not in ("f32", "f16"):
+            raise SpecQuantError(f"reference kv_type must be f32 or f16, got {kv_type!r}")
+        self.kv_type = kv_type
         self._build()
 
     # -- loading ---------------------------------------------------------------------------------
@@ -434,6 +451,8 @@ class ReferenceModel:
         if t.shape != shape:
             raise FormatError(f"tensor {name!r} has shape {t.shape}, expected {shape}")
         if t.type_id == SQ4_TYPE_ID:
+            if self.act_bits not in (4, 8):
+                raise FormatError(f"specquant.act_bits must be 4 or 8 for SQ4 tensors, got {self.act_bits!r}")
             q, d = self.file.sq4(name)
             g = self.file.sq4_group_size(t.ne[0])
             wht = self.rotation == "wht"
@@ -523,6 +542,8 @@ class ReferenceModel:
         k = layer["attn_k"](x, qx).reshape(t, hp.kv_heads, hp.head_dim)
         v = layer["attn_v"](x, qx).reshape(t, hp.kv_heads, hp.head_dim)
         q, k = self._rope(q, *rope), self._rope(k, *rope)
+        if self.kv_type == "f16":  # what the cache stores and attention reads back
+            k, v = k.half().float(), v.half().float()
         # causal softmax(q·kᵀ/√d)·v in fp32; query head h reads KV head h // (heads / kv_heads)
         rep = hp.heads // hp.kv_heads
         k = k.transpose(0, 1).repeat_interleave(rep, dim=0)  # enable_gqa=True takes a slow path
@@ -563,6 +584,7 @@ class ReferenceModel:
 
 
 def md_block(md: dict, default: int) -> int:
-    """specquant.rotation.block (the WHT size); files that omit it use the group size."""
+    """specquant.rotation.block (the WHT size); files that omit it (or write 0, per-row groups) use
+    the group size."""
     b = md.get("specquant.rotation.block", default)
-    return int(b) if isinstance(b, int) else default
+    return int(b) if isinstance(b, int) and b > 0 else default

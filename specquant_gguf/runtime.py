@@ -244,7 +244,8 @@ class Model:
 
     @property
     def isa(self) -> str:
-        return isa()
+        """The kernel set this model runs (SQ_ISA at load time, else the CPU's best)."""
+        return _ffi.string(_lib.sq_model_isa(self._handle())).decode()
 
     def metadata(self, key: str) -> str | None:
         """A metadata value as text (numbers printed, arrays as [a, b, ...]); None when absent."""

@@ -48,10 +48,37 @@ def tiny_sq4_spectral_out(tiny_dir: Path) -> TinyModel:
 
 
 def smollm2_path() -> Path | None:
-    """The real SmolLM2 Q4_1 GGUF when this machine has it (tests that need it skip otherwise)."""
+    """The real SmolLM2 Q4_1 GGUF when this machine has it (tests that need it skip otherwise):
+    $SPECQUANT_SMOLLM2_GGUF, then the project's download cache ($SPECQUANT_CACHE or
+    ~/.cache/specquant), then this workspace's copy. Never downloads."""
     import os
     env = os.environ.get("SPECQUANT_SMOLLM2_GGUF")
-    for p in ([Path(env)] if env else []) + [SMOLLM2_GGUF]:
-        if p.is_file():
+    if env and Path(env).is_file():
+        return Path(env)
+    cache = Path(os.environ.get("SPECQUANT_CACHE", Path.home() / ".cache" / "specquant"))
+    if cache.is_dir():
+        for p in sorted(cache.glob("**/SmolLM2-135M-Instruct*.gguf")):
             return p
-    return None
+    return SMOLLM2_GGUF if SMOLLM2_GGUF.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_sq4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted with the default SpecQuant recipe, once per session (used by
+    tests/test_sq_chat.py). $SPECQUANT_SMOLLM2_SQ4 names an already converted file instead; without
+    the source GGUF the test skips."""
+    import os
+
+    env = os.environ.get("SPECQUANT_SMOLLM2_SQ4")
+    if env:
+        if not Path(env).is_file():
+            pytest.fail(f"SPECQUANT_SMOLLM2_SQ4={env} does not exist")
+        return Path(env)
+    src = smollm2_path()
+    if src is None:
+        pytest.skip("SmolLM2-135M GGUF not available on this machine")
+    from specquant_gguf.cli import main
+
+    out = tmp_path_factory.mktemp("smollm2_sq4") / "smollm2.sq4.gguf"
+    assert main(["convert", str(src), "--out", str(out), "--quiet"]) == 0
+    return out

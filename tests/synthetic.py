@@ -189,13 +189,16 @@ def make_tiny_llama_gguf(
     qkv_bias: bool | None = None, tied: bool = True, head_type: str | None = None,
     rope_theta: float = 10000.0, rms_eps: float = 1e-5, context_length: int = 256, add_bos: bool = False,
 ) -> TinyModel:
-    """Writes a tiny random model file; see the module docstring. head_type: "f16" | "q8" for
+    """Writes a tiny random model file; see the module docstring. group_size 0 = per-row groups
+    (G = each matrix's C_in, as specquant.group_size = 0 means). head_type: "f16" | "q8" for
     token_embd/output (default: f16 for method f16, q8 otherwise). qkv_bias defaults to arch == "qwen2"."""
     path = Path(path)
     if method not in ("specquant", "rtn", "smoothquant", "f16", "q8"):
         raise ValueError(f"unknown method {method!r}")
     if hidden % heads or heads % kv_heads:
         raise ValueError("hidden must divide by heads, heads by kv_heads")
+    if group_size == 0 and rotation == "wht" and (hidden & (hidden - 1) or ffn & (ffn - 1)):
+        raise ValueError("per-row groups with rotation='wht' need power-of-two hidden and ffn sizes")
     head_type = head_type or ("f16" if method == "f16" else "q8")
     qkv_bias = (arch == "qwen2") if qkv_bias is None else qkv_bias
     sq4 = method in ("specquant", "rtn", "smoothquant")
@@ -274,7 +277,7 @@ def _write_metadata(w: ModelWriter, c: dict, tokens: list[str], types: list[int]
     w.add_kv("specquant.act_bits", c["act_bits"])
     w.add_kv("specquant.act_group_size", c["group_size"])
     w.add_kv("specquant.rotation", c["rotation"])
-    w.add_kv("specquant.rotation.block", c["group_size"] if c["rotation"] == "wht" else 0)
+    w.add_kv("specquant.rotation.block", c["group_size"] if c["rotation"] == "wht" else 0)  # 0 with per-row
     w.add_kv("specquant.spectral.axis", c["axis"])
     w.add_kv("specquant.spectral.k_max", c["spectral_k"])
     w.add_kv("specquant.spectral.tau", 1.0)
@@ -303,6 +306,7 @@ def _write_tensor(w: ModelWriter, name: str, value: np.ndarray, c: dict, rng: np
         resid = value - w_f
         w.add_tensor(base + ".spectral", coef)
         w.add_tensor(base + ".spectral_k", k_per)
+    g = c["group_size"] or value.shape[1]  # 0 = per row: one group per row
     if c["rotation"] == "wht":
-        resid = rotate_groups(resid, c["group_size"])
-    w.add_tensor(name, quantize_rtn(resid, c["group_size"]))
+        resid = rotate_groups(resid, g)
+    w.add_tensor(name, quantize_rtn(resid, g))

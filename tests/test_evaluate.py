@@ -203,3 +203,26 @@ def test_cli_inspect_errors(tmp_path, capsys) -> None:
     assert cli.main(["inspect", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "magic" in err and "Traceback" not in err
+
+
+def test_auto_backend_falls_back_to_reference(tiny_f16, text_file, tmp_path, capsys) -> None:
+    """A file the native runtime cannot run (Q4_1 layers, like the SmolLM2 source) goes to the oracle."""
+    import gguf
+
+    from specquant_gguf.format import TYPE_Q4_1, ModelWriter, RawTensor
+    src = read_model(tiny_f16.path)
+    out = tmp_path / "q4_1.gguf"
+    with ModelWriter(out) as w:
+        w.copy_kv_from(src, prefixes=("llama.", "tokenizer.", "specquant.", "general.name"))
+        for t in src:
+            a = src.dequantize(t.name)
+            if t.name.startswith("blk.") and a.ndim == 2:
+                raw = gguf.quants.quantize(a, gguf.GGMLQuantizationType.Q4_1)
+                w.add_tensor(t.name, RawTensor(TYPE_Q4_1, raw, a.shape))
+            else:
+                w.add_tensor(t.name, src.array(t.name).copy())
+    res = evaluate_ppl(out, text_file, ctx=32, windows=1, backend="auto", progress=False)
+    assert res.backend == "reference" and math.isfinite(res.ppl)
+    from specquant_gguf.evaluate import native_available
+    if native_available():
+        assert "using the reference backend" in capsys.readouterr().err

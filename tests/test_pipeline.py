@@ -106,8 +106,10 @@ def test_simulation_equals_reference_oracle(tiny_src, tmp_path: Path) -> None:
     tokens = list(range(4, 40))
     for n, recipe in enumerate((Recipe(group_size=32), Recipe(group_size=64, spectral_k=3, spectral_axis="out"),
                                 Recipe(group_size=32, act_bits=8, spectral_k=2, spectral_rule="softmax"))):
-        blocks = [sim_block(qb, recipe) for _, qb in convert_blocks(source, calib, recipe, emb)]
-        out = write_converted(source, recipe, calib, tmp_path / f"sim{n}.gguf") and tmp_path / f"sim{n}.gguf"
+        qblocks = [qb for _, qb in convert_blocks(source, calib, recipe, emb)]
+        blocks = [sim_block(qb, recipe) for qb in qblocks]
+        out = tmp_path / f"sim{n}.gguf"
+        write_converted(source, recipe, calib, out, blocks=qblocks)
         ref = _ref_logits(out, tokens)
         emb_q = q8_0_weight(emb)  # token_embd is stored as Q8_0
         x = emb_q[torch.tensor([tokens])]
@@ -115,7 +117,9 @@ def test_simulation_equals_reference_oracle(tiny_src, tmp_path: Path) -> None:
             x = block_forward(x, norms, cfg, lin=lin)
         h = rms_norm(x, source.output_norm(), cfg.rms_eps)
         sim = (fake_quant_q8_0(h) @ emb_q.t())[0].numpy()
-        assert np.allclose(sim, ref, rtol=1e-3, atol=1e-3 * np.abs(ref).max()), np.abs(sim - ref).max()
+        # only the fp32 summation order differs (an activation may round to a neighbouring level)
+        rel = np.linalg.norm(sim - ref) / np.linalg.norm(ref)
+        assert rel < 1e-4, rel
 
 
 @pytest.mark.parametrize("method,wtype", [("f16", TYPE_F16), ("q8", TYPE_Q8_0)])
@@ -151,7 +155,10 @@ def test_paper_preset_and_per_row_groups(tiny_src, tmp_path: Path) -> None:
 
 
 def _fails(capsys, argv: list[str], code: int, needle: str) -> None:
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own checks (types, choices) exit directly with 2
+        rc = exc.code
     err = capsys.readouterr().err.strip()
     assert rc == code, (rc, err)
     assert needle in err, err

@@ -120,7 +120,8 @@ def test_spectral_file_approximates_float_model(tiny_dir, spectral_k, axis) -> N
 def test_exact_and_fast_paths_agree(tiny_sq4_spectral) -> None:
     a = ReferenceModel(tiny_sq4_spectral.path, exact=True).forward(TOKENS)
     b = ReferenceModel(tiny_sq4_spectral.path, exact=False).forward(TOKENS)
-    assert _rel(a, b) < 1e-4
+    row_err = np.abs(a - b).max(1) / np.abs(a).max(1)  # rounding flips allowed at a few positions
+    assert (row_err < 1e-5).mean() >= 0.9 and row_err.max() < 0.05, row_err
 
 
 # -- integer math against brute force -------------------------------------------------------------
@@ -205,6 +206,12 @@ def test_tiny_file_integer_sums_match_brute_force(tiny_sq4) -> None:
         y = sq4_matmul(x, q_w, d_w, g, 4, True)
         expect = (acc.astype(np.float64) * d_w.astype(np.float64)[None] * dx.astype(np.float64)[:, None, :]).sum(2)
         assert _rel(y, expect) < 1e-5
+        # bit for bit the canonical fp32 epilogue (FORMAT.md §4.3): y += (float)acc_g · (d_w·d_x), g in order
+        prod = acc.astype(np.float32) * (d_w.astype(np.float32)[None] * dx[:, None, :])
+        y32 = np.zeros(prod.shape[:2], np.float32)
+        for gi in range(prod.shape[2]):
+            y32 = y32 + prod[:, :, gi]
+        np.testing.assert_array_equal(y, y32)
         # the fast path uses the same quantized activations
         assert _rel(SQ4Linear(q_w, d_w, g, 4, True, exact=False)(torch.from_numpy(x)).numpy(), expect) < 1e-5
 
@@ -235,9 +242,10 @@ def test_q8_activation_quantization_and_matmul() -> None:
     x[1, :32] = 0
     q, d = quantize_q8_activations(x)
     blocks = x.reshape(4, 3, 32)
-    np.testing.assert_array_equal(d, (np.abs(blocks).max(2) / np.float32(127)).astype(np.float32))
+    d32 = (np.abs(blocks).max(2) / np.float32(127)).astype(np.float32)
+    np.testing.assert_array_equal(d, d32)  # the scale stays fp32 (FORMAT.md §4.5)
     assert np.abs(q).max() <= 127 and (q[1, :32] == 0).all() and d[1, 0] == 0
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d > 0)
+    inv = np.divide(np.float32(1), d32, out=np.zeros_like(d32), where=d32 > 0)
     np.testing.assert_array_equal(q.reshape(4, 3, 32), np.rint(blocks * inv[..., None]).astype(np.int8))
     w = rng.standard_normal((10, 96)).astype(np.float32)
     raw = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
@@ -248,6 +256,8 @@ def test_q8_activation_quantization_and_matmul() -> None:
     expect = (isum * d_w[None] * d.astype(np.float64)[:, None, :]).sum(2)
     y = q8_matmul(x, raw, 10, 96)
     assert _rel(y, expect) < 1e-6
+    prod = isum.astype(np.float32) * (d_w.astype(np.float32)[None] * d[:, None, :])  # canonical epilogue
+    np.testing.assert_array_equal(y, prod[:, :, 0] + prod[:, :, 1] + prod[:, :, 2])
     assert _rel(Q8Linear(raw, 10, 96, exact=False)(torch.from_numpy(x)).numpy(), expect) < 1e-5
 
 
@@ -317,3 +327,48 @@ def test_smollm2_reference_matches_transformers() -> None:
         theirs = model(torch.tensor([tokens])).logits[0].numpy()
     assert _rel(ours, theirs) < 1e-3
     assert (ours.argmax(1) == theirs.argmax(1)).all()
+
+
+def test_kv_f16_option(tiny_sq4) -> None:
+    a = ReferenceModel(tiny_sq4.path, exact=False).forward(TOKENS)
+    b = ReferenceModel(tiny_sq4.path, exact=False, kv_type="f16").forward(TOKENS)
+    assert 0 < _rel(a, b) < 0.05
+    with pytest.raises(SpecQuantError, match="kv_type"):
+        ReferenceModel(tiny_sq4.path, kv_type="q4")
+
+
+def test_per_row_groups(tmp_path) -> None:
+    """specquant.group_size = 0: one group per row (G = C_in of each matrix), weights and activations."""
+    tm = make_tiny_llama_gguf(tmp_path / "row.gguf", method="specquant", group_size=0, act_bits=8, rotation="none")
+    m = read_model(tm.path)
+    assert m.metadata["specquant.group_size"] == 0
+    q, d = m.sq4("blk.0.ffn_down.weight")
+    assert q.shape == (128, 256) and d.shape == (128, 1)
+    ref = ReferenceModel(tm.path)
+    lin = ref.layers[0]["ffn_down"].core
+    assert lin.g == 256 and lin.nb == 1
+    fp = float_forward(tm.float_weights, tm.config, TOKENS)
+    assert np.linalg.norm(ref.forward(TOKENS) - fp) / np.linalg.norm(fp) < 0.5
+
+
+@pytest.mark.parametrize("kw", [dict(method="q8"), dict(method="specquant", spectral_k=4),
+                                dict(method="specquant", group_size=0, act_bits=8, rotation="none"),
+                                dict(method="specquant", spectral_k=4, axis="out", tied=False, act_bits=8),
+                                dict(method="specquant", arch="qwen2")])
+def test_native_runtime_matches_oracle(tmp_path, kw) -> None:
+    """The C runtime (f32 KV cache) on tiny files: the oracle's logits within 1e-5 at (almost) every
+    position. An activation value that lands within an ulp of a rint boundary can round the other
+    way when fp32 sums run in another order (runtime vs oracle, or the oracle's exact vs fast path);
+    such a flip moves one position's logits by ~1e-3 on these tiny models (on a real W4A4 model, it
+    can cascade much further), so a few positions are allowed a larger difference."""
+    from specquant_gguf.evaluate import native_available
+    if not native_available():
+        pytest.skip("native library not built")
+    from specquant_gguf.runtime import Model
+    tm = make_tiny_llama_gguf(tmp_path / "m.gguf", **kw)
+    tokens = TOKENS * 2
+    ref = ReferenceModel(tm.path).forward(tokens)
+    with Model(str(tm.path), n_ctx=64, n_threads=1, kv_type="f32") as m:
+        nat = m.eval(tokens)
+    row_err = np.abs(nat - ref).max(1) / np.abs(ref).max(1)
+    assert (row_err < 1e-5).mean() >= 0.9 and row_err.max() < 0.05, row_err

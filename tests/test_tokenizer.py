@@ -111,8 +111,9 @@ def smol():
         pytest.skip("SmolLM2 GGUF not on this machine")
     transformers = pytest.importorskip("transformers")
     from tokenizers import pre_tokenizers
-    plain = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    from tokenizers import Tokenizer
     real = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    plain = Tokenizer.from_str(real.backend_tokenizer.to_str())  # the builder's own pre-tokenizer
     real.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
     v = Vocab(path)
@@ -126,13 +127,13 @@ def test_smollm2_matches_hf_on_corpus(smol) -> None:
     if not corpus:
         pytest.skip("../shared/data not available")
     for name, texts in corpus.items():
+        ours = [v.encode(t) for t in texts]
         hf_ids = real.backend_tokenizer.encode_batch(texts)
-        bad = [t for t, h in zip(texts, hf_ids) if v.encode(t) != h.ids]
+        bad = [t for t, o, h in zip(texts, ours, hf_ids) if o != h.ids]
         assert not bad, f"{name}: {len(bad)} of {len(texts)} differ, first {bad[0][:200]!r}"
         # the plain GGUF builder (no digit split) differs only where a non-ASCII numeral is involved
-        plain_ids = plain.backend_tokenizer.encode_batch(texts)
-        for t, h in zip(texts, plain_ids):
-            if v.encode(t) != h.ids:
+        for t, o, h in zip(texts, ours, plain.encode_batch(texts)):
+            if o != h.ids:
                 assert any(unicodedata.category(c)[0] == "N" and not c.isascii() for c in t), t[:200]
 
 
@@ -225,7 +226,9 @@ def test_sentencepiece_matches_hf_and_sentencepiece(spm_model) -> None:
     v = Vocab(path)
     try:
         texts = [t for ts in _corpus().values() for t in ts] + EDGE
-        bad_hf = _mismatches(v.encode, lambda t: hf(t)["input_ids"], texts)
+        ours = [v.encode(t) for t in texts]
+        ref = [e.ids for e in hf.backend_tokenizer.encode_batch(texts)]
+        bad_hf = [t for t, o, r in zip(texts, ours, ref) if o != r]
         assert not bad_hf, f"{len(bad_hf)} of {len(texts)} differ from HF, first {bad_hf[0][:120]!r}"
         # sentencepiece itself: the same, except HF's Metaspace for text that starts with a space
         # (every WikiText line does), user-defined symbols (HF matches them anywhere, sentencepiece
@@ -233,9 +236,9 @@ def test_sentencepiece_matches_hf_and_sentencepiece(spm_model) -> None:
         plain = [t for t in texts if not t.startswith(" ") and not re.search(r"<tool>|<\|sep\|>|<s>|</s>|<unk>", t)]
         bad_sp = _mismatches(v.encode, lambda t: [sp.bos_id()] + sp.encode(t), plain)
         assert not bad_sp, f"{len(bad_sp)} of {len(plain)} differ from sentencepiece, first {bad_sp[0][:120]!r}"
-        for t in texts:  # decoding as HF does (dummy prefix dropped, bytes fused)
-            ids = v.encode(t)
-            assert v.decode(ids).decode("utf-8", errors="replace") == hf.decode(ids, skip_special_tokens=True), repr(t[:80])
+        decoded = hf.backend_tokenizer.decode_batch(ours, skip_special_tokens=True)
+        for t, ids, d in zip(texts, ours, decoded):  # decoding as HF does (dummy prefix dropped, bytes fused)
+            assert v.decode(ids).decode("utf-8", errors="replace") == d, repr(t[:80])
     finally:
         v.close()
 

@@ -66,6 +66,8 @@ SQ_API int32_t sq_model_n_vocab(const sq_model *m);
 SQ_API int32_t sq_model_n_ctx(const sq_model *m);       /* the context this instance was made with */
 SQ_API int32_t sq_model_n_ctx_train(const sq_model *m); /* the model's own context length */
 SQ_API int32_t sq_model_n_past(const sq_model *m);      /* tokens in the KV cache */
+/* The kernel set this model runs ("scalar", "avx2", ...): SQ_ISA when it was loaded, else CPUID. */
+SQ_API const char *sq_model_isa(const sq_model *m);
 /* Metadata value as text (strings as is, numbers printed); NULL when absent. */
 SQ_API const char *sq_model_meta(const sq_model *m, const char *key);
 

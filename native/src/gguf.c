@@ -264,8 +264,9 @@ static sq_status parse_header(sq_gguf *g, cursor *c) {
     if (rd_u32(c, &magic)) return sq_set_error(SQ_ERR_FORMAT, "not a GGUF file (shorter than its header)");
     if (magic != GGUF_MAGIC) return sq_set_error(SQ_ERR_FORMAT, "not a GGUF file (bad magic)");
     if (rd_u32(c, &g->version) || rd_u64(c, &g->n_tensors) || rd_u64(c, &g->n_kv)) return SQ_ERR_FORMAT;
-    if (g->version != 2 && g->version != 3)
-        return sq_set_error(SQ_ERR_UNSUPPORTED, "GGUF version %u is not supported (2 or 3)", g->version);
+    if (g->version != 2 && g->version != 3) /* 1 or a plausible future version vs garbage */
+        return sq_set_error(g->version < 256 ? SQ_ERR_UNSUPPORTED : SQ_ERR_FORMAT,
+                            "GGUF version %u is not supported (2 or 3)", g->version);
     /* A kv entry takes >= 13 bytes and a tensor entry >= 33: bound counts before allocating. */
     if (g->n_kv > left(c) / 13 || g->n_tensors > left(c) / 33 || g->n_tensors > UINT32_MAX)
         return sq_set_error(SQ_ERR_FORMAT, "GGUF: %" PRIu64 " tensors / %" PRIu64 " keys cannot fit in a %zu-byte file",

@@ -8,7 +8,18 @@
  * Threading: every kernel works on a range (rows [r0, r1) of a matrix, or tokens [t0, t1) of an
  * activation), so the engine splits work across threads by calling one kernel per range. Kernels
  * never allocate and keep no mutable global state; ranges of different calls may run concurrently
- * as long as their outputs do not overlap.
+ * as long as their outputs do not overlap. They use up to ~64 KB of stack (unpacked weight tiles,
+ * the WHT buffer), so worker threads need ordinary (≥ 256 KB) stacks. The SIMD matmuls tile 16
+ * rows at a time: splitting rows on multiples of 16 avoids computing padded tail tiles.
+ *
+ * Shapes: n_tok ≥ 3 takes the prefill path (weights unpacked once per row tile and reused across
+ * tokens), fewer tokens the decode path (each weight byte read once, straight from the mapping).
+ *
+ * Canonical epilogue: every kernel forms exact int32 group sums acc_g (Q8_0: block sums), then
+ *     y = 0;  for g = 0 … ng−1 in order:  y = y + (float)acc_g · (d_w[g] · d_x[g])
+ * in fp32 with separate multiplies and adds (no FMA; the build uses -ffp-contract=off). So every
+ * ISA gives bit-identical outputs, and a W4A4 model — whose next activation quantization turns a
+ * 1-ulp difference into a different code — runs the same on every machine.
  *
  * Preconditions (checked once at load with sq_kernels_check_sq4(), not in the hot path):
  * K % G == 0, G % 32 == 0 (G = 32, 64, 128, 256 or per-row G = K with K % 32 == 0),
@@ -58,7 +69,8 @@ typedef struct {
 
 typedef struct {
     const char *name;
-    /* y[t*ldy + r] = Σ_g acc_g·d_w·d_x  for rows r in [r0, r1), all tokens t of x. */
+    /* y[t*ldy + r] = Σ_g acc_g·(d_w·d_x) (canonical order, see above) for rows r in [r0, r1), all
+     * tokens t of x; y is overwritten. */
     void (*matmul_sq4)(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy);
     /* same for Q8_0 weights × Q8_0 activations (used for the output head). */
     void (*matmul_q8)(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy);

@@ -5,7 +5,8 @@
  * shifted by c = 128 (q ^ 0x80 = q − 128). Then
  *     acc_g = Σ (q_x − c)·q_w − (z − c)·Σ q_w,
  * the same integer as FORMAT.md §4.3. Weight nibbles sign-extend with shifts. Group sums are exact
- * int32 before the float epilogue, so acc_g matches the scalar kernel bit for bit.
+ * int32 before the canonical float epilogue (kernels.h), so outputs match the scalar kernel bit for
+ * bit (the build passes -ffp-contract=off so no multiply-add gets fused).
  * Decode reads each weight byte once; prefill unpacks a row's segment once and reuses it for every
  * token. Activation quantization uses the scalar code (it is O(K) per token).
  */
@@ -99,16 +100,14 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
                 const uint8_t *qx = x->q + (size_t)t * K + (size_t)g0 * G;
                 const int32_t *zt = x->z + (size_t)t * ng + g0;
                 const float *dt = x->d + (size_t)t * ng + g0;
-                float sum = 0.0f;
+                /* later segments continue the running sum: groups are added in order */
+                float sum = g0 == 0 || acc ? 0.0f : y[(size_t)t * ldy + r];
                 for (int gl = 0; gl < ngs; gl++) {
                     const int32_t s = dot_s8(buf + gl * G, qx + (size_t)gl * G, G, flip) - (zt[gl] - c) * ws[g0 + gl];
                     if (acc) acc[(size_t)t * w->rows * ng + (size_t)r * ng + g0 + gl] = s;
                     else sum += (float)s * (dw[gl] * dt[gl]);
                 }
-                if (!acc) {
-                    float *dst = y + (size_t)t * ldy + r;
-                    *dst = g0 == 0 ? sum : *dst + sum;
-                }
+                if (!acc) y[(size_t)t * ldy + r] = sum;
             }
         }
     }
@@ -126,7 +125,7 @@ static void group_sums_sq4_neon(const sq_sq4_matrix *w, const sq_qact *x, int r0
     else sq4_decode(w, x, r0, r1, NULL, 0, acc);
 }
 
-/* Q8_0 × Q8_0: s8·s8 is exactly what vdotq_s32 does; the float epilogue runs per block. */
+/* Q8_0 × Q8_0: s8·s8 is exactly what vdotq_s32 does; the canonical float epilogue runs per block. */
 static void matmul_q8_neon(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
     const int K = w->K, nb = K / 32;
     const size_t row_bytes = (size_t)34 * nb;
@@ -135,14 +134,14 @@ static void matmul_q8_neon(const sq_q8_matrix *w, const sq_q8act *x, int r0, int
         for (int t = 0; t < x->n_tok; t++) {
             const int8_t *qx = x->q + (size_t)t * K;
             const float *dx = x->d + (size_t)t * nb;
-            float32x4_t sum = vdupq_n_f32(0.0f);
+            float sum = 0.0f;
             for (int b = 0; b < nb; b++) {
                 const uint8_t *blk = row + (size_t)b * 34;
                 int32x4_t a = vdotq_s32(vdupq_n_s32(0), vld1q_s8((const int8_t *)blk + 2), vld1q_s8(qx + b * 32));
                 a = vdotq_s32(a, vld1q_s8((const int8_t *)blk + 18), vld1q_s8(qx + b * 32 + 16));
-                sum = vfmaq_n_f32(sum, vcvtq_f32_s32(a), fp16_load(blk) * dx[b]);
+                sum += (float)vaddvq_s32(a) * (fp16_load(blk) * dx[b]); /* exact block sum, block order */
             }
-            y[(size_t)t * ldy + r] = vaddvq_f32(sum);
+            y[(size_t)t * ldy + r] = sum;
         }
     }
 }

@@ -1,8 +1,8 @@
 /* matmul_scalar.c — reference kernels in portable C (FORMAT.md §4.3, §4.5).
  *
- * These define the results: SIMD kernels must reproduce the integer group sums exactly and the
- * float outputs within 1e-5 relative. Written for clarity first, but with the weight block decoded
- * once per (row, group) and reused across tokens so the scalar path stays usable.
+ * These define the results: SIMD kernels reproduce the integer group sums exactly and, through the
+ * canonical epilogue of kernels.h (y = Σ_g in group order of (float)acc_g · (d_w·d_x), no fused
+ * multiply-add), the float outputs bit for bit too.
  */
 #include "kernels.h"
 
@@ -62,7 +62,7 @@ static void matmul_sq4_scalar(const sq_sq4_matrix *w, const sq_qact *x, int r0, 
             for (int t = 0; t < nt; t++) {
                 const uint8_t *qx = x->q + (size_t)t * K + (size_t)g * G;
                 int32_t acc = sq4_dot(blk + 2, qx, G) - x->z[(size_t)t * ng + g] * ws;
-                y[(size_t)t * ldy + r] += (float)acc * dw * x->d[(size_t)t * ng + g];
+                y[(size_t)t * ldy + r] += (float)acc * (dw * x->d[(size_t)t * ng + g]);
             }
         }
     }
@@ -80,7 +80,7 @@ static void matmul_q8_scalar(const sq_q8_matrix *w, const sq_q8act *x, int r0, i
                 const int8_t *qx = x->q + (size_t)t * K + (size_t)b * 32;
                 int32_t s = 0;
                 for (int j = 0; j < 32; j++) s += (int32_t)qw[j] * qx[j];
-                sum += (float)s * load_fp16(row + (size_t)b * 34) * x->d[(size_t)t * nb + b];
+                sum += (float)s * (load_fp16(row + (size_t)b * 34) * x->d[(size_t)t * nb + b]);
             }
             y[(size_t)t * ldy + r] = sum;
         }

@@ -7,7 +7,9 @@
  * _mm256_maddubs_epi16 (s16 pair sums; a lane is at most |255·(−8)·2| = 4080, so 8 of them —
  * 256 values — add up in 16 bits, then _mm256_madd_epi16 widens) or VNNI _mm256_dpbusd_epi32
  * (int32 directly). Group sums are exact integers before any float is formed, so acc_g is
- * bit-identical to the scalar kernel; only then z·Σq_w is subtracted and the scales applied.
+ * bit-identical to the scalar kernel; only then z·Σq_w is subtracted and the scales applied, in the
+ * canonical order of kernels.h (fp32 terms added in group order, no FMA): outputs are bit-identical
+ * to the scalar kernel's too.
  *
  * Two shapes:
  * - decode (few tokens): one row at a time; the 8-lane partial sums of 8 groups are reduced
@@ -157,7 +159,7 @@ SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t
     const uint8_t *qx = x->q + (size_t)t * K;
     const int32_t *zt = x->z + (size_t)t * ng, *ws = w->wsum + (size_t)r * ng;
     const float *dt = x->d + (size_t)t * ng;
-    __m256 Y = _mm256_setzero_ps();
+    float ys = 0.0f;
     int g = 0;
     for (; g + 8 <= ng; g += 8) {
         __m256i v[8];
@@ -167,11 +169,13 @@ SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t
         if (acc) {
             _mm256_storeu_si256((__m256i *)(acc + g), s);
         } else {
+            /* terms acc_g·(d_w·d_x) in parallel, then added in group order (kernels.h: canonical sum) */
             __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
-            Y = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, Y);
+            float term[8];
+            _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
+            for (int j = 0; j < 8; j++) ys += term[j];
         }
     }
-    float ys = hsum_ps(Y);
     for (; g < ng; g++) {
         const uint8_t *blk = row + (size_t)g * bs;
         int32_t s = hsum_epi32(group_dot(blk + 2, qx + (size_t)g * G, G)) - zt[g] * ws[g];
@@ -276,7 +280,7 @@ SQ_INLINE void pf_quad(const pf_tile *tl, const uint8_t *const qa[PF_T], const i
                 } else {
                     const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(&tl->dw[gl][8 * v]), dxt);
                     float *yp = &yt[t][8 * v];
-                    _mm256_storeu_ps(yp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, _mm256_loadu_ps(yp)));
+                    _mm256_storeu_ps(yp, _mm256_add_ps(_mm256_loadu_ps(yp), _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc)));
                 }
             }
         }
@@ -354,7 +358,10 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
                     da[j] = x->d + (size_t)tj * ng + g0;
                 }
                 const int ntt = nt - t < PF_T ? nt - t : PF_T;
+                /* later segments continue the running sums, so groups are added in order */
                 memset(yt, 0, sizeof yt);
+                if (g0 > 0 && !acc)
+                    for (int j = 0; j < ntt; j++) memcpy(yt[j], y + (size_t)(t + j) * ldy + r, sizeof(float) * nr);
                 if (fn) fn(&tl, qa, za, da, ngs, yt, acc ? accv : NULL);
                 else pf_quad_any(G, x->bits, &tl, qa, za, da, ngs, yt, acc ? accv : NULL);
                 for (int j = 0; j < ntt; j++) {
@@ -365,11 +372,7 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
                                 dst[(size_t)(r + i) * ng + gl] = accv[((size_t)gl * PF_T + j) * PF_R + i];
                         continue;
                     }
-                    float *dst = y + (size_t)(t + j) * ldy + r;
-                    if (g0 == 0)
-                        for (int i = 0; i < nr; i++) dst[i] = yt[j][i];
-                    else
-                        for (int i = 0; i < nr; i++) dst[i] += yt[j][i];
+                    memcpy(y + (size_t)(t + j) * ldy + r, yt[j], sizeof(float) * nr);
                 }
             }
         }
@@ -423,7 +426,8 @@ static void group_sums_sq4_x86(const sq_sq4_matrix *w, const sq_qact *x, int r0,
 
 /* ---- Q8_0 × Q8_0 ----------------------------------------------------------------------------- */
 
-/* s8·s8 via maddubs: |w| (u8, 128 for −128) times act with w's sign; |product pair| ≤ 32512. */
+/* s8·s8 via maddubs: |w| (u8, 128 for −128) times act with w's sign; |product pair| ≤ 32512.
+ * 8 int32 lanes whose sum is the exact block dot product. */
 static inline __m256i dot_s8(__m256i wv, __m256i av) {
 #if SQ_X86_VNNI
     return sq_dpbusd(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv));
@@ -434,7 +438,8 @@ static inline __m256i dot_s8(__m256i wv, __m256i av) {
 
 #define Q8_T 3 /* from this many tokens on, the tiled path */
 /* Few tokens: one row at a time, each weight byte read once. Walking one row after the other
- * keeps the access a single sequential stream: interleaving 4 rows measured half the bandwidth. */
+ * keeps the access a single sequential stream: interleaving 4 rows measured half the bandwidth.
+ * Block sums are exact int32 (8 blocks per reduce8), then added in block order. */
 static void q8_decode(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
     const int K = w->K, nb = K / 32;
     const size_t row_bytes = (size_t)34 * nb;
@@ -443,31 +448,33 @@ static void q8_decode(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, 
         const float *dx = x->d + (size_t)t * nb;
         for (int r = r0; r < r1; r++) {
             const uint8_t *row = w->data + (size_t)r * row_bytes;
-            __m256 Y0 = _mm256_setzero_ps(), Y1 = _mm256_setzero_ps();
+            float ys = 0.0f;
             int b = 0;
-            for (; b + 2 <= nb; b += 2) { /* two chains to hide the fma latency */
-                const uint8_t *b0 = row + (size_t)b * 34, *b1 = b0 + 34;
-                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
-                const __m256i w1 = _mm256_loadu_si256((const __m256i *)(b1 + 2));
-                const __m256i a0 = _mm256_loadu_si256((const __m256i *)(qx + (size_t)b * 32));
-                const __m256i a1 = _mm256_loadu_si256((const __m256i *)(qx + (size_t)b * 32 + 32));
-                Y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(w0, a0)), _mm256_set1_ps(fp16_load(b0) * dx[b]), Y0);
-                Y1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(w1, a1)), _mm256_set1_ps(fp16_load(b1) * dx[b + 1]), Y1);
+            for (; b + 8 <= nb; b += 8) {
+                __m256i v[8];
+                for (int j = 0; j < 8; j++)
+                    v[j] = dot_s8(_mm256_loadu_si256((const __m256i *)(row + (size_t)(b + j) * 34 + 2)),
+                                  _mm256_loadu_si256((const __m256i *)(qx + (size_t)(b + j) * 32)));
+                const __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)b * 34, 34), _mm256_loadu_ps(dx + b));
+                float term[8];
+                _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(reduce8(v)), sc));
+                for (int j = 0; j < 8; j++) ys += term[j];
             }
-            if (b < nb) {
-                const uint8_t *b0 = row + (size_t)b * 34;
-                const __m256i w0 = _mm256_loadu_si256((const __m256i *)(b0 + 2));
-                const __m256i a0 = _mm256_loadu_si256((const __m256i *)(qx + (size_t)b * 32));
-                Y0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_s8(w0, a0)), _mm256_set1_ps(fp16_load(b0) * dx[b]), Y0);
+            for (; b < nb; b++) {
+                const uint8_t *blk = row + (size_t)b * 34;
+                const int32_t s = hsum_epi32(dot_s8(_mm256_loadu_si256((const __m256i *)(blk + 2)),
+                                                    _mm256_loadu_si256((const __m256i *)(qx + (size_t)b * 32))));
+                ys += (float)s * (fp16_load(blk) * dx[b]);
             }
-            y[(size_t)t * ldy + r] = hsum_ps(_mm256_add_ps(Y0, Y1));
+            y[(size_t)t * ldy + r] = ys;
         }
     }
 }
 
 /* Prefill: 16 rows × 4 tokens, rows interleaved per k-step like the SQ4 tile. maddubs needs one
  * unsigned operand, so the weights are stored as |w| plus w itself for the sign: each (row vector,
- * token) step is sign(a, w), then maddubs(|w|, ·) + madd (or one dpbusd). One fp32 fma per block. */
+ * token) step is sign(a, w), then maddubs(|w|, ·) + madd (or one dpbusd). Lanes are rows, so each
+ * block's sum is an exact int32 lane; one fp32 term per block, added in block order. */
 #define Q8_SEG 512 /* values per segment: 2 × 8 KB of interleaved bytes for 16 rows */
 
 typedef struct {
@@ -522,7 +529,7 @@ static void q8_quad(const q8_tile *tl, const int8_t *const qa[PF_T], const float
             for (int v = 0; v < PF_RV; v++) {
                 const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(&tl->dw[bl][8 * v]), dxt);
                 float *yp = &yt[t][8 * v];
-                _mm256_storeu_ps(yp, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[t][v]), sc, _mm256_loadu_ps(yp)));
+                _mm256_storeu_ps(yp, _mm256_add_ps(_mm256_loadu_ps(yp), _mm256_mul_ps(_mm256_cvtepi32_ps(acc[t][v]), sc)));
             }
         }
     }
@@ -552,16 +559,12 @@ static void matmul_q8_x86(const sq_q8_matrix *w, const sq_q8act *x, int r0, int 
                     qa[j] = x->q + (size_t)tj * K + (size_t)b0 * 32;
                     da[j] = x->d + (size_t)tj * nb + b0;
                 }
-                memset(yt, 0, sizeof yt);
-                q8_quad(&tl, qa, da, nbs, yt);
                 const int ntt = nt - t < PF_T ? nt - t : PF_T;
-                for (int j = 0; j < ntt; j++) {
-                    float *dst = y + (size_t)(t + j) * ldy + r;
-                    if (b0 == 0)
-                        for (int i = 0; i < nr; i++) dst[i] = yt[j][i];
-                    else
-                        for (int i = 0; i < nr; i++) dst[i] += yt[j][i];
-                }
+                memset(yt, 0, sizeof yt); /* later segments continue the running sums */
+                if (b0 > 0)
+                    for (int j = 0; j < ntt; j++) memcpy(yt[j], y + (size_t)(t + j) * ldy + r, sizeof(float) * nr);
+                q8_quad(&tl, qa, da, nbs, yt);
+                for (int j = 0; j < ntt; j++) memcpy(y + (size_t)(t + j) * ldy + r, yt[j], sizeof(float) * nr);
             }
         }
     }
@@ -569,29 +572,20 @@ static void matmul_q8_x86(const sq_q8_matrix *w, const sq_q8act *x, int r0, int 
 
 /* ---- activation quantization (bit-identical to quantize_act.c) ------------------------------ */
 
-/* In-place butterfly of FORMAT.md §4.1; every output is the same a+b / a−b as the scalar loop. */
-static void wht_x86(float *v, int n) {
-    if (n < 8) {
-        sq_wht_inplace(v, n);
-        return;
-    }
+/* Butterfly stages h = 1, 2, 4 of FORMAT.md §4.1 inside one vector of 8. x + (−y) == x − y exactly
+ * and ×±1 is exact, so every output is the same a+b / a−b as the scalar loop. */
+static inline __m256 wht8(__m256 a) {
     const __m256 sgn1 = _mm256_setr_ps(1, -1, 1, -1, 1, -1, 1, -1);
     const __m256 sgn2 = _mm256_setr_ps(1, 1, -1, -1, 1, 1, -1, -1);
     const __m256 sgn4 = _mm256_setr_ps(1, 1, 1, 1, -1, -1, -1, -1);
-    for (int i = 0; i < n; i += 8) { /* h = 1, 2, 4 inside one vector */
-        __m256 a = _mm256_loadu_ps(v + i);
-        /* x + (-y) == x - y exactly, and ×±1 is exact, so these match the scalar butterfly */
-        __m256 lo = _mm256_permute_ps(a, 0xA0);                    /* [a0,a0,a2,a2,...] */
-        __m256 hi = _mm256_permute_ps(a, 0xF5);                    /* [a1,a1,a3,a3,...] */
-        a = _mm256_add_ps(lo, _mm256_mul_ps(hi, sgn1));             /* a0+a1, a0-a1: exact (×±1) */
-        lo = _mm256_permute_ps(a, 0x44);                           /* [a0,a1,a0,a1 | ...] */
-        hi = _mm256_permute_ps(a, 0xEE);                           /* [a2,a3,a2,a3 | ...] */
-        a = _mm256_add_ps(lo, _mm256_mul_ps(hi, sgn2));
-        lo = _mm256_permute2f128_ps(a, a, 0x00);                   /* [low, low] */
-        hi = _mm256_permute2f128_ps(a, a, 0x11);                   /* [high, high] */
-        a = _mm256_add_ps(lo, _mm256_mul_ps(hi, sgn4));
-        _mm256_storeu_ps(v + i, a);
-    }
+    a = _mm256_add_ps(_mm256_permute_ps(a, 0xA0), _mm256_mul_ps(_mm256_permute_ps(a, 0xF5), sgn1)); /* pairs */
+    a = _mm256_add_ps(_mm256_permute_ps(a, 0x44), _mm256_mul_ps(_mm256_permute_ps(a, 0xEE), sgn2)); /* quads */
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, a, 0x00), _mm256_mul_ps(_mm256_permute2f128_ps(a, a, 0x11), sgn4));
+}
+
+/* In-place butterfly of FORMAT.md §4.1 on n = 2^k ≥ 8 floats. */
+static void wht_x86(float *v, int n) {
+    for (int i = 0; i < n; i += 8) _mm256_storeu_ps(v + i, wht8(_mm256_loadu_ps(v + i)));
     for (int h = 8; h < n; h *= 2)
         for (int i = 0; i < n; i += 2 * h)
             for (int j = i; j < i + h; j += 8) {
@@ -633,11 +627,71 @@ static inline __m256i pack32(__m256 f0, __m256 f1, __m256 f2, __m256 f3, int is_
     return _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
+/* Scale, zero point and codes of one group held in n ≤ 8 registers (FORMAT.md §4.2). */
+SQ_INLINE void quant_regs(__m256 *r, int n, float L, uint8_t *q, float *d_out, int32_t *z_out) {
+    const __m256 zero = _mm256_setzero_ps(), Lv = _mm256_set1_ps(L), nLv = _mm256_set1_ps(-L);
+    __m256 mn = zero, mx = zero;
+#pragma GCC unroll 8
+    for (int j = 0; j < n; j++) {
+        mn = _mm256_min_ps(r[j], mn); /* (a < mn) ? a : mn, like the scalar loop (NaN ignored) */
+        mx = _mm256_max_ps(r[j], mx);
+    }
+    const float fmn = hmin_ps(mn), fmx = hmax_ps(mx);
+    const float d = (fmx - fmn) / L;
+    const float id = d > 0.0f ? 1.0f / d : 0.0f;
+    const float z = rint_clamp_s(-fmn * id, 0.0f, L);
+    const __m256 idv = _mm256_set1_ps(id), zv = _mm256_set1_ps(z);
+#pragma GCC unroll 8
+    for (int j = 0; j < n; j++) {
+        __m256 a = _mm256_mul_ps(r[j], idv);
+        a = _mm256_min_ps(_mm256_max_ps(a, nLv), Lv); /* NaN -> -L (max returns its 2nd operand) */
+        a = _mm256_add_ps(_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zv);
+        r[j] = _mm256_min_ps(_mm256_max_ps(a, zero), Lv);
+    }
+#pragma GCC unroll 2
+    for (int j = 0; j < n; j += 4) _mm256_storeu_si256((__m256i *)(q + 8 * j), pack32(r[j], r[j + 1], r[j + 2], r[j + 3], 0));
+    *d_out = d;
+    *z_out = (int32_t)z;
+}
+
+/* Groups of G = 32 or 64 stay in registers through the rotation and the quantization. */
+SQ_INLINE void quant_small(const float *x, int t0, int t1, int wht, sq_qact *out, const int G) {
+    const int K = out->K, ng = K / G, n = G / 8;
+    const float L = (float)((1 << out->bits) - 1);
+    for (int t = t0; t < t1; t++)
+        for (int g = 0; g < ng; g++) {
+            const float *v = x + (size_t)t * K + (size_t)g * G;
+            __m256 r[8];
+#pragma GCC unroll 8
+            for (int j = 0; j < n; j++) r[j] = _mm256_loadu_ps(v + 8 * j);
+            if (wht) {
+#pragma GCC unroll 8
+                for (int j = 0; j < n; j++) r[j] = wht8(r[j]);
+#pragma GCC unroll 3
+                for (int h = 1; h < n; h *= 2) /* stages h = 8, 16, 32 values = 1, 2, 4 vectors */
+#pragma GCC unroll 4
+                    for (int i = 0; i < n; i += 2 * h)
+#pragma GCC unroll 4
+                        for (int j = i; j < i + h; j++) {
+                            const __m256 a = r[j], b = r[j + h];
+                            r[j] = _mm256_add_ps(a, b);
+                            r[j + h] = _mm256_sub_ps(a, b);
+                        }
+            }
+            quant_regs(r, n, L, out->q + (size_t)t * K + (size_t)g * G, &out->d[(size_t)t * ng + g],
+                       &out->z[(size_t)t * ng + g]);
+        }
+}
+
 static void quantize_act_x86(const float *x, int t0, int t1, int wht, sq_qact *out) {
     const int K = out->K, G = out->G, ng = K / G;
+    if (G == 32 || G == 64) {
+        if (G == 32) quant_small(x, t0, t1, wht, out, 32);
+        else quant_small(x, t0, t1, wht, out, 64);
+        return;
+    }
     const float L = (float)((1 << out->bits) - 1);
     float buf[SQ_WHT_MAX_G] __attribute__((aligned(32)));
-    const __m256 zero = _mm256_setzero_ps(), Lv = _mm256_set1_ps(L), nLv = _mm256_set1_ps(-L);
     for (int t = t0; t < t1; t++) {
         for (int g = 0; g < ng; g++) {
             const float *v = x + (size_t)t * K + (size_t)g * G;
@@ -646,23 +700,26 @@ static void quantize_act_x86(const float *x, int t0, int t1, int wht, sq_qact *o
                 wht_x86(buf, G);
                 v = buf;
             }
+            /* larger groups: min/max over the whole group, then the codes 32 at a time */
+            const __m256 zero = _mm256_setzero_ps();
             __m256 mn = zero, mx = zero;
             for (int j = 0; j < G; j += 8) {
-                __m256 a = _mm256_loadu_ps(v + j);
-                mn = _mm256_min_ps(a, mn); /* (a < mn) ? a : mn, like the scalar loop (NaN ignored) */
+                const __m256 a = _mm256_loadu_ps(v + j);
+                mn = _mm256_min_ps(a, mn);
                 mx = _mm256_max_ps(a, mx);
             }
             const float fmn = hmin_ps(mn), fmx = hmax_ps(mx);
             const float d = (fmx - fmn) / L;
             const float id = d > 0.0f ? 1.0f / d : 0.0f;
             const float z = rint_clamp_s(-fmn * id, 0.0f, L);
-            const __m256 idv = _mm256_set1_ps(id), zv = _mm256_set1_ps(z);
+            const __m256 idv = _mm256_set1_ps(id), zv = _mm256_set1_ps(z), Lv = _mm256_set1_ps(L),
+                         nLv = _mm256_set1_ps(-L);
             uint8_t *q = out->q + (size_t)t * K + (size_t)g * G;
             for (int j = 0; j < G; j += 32) {
                 __m256 f[4];
                 for (int u = 0; u < 4; u++) {
                     __m256 a = _mm256_mul_ps(_mm256_loadu_ps(v + j + 8 * u), idv);
-                    a = _mm256_min_ps(_mm256_max_ps(a, nLv), Lv); /* NaN -> -L (max returns 2nd) */
+                    a = _mm256_min_ps(_mm256_max_ps(a, nLv), Lv);
                     a = _mm256_add_ps(_mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), zv);
                     f[u] = _mm256_min_ps(_mm256_max_ps(a, zero), Lv);
                 }

@@ -475,6 +475,7 @@ SQ_API int32_t sq_model_n_vocab(const sq_model *m) { return m ? m->hp.n_vocab : 
 SQ_API int32_t sq_model_n_ctx(const sq_model *m) { return m ? m->n_ctx : 0; }
 SQ_API int32_t sq_model_n_ctx_train(const sq_model *m) { return m ? m->hp.n_ctx_train : 0; }
 SQ_API int32_t sq_model_n_past(const sq_model *m) { return m ? m->n_past : 0; }
+SQ_API const char *sq_model_isa(const sq_model *m) { return m && m->exec.kt ? m->exec.kt->name : ""; }
 
 SQ_API const char *sq_model_meta(const sq_model *m, const char *key) {
     if (!m || !key) return NULL;

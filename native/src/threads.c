@@ -30,16 +30,23 @@ typedef struct {
     pthread_t th;
 } worker;
 
-/* The job word packs (job id << 32 | next task index): a worker claims a task with one CAS, which
- * fails if the job changed in between, so a worker that wakes late can never run a task of the
- * wrong job or one twice. The caller waits for finished tasks, not for workers: when the machine
- * is oversubscribed and a worker is not scheduled, the caller simply runs every task itself. */
+/* The job word packs (job id:24 | task count:20 | next task:20). A worker claims a task with one
+ * CAS on it, which fails if the job changed in between; since the count travels in the same word,
+ * a worker that wakes late can never run a task of the wrong job or a task twice (an earlier
+ * version kept the count in a separate field and did, when the caller had already written the
+ * next job's count). The caller waits for finished tasks, not for workers: on an oversubscribed
+ * machine, when a worker is not scheduled, the caller simply runs every task itself. */
+#define IDX_BITS 20
+#define MAX_TASKS ((1u << IDX_BITS) - 1)
+#define W_JOB(w) ((uint32_t)((w) >> (2 * IDX_BITS)))
+#define W_N(w) ((uint32_t)((w) >> IDX_BITS) & MAX_TASKS)
+#define W_IDX(w) ((uint32_t)(w)&MAX_TASKS)
+
 struct sq_pool {
     int n_threads;
     worker *workers;
     sq_task_fn fn;           /* current job, written before the job word is published */
     void *ctx;
-    atomic_int n_tasks;      /* atomic: a late worker may read it while the next job is set up */
     _Atomic uint64_t word;
     atomic_int done;         /* tasks finished in the current job */
     atomic_uint generation;  /* bumped for every job; idle workers wait for a change */
@@ -53,13 +60,11 @@ struct sq_pool {
 static void run_tasks(sq_pool *p, uint32_t job, int thread) {
     uint64_t w = atomic_load_explicit(&p->word, memory_order_acquire);
     for (;;) {
-        if ((uint32_t)(w >> 32) != job) return;
-        uint32_t idx = (uint32_t)w;
-        /* n_tasks is read after the job id matched: it belongs to this job (published before). */
-        if ((int)idx >= atomic_load_explicit(&p->n_tasks, memory_order_relaxed)) return;
+        if (W_JOB(w) != job || W_IDX(w) >= W_N(w)) return;
         if (!atomic_compare_exchange_weak_explicit(&p->word, &w, w + 1, memory_order_acq_rel, memory_order_acquire))
             continue;
-        p->fn(p->ctx, (int)idx, thread); /* the job cannot finish before this task: fn/ctx stay valid */
+        /* The job cannot finish before this task has: fn/ctx stay this job's. */
+        p->fn(p->ctx, (int)W_IDX(w), thread);
         atomic_fetch_add_explicit(&p->done, 1, memory_order_release);
         w = atomic_load_explicit(&p->word, memory_order_acquire);
     }
@@ -90,8 +95,7 @@ static void *worker_main(void *arg) {
     for (;;) {
         seen = wait_job(p, seen);
         if (atomic_load(&p->quit)) break;
-        uint32_t job = (uint32_t)(atomic_load_explicit(&p->word, memory_order_acquire) >> 32);
-        run_tasks(p, job, w->id);
+        run_tasks(p, W_JOB(atomic_load_explicit(&p->word, memory_order_acquire)), w->id);
     }
     return NULL;
 }
@@ -147,16 +151,16 @@ int sq_pool_size(const sq_pool *p) { return p ? p->n_threads : 1; }
 
 void sq_pool_run(sq_pool *p, sq_task_fn fn, void *ctx, int n_tasks) {
     if (n_tasks <= 0) return;
-    if (!p || p->n_threads == 1 || n_tasks == 1) {
+    if (!p || p->n_threads == 1 || n_tasks == 1 || (unsigned)n_tasks > MAX_TASKS) {
         for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
         return;
     }
     p->fn = fn;
     p->ctx = ctx;
-    atomic_store_explicit(&p->n_tasks, n_tasks, memory_order_relaxed);
     atomic_store_explicit(&p->done, 0, memory_order_relaxed);
-    uint32_t job = (uint32_t)(atomic_load_explicit(&p->word, memory_order_relaxed) >> 32) + 1;
-    atomic_store_explicit(&p->word, (uint64_t)job << 32, memory_order_release);
+    uint32_t job = (W_JOB(atomic_load_explicit(&p->word, memory_order_relaxed)) + 1) & 0xFFFFFF;
+    atomic_store_explicit(&p->word, (uint64_t)job << (2 * IDX_BITS) | (uint64_t)n_tasks << IDX_BITS,
+                          memory_order_release);
     atomic_fetch_add(&p->generation, 1); /* seq_cst: pairs with the sleepers check */
     if (atomic_load(&p->sleepers)) {
         pthread_mutex_lock(&p->mu);

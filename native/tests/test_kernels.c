@@ -389,7 +389,7 @@ static void run_sq4_case(const mm_case *c) {
 
     const int ldy = rows + 3;
     int32_t *acc = xmalloc(sizeof(int32_t) * nacc);
-    float *y = xmalloc(sizeof(float) * nt * ldy);
+    float *y = xmalloc(sizeof(float) * nt * ldy), *yscalar = xmalloc(sizeof(float) * nt * ldy);
     for (int k = -1; k < g_nsimd; k++) {
         const sq_kernel_table *kt = k < 0 ? &sq_kernels_scalar : g_simd[k];
         /* group sums on two row ranges (exercises r0 > 0 and odd splits) */
@@ -417,9 +417,14 @@ static void run_sq4_case(const mm_case *c) {
         }
         CHECK(bad == 0, "%s matmul_sq4: %d bad outputs (rows=%d K=%d G=%d n_tok=%d bits=%d)", kt->name, bad, rows, K, G,
               nt, c->bits);
+        /* canonical epilogue (kernels.h): every ISA's floats equal the scalar kernel's bit for bit */
+        if (k < 0) memcpy(yscalar, y, sizeof(float) * nt * ldy);
+        else CHECK(memcmp(y, yscalar, sizeof(float) * nt * ldy) == 0,
+                   "%s matmul_sq4 floats differ from scalar (rows=%d K=%d G=%d n_tok=%d bits=%d)", kt->name, rows, K, G, nt,
+                   c->bits);
     }
     free(data), free(wq), free(dw), free(wsum), free(q), free(d), free(z), free(ref), free(yref), free(yabs);
-    free(acc), free(y);
+    free(acc), free(y), free(yscalar);
 }
 
 static void test_sq4(int iters) {
@@ -450,6 +455,11 @@ static void test_sq4(int iters) {
     /* the largest per-row group the math must hold: K = G = 8192, u8 activations at the extremes */
     mm_case big = {3, 8192, 8192, 2, 8, 1, 2};
     run_sq4_case(&big);
+    /* per-row groups larger than a prefill segment, with enough tokens for the prefill path */
+    for (int bits = 4; bits <= 8; bits += 4) {
+        mm_case wide = {19, 2080, 2080, 5, bits, 0, 0};
+        run_sq4_case(&wide);
+    }
 }
 
 /* ---- Q8_0 matmul ----------------------------------------------------------------------------- */
@@ -475,7 +485,7 @@ static void test_q8(int iters) {
         sq_q8_matrix w = {data, rows, K};
         sq_q8act x = {q, d, nt, K};
         const int ldy = rows + 1;
-        float *y = xmalloc(sizeof(float) * nt * ldy);
+        float *y = xmalloc(sizeof(float) * nt * ldy), *yscalar = xmalloc(sizeof(float) * nt * ldy);
         for (int k = -1; k < g_nsimd; k++) {
             const sq_kernel_table *kt = k < 0 ? &sq_kernels_scalar : g_simd[k];
             for (int i = 0; i < nt * ldy; i++) y[i] = -7.0f;
@@ -507,8 +517,11 @@ static void test_q8(int iters) {
             }
             CHECK(bad == 0, "%s matmul_q8: %d bad outputs (rows=%d K=%d n_tok=%d pat=%d)", kt->name, bad, rows, K, nt,
                   pat);
+            if (k < 0) memcpy(yscalar, y, sizeof(float) * nt * ldy);
+            else CHECK(memcmp(y, yscalar, sizeof(float) * nt * ldy) == 0,
+                       "%s matmul_q8 floats differ from scalar (rows=%d K=%d n_tok=%d)", kt->name, rows, K, nt);
         }
-        free(data), free(q), free(d), free(y);
+        free(data), free(q), free(d), free(y), free(yscalar);
     }
 }
 

@@ -58,8 +58,12 @@ static float *eval_all(sq_model *m, const int32_t *t, int n) {
     return out;
 }
 
-/* Batch vs decode, threads, last_only, rewind: all on one configuration. */
+/* Batch vs decode, threads, last_only, rewind: all on one configuration. SIMD kernels may sum a
+ * batch in another float order than a single token (FORMAT.md §4.3 allows it); in a quantized
+ * model such a last-bit difference can flip one activation's rounding in the next layer, so those
+ * compare with a looser tolerance (a float model's path is order-identical: 1e-5). */
 static void check_consistency(const char *what, const tiny_cfg *c) {
+    const double tol = c->wtype == SQ_T_F16 ? 1e-5 : 5e-2;
     size_t size;
     uint8_t *buf = tiny_model_build(c, &size);
     sq_model *m1 = load(buf, size, 1, SQ_KV_F32, 1.0f), *m3 = load(buf, size, 3, SQ_KV_F32, 1.0f);
@@ -69,7 +73,7 @@ static void check_consistency(const char *what, const tiny_cfg *c) {
     int finite = 1;
     for (int i = 0; i < V * NTOK; i++) finite &= isfinite(batch[i]) != 0;
     CHECK(finite, "%s: a logit is not finite", what);
-    CHECK(rel_err(thr, batch, (size_t)V * NTOK) < 1e-6, "%s: 3 threads differ from 1 (%g)", what,
+    CHECK(rel_err(thr, batch, (size_t)V * NTOK) < tol, "%s: 3 threads differ from 1 (%g)", what,
           rel_err(thr, batch, (size_t)V * NTOK));
     /* decode one token at a time */
     CHECK(sq_model_set_n_past(m1, 0) == SQ_OK, "reset");
@@ -80,15 +84,15 @@ static void check_consistency(const char *what, const tiny_cfg *c) {
         double e = rel_err(row, batch + (size_t)t * V, (size_t)V);
         if (e > worst) worst = e;
     }
-    CHECK(worst < 1e-5, "%s: decode differs from batch (%g)", what, worst);
+    CHECK(worst < tol, "%s: decode differs from batch (%g)", what, worst);
     CHECK(sq_model_n_past(m1) == NTOK, "n_past %d", sq_model_n_past(m1));
     /* last_only of a prefix + rewind: eval 12, rewind to 5, eval tokens 5..11 again */
     CHECK(sq_model_set_n_past(m3, 0) == SQ_OK, "reset");
     CHECK(sq_model_eval(m3, k_toks, 12, row, 1) == SQ_OK, "eval 12");
-    CHECK(rel_err(row, batch + (size_t)11 * V, (size_t)V) < 1e-5, "%s: last_only row differs", what);
+    CHECK(rel_err(row, batch + (size_t)11 * V, (size_t)V) < tol, "%s: last_only row differs", what);
     CHECK(sq_model_set_n_past(m3, 5) == SQ_OK, "rewind");
     CHECK(sq_model_eval(m3, k_toks + 5, 7, row, 1) == SQ_OK, "re-eval");
-    CHECK(rel_err(row, batch + (size_t)11 * V, (size_t)V) < 1e-5, "%s: rewind + re-eval differs", what);
+    CHECK(rel_err(row, batch + (size_t)11 * V, (size_t)V) < tol, "%s: rewind + re-eval differs", what);
     CHECK(sq_model_eval(m3, k_toks, 3, NULL, 0) == SQ_OK, "eval without logits");
     CHECK(sq_model_n_past(m3) == 15, "n_past after NULL-logits eval %d", sq_model_n_past(m3));
     free(row);

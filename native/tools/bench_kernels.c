@@ -120,6 +120,33 @@ static void bench_shape(const char *isa, int rows, int K, int G, int bits, int i
     free(data), free(wsum), free(xf), free(x4.q), free(x4.d), free(x4.z), free(x8.q), free(x8.d), free(y);
 }
 
+/* activation quantization (with the in-group WHT) of n_tok × K, single thread */
+static void bench_quantize(const char *isa, int K, int G, int bits, int nt) {
+    const sq_kernel_table *kt = sq_kernels_for(isa);
+    if (!kt || K % G) return;
+    float *xf = malloc(sizeof(float) * nt * K);
+    sq_qact a = {malloc(nt * K), malloc(sizeof(float) * nt * (K / G)), malloc(sizeof(int32_t) * nt * (K / G)), nt, K, G,
+                 bits};
+    sq_q8act a8 = {malloc(nt * K), malloc(sizeof(float) * nt * (K / 32)), nt, K};
+    for (int i = 0; i < nt * K; i++) xf[i] = (float)(rnd() % 2001) / 1000.0f - 1.0f;
+    double best = 1e30, best8 = 1e30, t0 = now_s();
+    int calls = 0;
+    do {
+        double tc = now_s();
+        kt->quantize_act(xf, 0, nt, G <= SQ_WHT_MAX_G && (G & (G - 1)) == 0, &a);
+        tc = now_s() - tc;
+        best = tc < best ? tc : best;
+        tc = now_s();
+        kt->quantize_q8act(xf, 0, nt, &a8);
+        tc = now_s() - tc;
+        best8 = tc < best8 ? tc : best8;
+        calls++;
+    } while (now_s() - t0 < 0.3 || calls < 3);
+    printf("%-7s quantize_act (wht, G=%d, %d bit) %4d x %-5d %9.1f us  %6.2f ns/value   q8act %9.1f us\n", isa, G,
+           bits, nt, K, best * 1e6, best / ((double)nt * K) * 1e9, best8 * 1e6);
+    free(xf), free(a.q), free(a.d), free(a.z), free(a8.q), free(a8.d);
+}
+
 /* sequential read bandwidth of one thread over 512 MB, for reference */
 static void bench_read_bw(void) {
     const size_t n = (512u << 20) / 8;
@@ -183,6 +210,12 @@ int main(int argc, char **argv) {
             }
         }
     }
+    snprintf(isabuf, sizeof isabuf, "%s", isas);
+    for (char *isa = strtok(isabuf, ","); isa; isa = strtok(NULL, ","))
+        for (int k = 576; k <= 1536; k += 960) {
+            bench_quantize(isa, k, G, bits, 1);
+            bench_quantize(isa, k, G, bits, 512);
+        }
     if (!quick) bench_read_bw();
     return 0;
 }

@@ -314,6 +314,8 @@ typedef struct {
     size_t reply_len, reply_cap;
     double t_prefill, t_decode;
     long n_prefill, n_decode;
+    const char *echo;     /* prompt to show before its answer (-p without --no-display-prompt) */
+    size_t echo_len;
 } session;
 
 static int add_message(session *s, const char *role, const char *text, size_t len) {
@@ -355,12 +357,21 @@ static char *format_chat(session *s) {
     return buf;
 }
 
-/* Tokens of text into s->toks (n_ctx + 1 at most: longer is "does not fit"); -1 on error. */
+/* Number of tokens of text, written to s->toks when they fit in n_ctx + 1; -1 on error. */
 static int tokenize_text(session *s, const char *text, size_t len) {
-    if (len > INT32_MAX) return s->n_ctx + 1;
+    if (len > INT32_MAX) return error_msg(-1, "the prompt is too long (%zu bytes)", len);
     int32_t n = sq_vocab_tokenize(s->v, text, (int32_t)len, s->toks, s->n_ctx + 1, 1, 1);
     if (n == INT32_MIN) return error_msg(-1, "%s", sq_last_error());
-    return n < 0 ? s->n_ctx + 1 : n;
+    return n < 0 ? -n : n;
+}
+
+/* The user's prompt, once it is known to fit (so that a rejected prompt prints nothing). */
+static void echo_prompt(session *s) {
+    if (!s->echo) return;
+    fwrite(s->echo, 1, s->echo_len, stdout);
+    if (s->tmpl) fputc('\n', stdout);
+    fflush(stdout);
+    s->echo = NULL;
 }
 
 /* Makes the KV cache hold s->toks[0..n): keeps the common prefix, evaluates the rest. */
@@ -450,6 +461,7 @@ static int chat_turn(session *s, const char *text, size_t len) {
         dropped++;
     }
     if (dropped) fprintf(stderr, "%s: dropped the %d oldest message(s) to fit the context (%d tokens)\n", g_prog, dropped, s->n_ctx);
+    echo_prompt(s);
     if (prefill(s, n)) return 1;
     int rc = decode(s);
     if (rc == 1) return 1;
@@ -466,6 +478,7 @@ static int raw_turn(session *s, const char *text, size_t len) {
         return 4;
     }
     if (n == 0) return error_msg(4, "the prompt has no tokens");
+    echo_prompt(s);
     if (prefill(s, n)) return 1;
     return decode(s) == 1 ? 1 : 0;
 }
@@ -563,9 +576,8 @@ static int run(const options *o, const char *prompt, size_t prompt_len) {
     if (o->system && s.tmpl && !add_message(&s, "system", o->system, strlen(o->system))) { rc = error_msg(1, "out of memory"); goto done; }
     if (prompt) {
         if (o->display_prompt) {
-            fwrite(prompt, 1, prompt_len, stdout);
-            if (s.tmpl) fputc('\n', stdout);
-            fflush(stdout);
+            s.echo = prompt;
+            s.echo_len = prompt_len;
         }
         rc = turn(&s, prompt, prompt_len);
         if (rc == 4) rc = 1;
@@ -573,7 +585,7 @@ static int run(const options *o, const char *prompt, size_t prompt_len) {
         if (!rc && g_sigint && !o->interactive) rc = 130;
     }
     if (!rc && (!prompt || o->interactive)) rc = interactive(&s);
-    print_timings(&s, t_load);
+    if (rc == 0 || rc == 130) print_timings(&s, t_load); /* an error stays the last line */
 done:
     for (int i = 0; i < s.n_msgs; i++) {
         free(s.msgs[i].role);
