@@ -57,6 +57,8 @@ VARIANTS: dict[str, Recipe | None] = {
     "specquant-quantprop": replace(SPEC, propagate="quant"),
     "specquant-a8": replace(SPEC, act_bits=8),
     "specquant-aa": replace(SPEC, act_aware=True),
+    "sq-wht-a.7-gptq-aa": replace(SPEC, alpha=0.7, act_aware=True),
+    "sq-wht-a.7-gptq-aa-g32": replace(SPEC, alpha=0.7, act_aware=True, group_size=32),
     "specquant-aa-g32": replace(SPEC, act_aware=True, group_size=32),
     "specquant-k4-in": replace(SPEC, spectral_k=4, spectral_axis="in"),
     "specquant-k4-out": replace(SPEC, spectral_k=4, spectral_axis="out"),

@@ -79,7 +79,10 @@ class Settings:
     speed_reps: int = 3
 
 
-FULL = Settings("full", tuple(ALL_ROWS))
+# zero-shot at these sizes costs ~25 min per row on 2 cores: the rows the targets name get it by
+# default (--zs-all-rows for every row); perplexity and speed run on every row
+FULL = Settings("full", tuple(ALL_ROWS),
+                zs_rows=("f16", "rtn", "smoothquant", "paper", "specquant", "llama.cpp Q4_0"))
 QUICK = Settings("quick", ("f16", "rtn", "specquant", "llama.cpp Q4_0"), ppl_windows=4,
                  zs_limits=(("piqa", 30), ("arc_easy", 30), ("hellaswag", 20)), speed_reps=1)
 
@@ -166,19 +169,27 @@ def cached(row: Row, kind: str, settings: Any, fn: Callable[[], dict]) -> dict:
 
 
 def ppl_windows(tokenizer_row: Row, s: Settings) -> tuple[list[list[int]], int]:
+    """evaluate.py's windows (WikiText rows joined, tokenized once, BOS only if the model wants it)
+    and the first scored position in each window (evaluate.score_window scores 1..n-1)."""
     from specquant_gguf import evaluate
 
-    return evaluate.bench_windows(str(tokenizer_row.path), ctx=s.ctx, n_windows=s.ppl_windows)
+    data = common.shared_data()
+    if data is None:
+        raise RuntimeError("no ../shared/data: WikiText-2 is needed for perplexity")
+    be = evaluate.open_backend(tokenizer_row.path, "native", ctx=s.ctx, threads=1)
+    ids = be.tokenize(evaluate.load_eval_text(data / "wikitext-2-raw" / "wiki.test.raw"))
+    windows = evaluate.make_windows(ids, s.ctx, s.ppl_windows, be.bos_id if be.add_bos else None)
+    return windows, 1
 
 
 def ppl_ours(row: Row, windows: list[list[int]], score_from: int, s: Settings) -> dict:
     from specquant_gguf import evaluate
-    from specquant_gguf.runtime import Model
 
+    assert score_from == 1  # evaluate.score_window's convention
+    be = evaluate.open_backend(row.path, "native", ctx=s.ctx, threads=s.eval_threads)
     t0 = time.perf_counter()
-    m = Model(str(row.path), n_ctx=s.ctx, n_threads=s.eval_threads)
-    res = evaluate.windows_perplexity(m, windows, score_from)
-    return {"ppl": float(res["ppl"]), "seconds": time.perf_counter() - t0}
+    ppl, _, _, _ = evaluate.perplexity(be.eval, windows, progress=True, desc=f"ppl {row.name}")
+    return {"ppl": ppl, "seconds": time.perf_counter() - t0}
 
 
 def ppl_llama(row: Row, windows: list[list[int]], score_from: int, s: Settings) -> dict:
@@ -465,6 +476,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ALL_ROWS)}")
     ap.add_argument("--calib", default=None, help="calibration file passed to the converter (default: the "
                     "reference C4 file ../shared/data/c4/c4_calib_1k.jsonl when it exists)")
+    ap.add_argument("--zs-all-rows", action="store_true", help="zero-shot on every row (default: the rows "
+                    "the targets name, plus llama.cpp Q4_0)")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/RESULTS.md and docs/img")
     a = ap.parse_args(argv)
     s = QUICK if a.quick else FULL
@@ -475,6 +488,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compare: unknown rows {bad} (known: {', '.join(ALL_ROWS)})", file=sys.stderr)
             return 2
         s = Settings(**{**s.__dict__, "rows": names})
+    if a.zs_all_rows:
+        s = Settings(**{**s.__dict__, "zs_rows": ()})
+    if a.quick and not llama_cpp_env.is_ready():  # CI: no 10-minute llama.cpp build in a smoke run
+        log("llama.cpp venv not built: quick mode skips the llama.cpp rows (python bench/llama_cpp_env.py setup)")
+        s = Settings(**{**s.__dict__, "rows": tuple(n for n in s.rows if ALL_ROWS[n].engine == "ours")})
     calib = Path(a.calib) if a.calib else None
     if calib is None and common.shared_data() and (common.shared_data() / "c4" / "c4_calib_1k.jsonl").is_file():
         calib = common.shared_data() / "c4" / "c4_calib_1k.jsonl"

@@ -8,7 +8,8 @@
 ABI mode (no compiler needed at install time): the declarations come from the public header
 native/include/specquant.h (installed next to the library), with preprocessor lines and SQ_API
 removed. Library lookup order: $SPECQUANT_LIB; the package folder (a wheel, or the platlib copy of
-an editable install); the newest <repo>/build/*/native/libspecquant.so (developers).
+an editable install); the newest <repo>/build/*/native/libspecquant.so (developers; sanitizer
+builds skipped: they cannot be loaded into Python).
 Errors from C become SpecQuantError subclasses carrying the C message (see _raise).
 """
 from __future__ import annotations
@@ -105,41 +106,56 @@ def _cdef_source(text: str) -> str:
     return "\n".join(out)
 
 
+def _sanitized(path: Path) -> bool:
+    """A -fsanitize build: dlopen'ing it into Python aborts the process, so it must not be tried."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return True
+    return any(tag in data for tag in (b"libasan.so", b"libtsan.so", b"libubsan.so"))
+
+
 def _candidates() -> list[Path]:
     found = [_PKG / _LIB_NAME]
     platlib = sysconfig.get_paths().get("platlib")
     if platlib:
         found.append(Path(platlib) / "specquant_gguf" / _LIB_NAME)
     builds = sorted(_REPO.glob(f"build/*/native/{_LIB_NAME}"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return found + builds
+    return found + [b for b in builds if not _sanitized(b)]
 
 
-def library_path() -> Path:
-    """The library this module loads (see the module docstring for the order)."""
+def _library_candidates() -> list[Path]:
     env = os.environ.get("SPECQUANT_LIB")
     if env:
         if not Path(env).is_file():
             raise SpecQuantError(f"SPECQUANT_LIB={env} does not exist")
-        return Path(env)
-    for p in _candidates():
-        if p.is_file():
-            return p
-    raise SpecQuantError(f"the native library {_LIB_NAME} was not found: install the package (pip install -e .), "
-                         f"build it (cmake -S . -B build/dev && cmake --build build/dev), or set SPECQUANT_LIB")
+        return [Path(env)]
+    found = [p for p in _candidates() if p.is_file()]
+    if not found:
+        raise SpecQuantError(f"the native library {_LIB_NAME} was not found: install the package (pip install -e .), "
+                             f"build it (cmake -S . -B build/dev && cmake --build build/dev), or set SPECQUANT_LIB")
+    return found
 
 
-def _load() -> tuple[FFI, Any]:
+def _load() -> tuple[FFI, Any, Path]:
+    """The first candidate that loads ($SPECQUANT_LIB, if set, must)."""
     ffi = FFI()
     ffi.cdef(_cdef_source(_header_path().read_text(encoding="utf-8")))
-    path = library_path()
-    try:
-        lib = ffi.dlopen(str(path))
-    except OSError as exc:
-        raise SpecQuantError(f"cannot load {path}: {exc}") from exc
-    return ffi, lib
+    errors = []
+    for path in _library_candidates():
+        try:
+            return ffi, ffi.dlopen(str(path)), path
+        except OSError as exc:
+            errors.append(f"{path}: {exc}")
+    raise SpecQuantError("cannot load the native library: " + "; ".join(errors))
 
 
-_ffi, _lib = _load()
+def library_path() -> Path:
+    """The library this module loaded (see the module docstring for the search order)."""
+    return _path
+
+
+_ffi, _lib, _path = _load()
 
 
 def _message() -> str:

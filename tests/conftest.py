@@ -64,9 +64,13 @@ def smollm2_path() -> Path | None:
 
 @pytest.fixture(scope="session")
 def smollm2_sq4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct converted with the default SpecQuant recipe, once per session (used by
-    tests/test_sq_chat.py). $SPECQUANT_SMOLLM2_SQ4 names an already converted file instead; without
-    the source GGUF the test skips."""
+    """SmolLM2-135M-Instruct as a SpecQuant W4A4 file, converted once per session for the chat tests
+    (tests/test_sq_chat.py). A quick recipe -- smoothing with a fixed alpha 0.7, in-group
+    Walsh-Hadamard rotation, int4 weights and activations in groups of 64, no GPTQ / clipping search,
+    4 calibration windows of C4 when ../shared/data has them: a few minutes on 2 cores instead of the
+    default recipe's much longer run (tests/test_convert_smollm2.py covers that one).
+    $SPECQUANT_SMOLLM2_SQ4 names an already converted file instead; without the source GGUF the
+    tests skip."""
     import os
 
     env = os.environ.get("SPECQUANT_SMOLLM2_SQ4")
@@ -80,5 +84,9 @@ def smollm2_sq4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from specquant_gguf.cli import main
 
     out = tmp_path_factory.mktemp("smollm2_sq4") / "smollm2.sq4.gguf"
-    assert main(["convert", str(src), "--out", str(out), "--quiet"]) == 0
+    args = ["convert", str(src), "--out", str(out), "--quiet", "--alpha", "0.7", "--no-gptq", "--no-clip"]
+    c4 = Path(__file__).resolve().parents[2] / "shared" / "data" / "c4" / "c4_calib_1k.jsonl"
+    if c4.is_file():
+        args += ["--calib", str(c4), "--calib-windows", "4"]
+    assert main(args) == 0
     return out

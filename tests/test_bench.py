@@ -74,3 +74,25 @@ def test_plots_are_written(tmp_path):
     made = plots.make_all({"rows": rows}, tmp_path)
     assert {p.name for p in made} == {"accuracy_vs_bpw.png", "ppl.png", "speed.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in made)
+
+
+def _llama_ready() -> bool:
+    import llama_cpp_env
+
+    return llama_cpp_env.is_ready()
+
+
+@pytest.mark.skipif(not _llama_ready(), reason="llama.cpp venv not built (python bench/llama_cpp_env.py setup)")
+def test_llama_worker_kv_reuse_scores_equal_from_scratch_scores(tiny_f16):
+    """Our scoring on llama.cpp's logits, with rewinds between choices, equals scoring each
+    request alone from an empty cache (the worker's ppl op over the continuation)."""
+    import llama_cpp_env
+
+    path = Path(tiny_f16.path)
+    ctx = [5, 6, 7, 8, 9, 10]
+    reqs = [(ctx, [11, 12, 13]), (ctx, [11, 14]), (ctx, [20]), ([5, 6, 7, 30], [11, 12])]
+    got = llama_cpp_env.zeroshot_scores(path, [reqs], n_ctx=64, n_threads=1)["scores"][0]
+    for (c, x), (ll, _greedy, n) in zip(reqs, got):
+        alone = llama_cpp_env.perplexity(path, [c + x], score_from=len(c), n_threads=1)
+        assert n == len(x)
+        assert ll == pytest.approx(-alone["windows"][0][0], abs=1e-3)

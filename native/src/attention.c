@@ -1,8 +1,12 @@
 /* attention.c — causal GQA: softmax(q·Kᵀ·scale)·V per head, K/V read from the cache as floats.
  *
- * Tasks: for prefill, (KV head, block of queries): the head's K/V rows are converted once and
- * serve every query head of the group; for decode (few tokens), one task per query head so that
- * all threads get work, each converting its KV head's rows (cheap next to the dot products).
+ * Tasks: (KV head, block of queries): the head's K/V rows are converted once and serve every
+ * query head of the group; for decode (few tokens) on more threads than KV heads, one task per
+ * query head so that all threads get work, each converting its KV head's rows.
+ *
+ * Two inner kernels with the same math: a portable one (also what SQ_ISA=scalar runs) and an
+ * AVX2/FMA one. The AVX2 kernel keeps K transposed in blocks of 8 positions (Kt[block][d][8]) so
+ * that one FMA computes 8 scores without horizontal sums, and accumulates P·V in registers.
  */
 #include "attention.h"
 
@@ -10,14 +14,22 @@
 #include <string.h>
 
 #define QBLOCK 32
+#define MAXQ 4 /* query heads that share one pass over K/V in the AVX2 kernel */
 
-size_t sq_attention_scratch_floats(int n_ctx, int head_dim) { return (size_t)n_ctx * (2 * (size_t)head_dim + 1); }
+static size_t round32(int n) { return ((size_t)n + 31) / 32 * 32; }
+
+size_t sq_attention_scratch_floats(int n_ctx, int head_dim) {
+    /* Kt (rounded to whole blocks) + V + scores of up to MAXQ queries */
+    return round32(n_ctx) * (size_t)head_dim + (size_t)n_ctx * head_dim + MAXQ * round32(n_ctx);
+}
 
 typedef struct {
     const sq_attn_args *a;
     int per_head;     /* 1: task = (query head, block); 0: task = (kv head, block) */
     int n_blocks;
 } attn_job;
+
+/* ---- portable kernel ------------------------------------------------------------------------- */
 
 static float dotf(const float *a, const float *b, int n) {
     float acc[8] = {0};
@@ -29,20 +41,23 @@ static float dotf(const float *a, const float *b, int n) {
     return r;
 }
 
-/* One query row against positions [0, n_pos). */
-static void attend(const float *q, const float *K, const float *V, int n_pos, int hd, float scale, float *scores,
-                   float *out) {
+/* softmax of scores[0, n) in place; returns 1 / Σ exp */
+static float softmax_unnormalized(float *scores, int n) {
     float mx = -INFINITY;
-    for (int p = 0; p < n_pos; p++) {
-        scores[p] = dotf(q, K + (size_t)p * hd, hd) * scale;
-        if (scores[p] > mx) mx = scores[p];
-    }
+    for (int p = 0; p < n; p++) mx = scores[p] > mx ? scores[p] : mx;
     float sum = 0;
-    for (int p = 0; p < n_pos; p++) {
+    for (int p = 0; p < n; p++) {
         scores[p] = expf(scores[p] - mx);
         sum += scores[p];
     }
-    float inv = 1.0f / sum;
+    return 1.0f / sum;
+}
+
+/* One query row against positions [0, n_pos); K and V row-major. */
+static void attend_generic(const float *q, const float *K, const float *V, int n_pos, int hd, float scale,
+                           float *scores, float *out) {
+    for (int p = 0; p < n_pos; p++) scores[p] = dotf(q, K + (size_t)p * hd, hd) * scale;
+    float inv = softmax_unnormalized(scores, n_pos);
     memset(out, 0, (size_t)hd * sizeof *out);
     for (int p = 0; p < n_pos; p++) {
         float w = scores[p] * inv;
@@ -50,6 +65,133 @@ static void attend(const float *q, const float *K, const float *V, int n_pos, in
         for (int i = 0; i < hd; i++) out[i] += w * v[i];
     }
 }
+
+/* ---- AVX2 kernel ----------------------------------------------------------------------------- */
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SQ_ATTN_AVX2 1
+
+/* K rows [0, n_pos) (row-major, hd wide) -> Kt[b][d][j] = K[8b + j][d], zero past n_pos. */
+static void transpose_k(const float *K, int n_pos, int hd, float *Kt) {
+    int nb = (n_pos + 7) / 8;
+    for (int b = 0; b < nb; b++) {
+        float *blk = Kt + (size_t)b * hd * 8;
+        for (int j = 0; j < 8; j++) {
+            int p = 8 * b + j;
+            if (p < n_pos)
+                for (int d = 0; d < hd; d++) blk[d * 8 + j] = K[(size_t)p * hd + d];
+            else
+                for (int d = 0; d < hd; d++) blk[d * 8 + j] = 0.0f;
+        }
+    }
+}
+
+/* e^x for 8 floats (x <= 0 here: scores minus their max): range reduction by ln 2 and a degree-6
+ * polynomial, ~2 ulp; exp(-inf) = 0. */
+__attribute__((target("avx2,fma"))) static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* Scores of nq query rows (scaled) against blocks [0, nb) of Kt: s[i][8b + j]. */
+__attribute__((target("avx2,fma"))) static void scores_avx2(const float *const *q, int nq, const float *Kt, int nb,
+                                                             int hd, float scale, float *const *s) {
+    const size_t bs = (size_t)hd * 8;
+    for (int b = 0; b < nb; b += 2) {
+        const int two = b + 1 < nb;
+        __m256 acc[MAXQ][2];
+        for (int i = 0; i < nq; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        const float *k0 = Kt + (size_t)b * bs, *k1 = two ? k0 + bs : k0;
+        for (int d = 0; d < hd; d++) {
+            const __m256 ka = _mm256_loadu_ps(k0 + d * 8), kb = _mm256_loadu_ps(k1 + d * 8);
+            for (int i = 0; i < nq; i++) {
+                const __m256 qd = _mm256_set1_ps(q[i][d]);
+                acc[i][0] = _mm256_fmadd_ps(qd, ka, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(qd, kb, acc[i][1]);
+            }
+        }
+        const __m256 sc = _mm256_set1_ps(scale);
+        for (int i = 0; i < nq; i++) {
+            _mm256_storeu_ps(s[i] + 8 * b, _mm256_mul_ps(acc[i][0], sc));
+            if (two) _mm256_storeu_ps(s[i] + 8 * b + 8, _mm256_mul_ps(acc[i][1], sc));
+        }
+    }
+}
+
+/* In place: s[p] = exp(s[p] - max) for p < n (the tail of the last block becomes ~1e-38, which
+ * P·V never reads); returns 1/Σ. */
+__attribute__((target("avx2,fma"))) static float softmax_avx2(float *s, int n) {
+    const int n8 = (n + 7) / 8 * 8;
+    for (int p = n; p < n8; p++) s[p] = -INFINITY;
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int p = 0; p < n8; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(s + p));
+    float m8[8], mxs = -INFINITY;
+    _mm256_storeu_ps(m8, mx);
+    for (int i = 0; i < 8; i++) mxs = m8[i] > mxs ? m8[i] : mxs;
+    const __m256 vm = _mm256_set1_ps(mxs);
+    __m256 sum = _mm256_setzero_ps();
+    for (int p = 0; p < n8; p += 8) {
+        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + p), vm));
+        _mm256_storeu_ps(s + p, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    float s8[8];
+    _mm256_storeu_ps(s8, sum);
+    return 1.0f / (((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7])));
+}
+
+/* out_i = Σ_p s_i[p]·V[p] · inv_i for nq (≤ 2 per pass) queries, 32 output dims at a time. */
+__attribute__((target("avx2,fma"))) static void pv_avx2(float *const *s, const float *inv, int nq, const float *V,
+                                                        int n_pos, int hd, float *const *out) {
+    for (int q0 = 0; q0 < nq; q0 += 2) {
+        const int nqq = nq - q0 < 2 ? nq - q0 : 2;
+        for (int c = 0; c < hd; c += 32) {
+            const int nv = (hd - c) / 8 < 4 ? (hd - c) / 8 : 4;
+            __m256 acc[2][4];
+            for (int i = 0; i < 2; i++)
+                for (int k = 0; k < 4; k++) acc[i][k] = _mm256_setzero_ps();
+            for (int p = 0; p < n_pos; p++) {
+                const float *v = V + (size_t)p * hd + c;
+                __m256 vv[4];
+                for (int k = 0; k < nv; k++) vv[k] = _mm256_loadu_ps(v + 8 * k);
+                for (int i = 0; i < nqq; i++) {
+                    const __m256 w = _mm256_set1_ps(s[q0 + i][p]);
+                    for (int k = 0; k < nv; k++) acc[i][k] = _mm256_fmadd_ps(w, vv[k], acc[i][k]);
+                }
+            }
+            for (int i = 0; i < nqq; i++) {
+                const __m256 sc = _mm256_set1_ps(inv[q0 + i]);
+                for (int k = 0; k < nv; k++) _mm256_storeu_ps(out[q0 + i] + c + 8 * k, _mm256_mul_ps(acc[i][k], sc));
+            }
+        }
+    }
+}
+
+/* nq query rows (same KV head, same position) against positions [0, n_pos). */
+static void attend_avx2(const float *const *q, int nq, const float *Kt, const float *V, int n_pos, int hd, float scale,
+                        float *scores, size_t score_stride, float *const *out) {
+    float *s[MAXQ], inv[MAXQ];
+    for (int i = 0; i < nq; i++) s[i] = scores + (size_t)i * score_stride;
+    scores_avx2(q, nq, Kt, (n_pos + 7) / 8, hd, scale, s);
+    for (int i = 0; i < nq; i++) inv[i] = softmax_avx2(s[i], n_pos);
+    pv_avx2(s, inv, nq, V, n_pos, hd, out);
+}
+#endif
+
+/* ---- tasks ----------------------------------------------------------------------------------- */
 
 static void attn_task(void *ctx, int task, int thread) {
     const attn_job *j = ctx;
@@ -61,18 +203,39 @@ static void attn_task(void *ctx, int task, int thread) {
     int h0 = j->per_head ? head : head * group, h1 = j->per_head ? head + 1 : (head + 1) * group;
     int t0 = blk * QBLOCK, t1 = t0 + QBLOCK < a->n_tok ? t0 + QBLOCK : a->n_tok;
     int n_pos = a->pos0 + t1; /* the block's last query sees this many positions */
-    float *K = a->scratch + (size_t)thread * a->scratch_floats, *V = K + (size_t)kv->n_ctx * hd,
+    float *Kt = a->scratch + (size_t)thread * a->scratch_floats, *V = Kt + round32(kv->n_ctx) * hd,
           *scores = V + (size_t)kv->n_ctx * hd;
-    sq_kv_load_k(kv, a->layer, kvh, 0, n_pos, K);
+#ifdef SQ_ATTN_AVX2
+    if (a->simd && hd % 8 == 0) {
+        sq_kv_load_k(kv, a->layer, kvh, 0, n_pos, V); /* V's space holds K until it is transposed */
+        transpose_k(V, n_pos, hd, Kt);
+        sq_kv_load_v(kv, a->layer, kvh, 0, n_pos, V);
+        for (int t = t0; t < t1; t++)
+            for (int h = h0; h < h1; h += MAXQ) { /* the heads of a group share each K/V load */
+                int nq = h1 - h < MAXQ ? h1 - h : MAXQ;
+                const float *qs[MAXQ];
+                float *outs[MAXQ];
+                for (int i = 0; i < nq; i++) {
+                    qs[i] = a->q + (size_t)t * width + (size_t)(h + i) * hd;
+                    outs[i] = a->out + (size_t)t * width + (size_t)(h + i) * hd;
+                }
+                attend_avx2(qs, nq, Kt, V, a->pos0 + t + 1, hd, a->scale, scores, round32(kv->n_ctx), outs);
+            }
+        return;
+    }
+#endif
+    sq_kv_load_k(kv, a->layer, kvh, 0, n_pos, Kt);
     sq_kv_load_v(kv, a->layer, kvh, 0, n_pos, V);
     for (int t = t0; t < t1; t++)
         for (int h = h0; h < h1; h++)
-            attend(a->q + (size_t)t * width + (size_t)h * hd, K, V, a->pos0 + t + 1, hd, a->scale, scores,
-                   a->out + (size_t)t * width + (size_t)h * hd);
+            attend_generic(a->q + (size_t)t * width + (size_t)h * hd, Kt, V, a->pos0 + t + 1, hd, a->scale, scores,
+                           a->out + (size_t)t * width + (size_t)h * hd);
 }
 
 void sq_attention(sq_pool *pool, const sq_attn_args *a) {
-    attn_job j = {a, a->n_tok < 8, (a->n_tok + QBLOCK - 1) / QBLOCK};
+    /* One task per query head only when there are more threads than KV heads to keep busy:
+     * otherwise a group's heads share one conversion (and transpose) of the head's K/V rows. */
+    attn_job j = {a, a->n_tok < 8 && sq_pool_size(pool) > a->kv->n_kv_head, (a->n_tok + QBLOCK - 1) / QBLOCK};
     int heads = j.per_head ? a->n_head : a->kv->n_kv_head;
     sq_pool_run(pool, attn_task, &j, heads * j.n_blocks);
 }

@@ -15,6 +15,7 @@ typedef struct {
     int n_tok, pos0;    /* token t sits at position pos0 + t and sees positions 0..pos0+t */
     int n_head;
     float scale;        /* 1/sqrt(head_dim) */
+    int simd;           /* 1: the AVX2/FMA kernel (x86 with the avx2/avx512 kernel set), 0: portable */
     float *scratch;     /* per thread: sq_attention_scratch_floats() floats */
     size_t scratch_floats;
 } sq_attn_args;

@@ -560,7 +560,7 @@ static void forward_layer(sq_model *m, int il, int nb, int pos0) {
     run_linears(m, m->xn, nb, qkv, qkv_out, qkv_ld, 3);
     per_token(m, TOK_ROPE_STORE, il, nb, pos0, NULL, NULL, NULL);
     sq_attn_args a = {&m->kv, il, m->q, m->att, nb, pos0, hp->n_head, 1.0f / sqrtf((float)hp->head_dim),
-                      m->attn_scratch, m->attn_scratch_floats};
+                      strcmp(m->exec.kt->name, "scalar") != 0, m->attn_scratch, m->attn_scratch_floats};
     sq_attention(m->exec.pool, &a);
     sq_linear *o[1] = {&L->o};
     float *o_out[1] = {m->tmp};

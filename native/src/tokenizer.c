@@ -1,8 +1,9 @@
 /* tokenizer.c — byte-level BPE and SentencePiece tokenizers from GGUF metadata (see tokenizer.h).
  *
  * Layout: vocabulary construction (hash tables for text -> id and (left, right) -> merge), the
- * special-token splitter, the hand-written pre-tokenizers, the BPE / SentencePiece merge loop (one
- * binary heap serves both: BPE ranks become negative scores), then the public sq_vocab_* API.
+ * BPE / SentencePiece merge loop (one binary heap serves both: BPE ranks become negative scores),
+ * the special-token splitter, then the public sq_vocab_* API. The pre-tokenizer regexes are in
+ * pretokenize.c.
  * Only sq_vocab_tokenize allocates at run time: one growing workspace per call.
  */
 #include "tokenizer.h"
@@ -139,18 +140,26 @@ static int parse_byte_token(const char *s, size_t n) {
 
 static int str_is(const char *s, const char *lit) { return s && strcmp(s, lit) == 0; }
 
-static int parse_pre(const char *pre, sq_pre_kind *out) {
-    static const struct { const char *name; sq_pre_kind kind; } names[] = {
-        {"default", SQ_PRE_GPT2}, {"gpt2", SQ_PRE_GPT2}, {"gpt-2", SQ_PRE_GPT2}, {"mpt", SQ_PRE_GPT2},
-        {"olmo", SQ_PRE_GPT2}, {"smollm", SQ_PRE_SMOLLM}, {"starcoder", SQ_PRE_SMOLLM},
-        {"refact", SQ_PRE_SMOLLM}, {"codeshell", SQ_PRE_SMOLLM}, {"llama3", SQ_PRE_LLAMA3},
-        {"llama-v3", SQ_PRE_LLAMA3}, {"llama-bpe", SQ_PRE_LLAMA3}, {"dbrx", SQ_PRE_LLAMA3},
-        {"smaug-bpe", SQ_PRE_LLAMA3}, {"falcon3", SQ_PRE_LLAMA3}, {"qwen2", SQ_PRE_QWEN2},
-        {"deepseek-r1-qwen", SQ_PRE_QWEN2}, {"stablelm2", SQ_PRE_QWEN2},
+/* tokenizer.ggml.pre -> pre-tokenizer; *ignore_merges: the model's tokenizer.json says so
+ * (Llama-3: a pre-token that is itself a token is taken whole, merges or not). */
+static int parse_pre(const char *pre, sq_pre_kind *out, int *ignore_merges) {
+    static const struct { const char *name; sq_pre_kind kind; int ignore_merges; } names[] = {
+        {"default", SQ_PRE_GPT2, 0}, {"gpt2", SQ_PRE_GPT2, 0}, {"gpt-2", SQ_PRE_GPT2, 0}, {"mpt", SQ_PRE_GPT2, 0},
+        {"olmo", SQ_PRE_GPT2, 0}, {"smollm", SQ_PRE_SMOLLM, 0}, {"starcoder", SQ_PRE_SMOLLM, 0},
+        {"refact", SQ_PRE_SMOLLM, 0}, {"codeshell", SQ_PRE_SMOLLM, 0}, {"llama3", SQ_PRE_LLAMA3, 1},
+        {"llama-v3", SQ_PRE_LLAMA3, 1}, {"llama-bpe", SQ_PRE_LLAMA3, 1}, {"dbrx", SQ_PRE_LLAMA3, 0},
+        {"smaug-bpe", SQ_PRE_LLAMA3, 0}, {"falcon3", SQ_PRE_LLAMA3, 0}, {"qwen2", SQ_PRE_QWEN2, 0},
+        {"deepseek-r1-qwen", SQ_PRE_QWEN2, 0}, {"stablelm2", SQ_PRE_QWEN2, 0},
     };
-    if (!pre) { *out = SQ_PRE_GPT2; return 1; }
+    *out = SQ_PRE_GPT2;
+    *ignore_merges = 0;
+    if (!pre) return 1;
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
-        if (strcmp(pre, names[i].name) == 0) { *out = names[i].kind; return 1; }
+        if (strcmp(pre, names[i].name) == 0) {
+            *out = names[i].kind;
+            *ignore_merges = names[i].ignore_merges;
+            return 1;
+        }
     return 0;
 }
 
@@ -310,34 +319,40 @@ static int build_merges(sq_vocab *v, const sq_vocab_desc *d) {
     return 1;
 }
 
-static const sq_vocab *g_sort_vocab; /* qsort has no context argument; construction is not hot */
+typedef struct {
+    uint32_t first, len; /* first byte of the text, its length */
+    int32_t id;
+} special_key;
 
 static int cmp_special(const void *pa, const void *pb) {
-    const sq_vocab *v = g_sort_vocab;
-    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    uint8_t fa = (uint8_t)v->text_arena[v->text_off[a]], fb = (uint8_t)v->text_arena[v->text_off[b]];
-    if (fa != fb) return fa < fb ? -1 : 1;
-    if (v->text_len[a] != v->text_len[b]) return v->text_len[a] > v->text_len[b] ? -1 : 1;
-    return a < b ? -1 : a > b;
+    const special_key *a = pa, *b = pb;
+    if (a->first != b->first) return a->first < b->first ? -1 : 1;
+    if (a->len != b->len) return a->len > b->len ? -1 : 1; /* longest first */
+    return (a->id > b->id) - (a->id < b->id);
 }
 
 static int build_specials(sq_vocab *v) {
-    v->special = malloc(sizeof(int32_t) * (size_t)(v->n > 0 ? v->n : 1));
-    if (!v->special) return 0;
-    v->n_special = 0;
+    special_key *keys = malloc(sizeof(special_key) * (size_t)v->n);
+    v->special = malloc(sizeof(int32_t) * (size_t)v->n);
+    if (!keys || !v->special) {
+        free(keys);
+        return 0;
+    }
+    int32_t n = 0;
     for (int32_t i = 0; i < v->n; i++) {
         int t = v->types[i];
         if ((t == SQ_TOKTYPE_CONTROL || t == SQ_TOKTYPE_USER_DEFINED || t == SQ_TOKTYPE_UNKNOWN) && v->text_len[i] > 0)
-            v->special[v->n_special++] = i;
+            keys[n++] = (special_key){(uint8_t)v->text_arena[v->text_off[i]], v->text_len[i], i};
     }
-    g_sort_vocab = v;
-    qsort(v->special, (size_t)v->n_special, sizeof(int32_t), cmp_special);
-    g_sort_vocab = NULL;
+    qsort(keys, (size_t)n, sizeof *keys, cmp_special);
+    for (int32_t k = 0; k < n; k++) v->special[k] = keys[k].id;
+    v->n_special = n;
     int32_t k = 0;
-    for (int b = 0; b <= 256; b++) {
-        while (k < v->n_special && (uint8_t)v->text_arena[v->text_off[v->special[k]]] < b) k++;
+    for (uint32_t b = 0; b <= 256; b++) {
+        while (k < n && keys[k].first < b) k++;
         v->special_first[b] = k;
     }
+    free(keys);
     return 1;
 }
 
@@ -378,7 +393,7 @@ sq_vocab *sq_vocab_new(const sq_vocab_desc *d) {
     if (!v) FAIL(SQ_ERR_NOMEM, "tokenizer: out of memory");
     if (str_is(d->model, "gpt2")) {
         v->kind = SQ_VOCAB_BPE;
-        if (!parse_pre(d->pre, &v->pre))
+        if (!parse_pre(d->pre, &v->pre, &v->ignore_merges))
             FAIL(SQ_ERR_UNSUPPORTED, "tokenizer: unsupported pre-tokenizer '%s' (tokenizer.ggml.pre); "
                  "supported: gpt2, smollm, starcoder, llama-bpe, qwen2", d->pre);
     } else if (str_is(d->model, "llama")) {
@@ -399,8 +414,6 @@ sq_vocab *sq_vocab_new(const sq_vocab_desc *d) {
     v->add_bos = d->add_bos >= 0 ? d->add_bos : spm;
     v->add_eos = d->add_eos >= 0 ? d->add_eos : 0;
     v->add_space_prefix = d->add_space_prefix >= 0 ? d->add_space_prefix : spm;
-    /* Llama-3's tokenizer.json sets ignore_merges: a pre-token that is a token is taken whole */
-    v->ignore_merges = v->kind == SQ_VOCAB_BPE && v->pre == SQ_PRE_LLAMA3;
     size_t n = (size_t)v->n;
     v->text_off = malloc(n * sizeof(uint32_t));
     v->text_len = malloc(n * sizeof(uint32_t));
@@ -534,164 +547,6 @@ SQ_API sq_vocab *sq_vocab_load(const char *path) {
 
 sq_vocab_kind sq_vocab_kind_of(const sq_vocab *v) { return v->kind; }
 sq_pre_kind sq_vocab_pre_of(const sq_vocab *v) { return v->pre; }
-
-/* ------------------------------------------------------------------------------------------ */
-/* pre-tokenizers: each returns the length of the match at s[0..n), n > 0 (always >= 1) */
-
-typedef struct {
-    uint32_t cp;
-    int len;
-    int cls;   /* SQ_UCLASS_* */
-    int space; /* \s */
-} uchar;
-
-static inline uchar uchar_at(const uint8_t *s, size_t n) {
-    uchar c;
-    c.len = sq_utf8_decode(s, n, &c.cp);
-    if (c.cp == SQ_UTF8_INVALID) { /* an invalid byte is "other": kept as a byte of its own */
-        c.cls = SQ_UCLASS_OTHER;
-        c.space = 0;
-    } else {
-        c.cls = sq_uclass(c.cp);
-        c.space = sq_uis_space(c.cp);
-    }
-    return c;
-}
-
-#define IS_L(c) ((c).cls == SQ_UCLASS_L)
-#define IS_N(c) ((c).cls == SQ_UCLASS_N)
-#define IS_OTHER(c) (!(c).space && !IS_L(c) && !IS_N(c)) /* [^\s\p{L}\p{N}] */
-
-/* end of a run of characters with class test f, from i */
-#define RUN(i, f)                                          \
-    do {                                                   \
-        while ((i) < n) {                                  \
-            uchar c_ = uchar_at(s + (i), n - (i));         \
-            if (!(f)) break;                               \
-            (i) += (size_t)c_.len;                         \
-        }                                                  \
-    } while (0)
-
-/* 's|'t|'re|'ve|'m|'ll|'d, ASCII case-insensitive when icase */
-static size_t match_contraction(const uint8_t *s, size_t n, int icase) {
-    if (n < 2 || s[0] != '\'') return 0;
-    uint8_t a = s[1], b = n >= 3 ? s[2] : 0;
-    if (icase) {
-        a = (a >= 'A' && a <= 'Z') ? (uint8_t)(a | 0x20) : a;
-        b = (b >= 'A' && b <= 'Z') ? (uint8_t)(b | 0x20) : b;
-    }
-    if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
-    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
-    return 0;
-}
-
-/* \s+(?!\S)|\s+ at a whitespace character: the run, minus its last character when a non-space
- * follows and the run is longer than one (that character then goes with the next word). */
-static size_t match_space_run(const uint8_t *s, size_t n) {
-    size_t i = 0, last = 0;
-    while (i < n) {
-        uchar c = uchar_at(s + i, n - i);
-        if (!c.space) break;
-        last = i;
-        i += (size_t)c.len;
-    }
-    if (i < n && last > 0) return last; /* followed by \S: leave the last space */
-    return i;
-}
-
-static size_t pre_gpt2(const uint8_t *s, size_t n) {
-    size_t m = match_contraction(s, n, 0);
-    if (m) return m;
-    size_t i = (s[0] == ' ' && n > 1) ? 1 : 0; /* " ?" */
-    uchar c = uchar_at(s + i, n - i);
-    if (IS_L(c)) { i += (size_t)c.len; RUN(i, IS_L(c_)); return i; }
-    if (IS_N(c)) { i += (size_t)c.len; RUN(i, IS_N(c_)); return i; }
-    if (IS_OTHER(c)) { i += (size_t)c.len; RUN(i, IS_OTHER(c_)); return i; }
-    /* s[0] is whitespace here (a space followed by whitespace, or another space character) */
-    c = uchar_at(s, n);
-    if (c.space) return match_space_run(s, n);
-    return (size_t)c.len; /* unreachable: every character is L, N, other or space */
-}
-
-static size_t pre_llama3(const uint8_t *s, size_t n, int max_digits) {
-    size_t m = match_contraction(s, n, 1);
-    if (m) return m;
-    uchar c = uchar_at(s, n);
-    /* [^\r\n\p{L}\p{N}]?\p{L}+ */
-    if (IS_L(c)) { size_t i = (size_t)c.len; RUN(i, IS_L(c_)); return i; }
-    if (!IS_N(c) && c.cp != '\r' && c.cp != '\n' && (size_t)c.len < n) {
-        uchar d = uchar_at(s + c.len, n - (size_t)c.len);
-        if (IS_L(d)) { size_t i = (size_t)(c.len + d.len); RUN(i, IS_L(c_)); return i; }
-    }
-    /* \p{N}{1,max} */
-    if (IS_N(c)) {
-        size_t i = (size_t)c.len;
-        for (int k = 1; k < max_digits && i < n; k++) {
-            uchar d = uchar_at(s + i, n - i);
-            if (!IS_N(d)) break;
-            i += (size_t)d.len;
-        }
-        return i;
-    }
-    /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
-    size_t i = (s[0] == ' ' && n > 1) ? 1 : 0;
-    uchar o = uchar_at(s + i, n - i);
-    if (IS_OTHER(o)) {
-        i += (size_t)o.len;
-        RUN(i, IS_OTHER(c_));
-        while (i < n && (s[i] == '\r' || s[i] == '\n')) i++;
-        return i;
-    }
-    /* \s*[\r\n]+ : the whitespace run up to its last \r or \n */
-    if (c.space) {
-        size_t j = 0, end_nl = 0;
-        while (j < n) {
-            uchar d = uchar_at(s + j, n - j);
-            if (!d.space) break;
-            j += (size_t)d.len;
-            if (d.cp == '\r' || d.cp == '\n') end_nl = j;
-        }
-        if (end_nl) return end_nl;
-        return match_space_run(s, n); /* \s+(?!\S)|\s+ */
-    }
-    return (size_t)c.len; /* unreachable */
-}
-
-static size_t pre_match(sq_pre_kind pre, const uint8_t *s, size_t n) {
-    switch (pre) {
-    case SQ_PRE_LLAMA3: return pre_llama3(s, n, 3);
-    case SQ_PRE_QWEN2: return pre_llama3(s, n, 1);
-    default: return pre_gpt2(s, n);
-    }
-}
-
-void sq_pretokenize(sq_pre_kind pre, const char *text, size_t len,
-                    void (*emit)(void *ud, size_t off, size_t n), void *ud) {
-    const uint8_t *s = (const uint8_t *)text;
-    size_t i = 0;
-    while (i < len) {
-        size_t end = len;
-        if (pre == SQ_PRE_SMOLLM) { /* every \p{N} is a piece; the regex runs between them */
-            uchar c = uchar_at(s + i, len - i);
-            if (IS_N(c)) {
-                emit(ud, i, (size_t)c.len);
-                i += (size_t)c.len;
-                continue;
-            }
-            end = i;
-            while (end < len) {
-                uchar d = uchar_at(s + end, len - end);
-                if (IS_N(d)) break;
-                end += (size_t)d.len;
-            }
-        }
-        while (i < end) {
-            size_t m = pre_match(pre, s + i, end - i);
-            emit(ud, i, m);
-            i += m;
-        }
-    }
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* the merge loop (BPE by rank, SentencePiece by score), over a doubly linked list of symbols */

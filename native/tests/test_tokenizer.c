@@ -168,8 +168,8 @@ static const char *k_merged[] = {"he", "ll", "\xC4\xA0t", "\xC4\xA0the", "hell",
 
 static sq_vocab *make_bpe(const char *pre) {
     static char spelled[N_BYTES][8];
-    sq_str tok[N_SPECIAL + N_BYTES + N_MERGES], mg[N_MERGES];
-    int32_t types[N_SPECIAL + N_BYTES + N_MERGES];
+    sq_str tok[N_SPECIAL + N_BYTES + N_MERGES + 1], mg[N_MERGES];
+    int32_t types[N_SPECIAL + N_BYTES + N_MERGES + 1];
     const char *specials[N_SPECIAL] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool>"};
     int n = 0;
     for (int i = 0; i < N_SPECIAL; i++) {
@@ -186,6 +186,8 @@ static sq_vocab *make_bpe(const char *pre) {
         types[n++] = SQ_TOKTYPE_NORMAL;
         mg[i] = (sq_str){k_merges[i], strlen(k_merges[i])};
     }
+    tok[n] = (sq_str){"xyz", 3}; /* a token no merge leads to */
+    types[n++] = SQ_TOKTYPE_NORMAL;
     sq_vocab_desc d = {.model = "gpt2", .pre = pre, .n_tokens = n, .tokens = tok, .types = types,
                        .n_merges = N_MERGES, .merges = mg, .bos = 1, .eos = 2, .unk = -1, .eot = -1, .eom = -1,
                        .add_bos = 0, .add_eos = 0, .add_space_prefix = -1};
@@ -261,10 +263,14 @@ static void test_bpe(void) {
         int m = sq_vocab_detokenize(v, ids, k, back, sizeof back, 1);
         CHECK(m == (int)len && memcmp(back, text, len) == 0, "fuzz round trip (len %zu, got %d)", len, m);
     }
+    n = tokenize(v, "xyz", t, 64, 1);
+    CHECK(n == 3 && t[0] == byte_id('x'), "no merge reaches xyz (n=%d)", n);
     sq_vocab_free(v);
-    /* llama3 pre-tokenizer with ignore_merges: a whole pre-token that is a token wins */
+    /* Llama-3 (ignore_merges): a pre-token that is a token is taken whole */
     v = make_bpe("llama-bpe");
-    CHECK(v && tokenize(v, "hello", t, 64, 1) == 1, "llama-bpe");
+    CHECK(v && tokenize(v, "hello", t, 64, 1) == 1, "llama-bpe hello");
+    n = v ? tokenize(v, "xyz", t, 64, 1) : 0;
+    CHECK(n == 1 && t[0] == N_SPECIAL + N_BYTES + N_MERGES, "ignore_merges takes xyz whole (n=%d)", n);
     sq_vocab_free(v);
 }
 
@@ -328,6 +334,20 @@ static void test_spm(void) {
     CHECK(sq_vocab_token_to_piece(v, P + 6, buf, 64, 0) == 3 && memcmp(buf, " ab", 3) == 0, "piece keeps the space");
     CHECK(sq_vocab_token_to_piece(v, 3 + 0x41, buf, 64, 0) == 1 && buf[0] == 'A', "byte piece");
     CHECK(sq_vocab_add_bos(v) == 1 && sq_vocab_bos(v) == 1 && sq_vocab_eos(v) == 2, "spm defaults");
+    /* fuzz: random bytes (no leading space, no ▁ byte 0xE2) come back exactly through byte fallback */
+    for (int it = 0; it < 2000; it++) {
+        char text[128];
+        size_t len = rnd() % sizeof text;
+        for (size_t k = 0; k < len; k++) {
+            text[k] = rnd() % 2 ? "ab c<x>"[rnd() % 7] : (char)rnd();
+            if ((uint8_t)text[k] == 0xE2 || (k == 0 && text[k] == ' ')) text[k] = 'a';
+        }
+        int32_t ids[512];
+        int k = sq_vocab_tokenize(v, text, (int32_t)len, ids, 512, (int32_t)(rnd() % 3), 0);
+        char back[512];
+        int m = k >= 0 ? sq_vocab_detokenize(v, ids, k, back, sizeof back, 0) : -1;
+        CHECK(m == (int)len && memcmp(back, text, len) == 0, "spm fuzz round trip (len %zu, got %d)", len, m);
+    }
     sq_vocab_free(v);
 }
 

@@ -343,17 +343,27 @@ static void drop_message(session *s, int i) {
 
 /* The conversation in the template (with the assistant's header); malloc'ed, NULL on error. */
 static char *format_chat(session *s) {
-    const char *roles[1024], *texts[1024];
-    int n = s->n_msgs < 1024 ? s->n_msgs : 1024;
+    int n = s->n_msgs;
+    const char **roles = malloc(sizeof(char *) * (size_t)(n + 1)), **texts = malloc(sizeof(char *) * (size_t)(n + 1));
+    char *buf = NULL;
+    if (!roles || !texts) {
+        error_msg(1, "out of memory");
+        goto done;
+    }
     for (int i = 0; i < n; i++) {
-        roles[i] = s->msgs[s->n_msgs - n + i].role;
-        texts[i] = s->msgs[s->n_msgs - n + i].text;
+        roles[i] = s->msgs[i].role;
+        texts[i] = s->msgs[i].text;
     }
     int32_t need = sq_chat_apply(s->tmpl, roles, texts, n, 1, NULL, 0);
-    if (need == INT32_MIN) { error_msg(1, "%s", sq_last_error()); return NULL; }
-    char *buf = malloc((size_t)-need);
-    if (!buf) return NULL;
-    sq_chat_apply(s->tmpl, roles, texts, n, 1, buf, -need);
+    if (need == INT32_MIN) {
+        error_msg(1, "%s", sq_last_error());
+        goto done;
+    }
+    if ((buf = malloc((size_t)-need))) sq_chat_apply(s->tmpl, roles, texts, n, 1, buf, -need);
+    else error_msg(1, "out of memory");
+done:
+    free(roles);
+    free(texts);
     return buf;
 }
 
@@ -404,6 +414,19 @@ static void reply_add(session *s, const char *p, size_t n) {
     s->reply[s->reply_len] = '\0';
 }
 
+/* Appends token t's text to the reply (pieces longer than the stack buffer go through the heap). */
+static void add_piece(session *s, int32_t t) {
+    char small[256];
+    int32_t n = sq_vocab_token_to_piece(s->v, t, small, sizeof small, 0);
+    if (n >= 0) {
+        reply_add(s, small, (size_t)n);
+        return;
+    }
+    char *big = n == INT32_MIN ? NULL : malloc((size_t)-n);
+    if (big && sq_vocab_token_to_piece(s->v, t, big, -n, 0) == -n) reply_add(s, big, (size_t)-n);
+    free(big);
+}
+
 /* Samples and prints up to n_predict tokens. Returns 0, 1 on error, or 3 when the context filled. */
 static int decode(session *s) {
     s->reply_len = 0;
@@ -415,9 +438,7 @@ static int decode(session *s) {
         if (t < 0) { rc = error_msg(1, "%s", sq_last_error()); break; }
         if (sq_vocab_is_eog(s->v, t)) break;
         sq_sampler_accept(s->smp, t);
-        char piece[256];
-        int32_t n = sq_vocab_token_to_piece(s->v, t, piece, sizeof piece, 0);
-        if (n > 0) reply_add(s, piece, (size_t)n);
+        add_piece(s, t);
         size_t ready = printable((const unsigned char *)s->reply, s->reply_len);
         if (ready > shown) {
             fwrite(s->reply + shown, 1, ready - shown, stdout);
