@@ -56,10 +56,13 @@ VARIANTS: dict[str, Recipe | None] = {
     "specquant-searchgptq": replace(SPEC, search_gptq=True),
     "specquant-quantprop": replace(SPEC, propagate="quant"),
     "specquant-a8": replace(SPEC, act_bits=8),
-    "specquant-aa": replace(SPEC, act_aware=True),
-    "sq-wht-a.7-gptq-aa": replace(SPEC, alpha=0.7, act_aware=True),
-    "sq-wht-a.7-gptq-aa-g32": replace(SPEC, alpha=0.7, act_aware=True, group_size=32),
-    "specquant-aa-g32": replace(SPEC, act_aware=True, group_size=32),
+    "sq-wht-a.7-gptq-actorder": replace(SPEC, alpha=0.7, act_order=True),
+    "sq-wht-a.7-gptq-quantprop": replace(SPEC, alpha=0.7, propagate="quant"),
+    "sq-wht-a.7-gptq-a8": replace(SPEC, alpha=0.7, act_bits=8),
+    "sq-wht-a.5-gptq-a8": replace(SPEC, alpha=0.5, act_bits=8),
+    "sq-wht-a.7-gptq-k4-in": replace(SPEC, alpha=0.7, spectral_k=4, spectral_axis="in"),
+    "sq-wht-a.7-gptq-k4-out": replace(SPEC, alpha=0.7, spectral_k=4, spectral_axis="out"),
+    "sq-wht-a.7-gptq-k4-in-soft": replace(SPEC, alpha=0.7, spectral_k=4, spectral_axis="in", spectral_rule="softmax"),
     "specquant-k4-in": replace(SPEC, spectral_k=4, spectral_axis="in"),
     "specquant-k4-out": replace(SPEC, spectral_k=4, spectral_axis="out"),
     "specquant-k4-in-soft": replace(SPEC, spectral_k=4, spectral_axis="in", spectral_rule="softmax"),
@@ -187,6 +190,7 @@ def perplexity(source: ModelSource, recipe: Recipe | None, windows: torch.Tensor
     else:
         blocks = []
         alphas = []
+        by_group: dict = {}
         bytes_ = {"int4": 0, "branch": 0, "linears": 0}
         tag = f"{calib.source.replace(':', '_')}_{tuple(calib.tokens.shape)}_s{seed}_n{recipe.search_tokens}" if calib else ""
         stats_fn = cached_stats(cfg, tag) if calib is not None else None
@@ -204,11 +208,14 @@ def perplexity(source: ModelSource, recipe: Recipe | None, windows: torch.Tensor
         for i, qb in ([] if quarot else convert_blocks(source, calib, recipe, emb, seed, stats_fn=stats_fn)):
             blocks.append(sim_block(qb, recipe))
             alphas += list(qb.alphas.values())
+            for k, v in qb.alphas.items():
+                by_group.setdefault(k, []).append(v)
             for ql in qb.linears.values():
                 bytes_["int4"] += ql.int4_bytes()
                 bytes_["linears"] += ql.nbytes()
                 bytes_["branch"] += ql.nbytes() - ql.int4_bytes() if ql.kind == "sq4" else 0
         info["alpha_mean"] = sum(alphas) / len(alphas) if alphas else None
+        info["alpha_by_group"] = {k: round(sum(v) / len(v), 3) for k, v in by_group.items()}
         info["bytes"] = bytes_
         n_w = sum(a * b for a, b in cfg.linear_shapes().values()) * cfg.n_layer
         info["bpw_linears"] = 8 * bytes_["linears"] / n_w

@@ -105,11 +105,31 @@ def _run_measured(cmd: Sequence[str]) -> tuple[int, float, int, str]:
     return p.returncode, time.perf_counter() - t0, int(usage.ru_maxrss), err[-2000:]
 
 
-def convert(row: Row, calib: Path | None) -> dict:
+def converter_hash() -> str:
+    """Hash of the converter's sources: a cached file made by another converter is flagged as stale."""
+    h = hashlib.sha1()
+    for f in sorted((common.REPO / "specquant_gguf").glob("*.py")):
+        if f.name not in ("zeroshot.py", "evaluate.py", "runtime.py", "cli.py", "generation.py", "inspect.py"):
+            h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _display(arg: str) -> str:
+    """Paths as a reader of RESULTS.md would type them (repo-relative, ../shared/data/...)."""
+    data = common.shared_data()
+    if data is not None and arg.startswith(str(data)):
+        return "../shared/data" + arg[len(str(data)):]
+    return Path(arg).name if arg.endswith((".gguf", "convert.py")) else arg
+
+
+def convert(row: Row, calib: Path | None, reconvert: bool = False) -> dict:
     """Our converter's file for a row (cached), with its conversion time and peak RSS."""
     path, meta = row.path, row.path.with_suffix(".gguf.json")
-    if path.is_file() and meta.is_file():
-        return json.loads(meta.read_text())
+    if path.is_file() and meta.is_file() and not reconvert:
+        info = json.loads(meta.read_text())
+        if info.get("converter") != converter_hash():
+            log(f"note: {path.name} was made by another version of the converter (use --reconvert {row.name})")
+        return info
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".part.gguf")
     cmd = [sys.executable, str(common.REPO / "convert.py"), SOURCE, "--out", str(tmp), "--method", row.method]
@@ -122,8 +142,9 @@ def convert(row: Row, calib: Path | None) -> dict:
     if rc != 0 or not tmp.is_file():
         raise RuntimeError(f"conversion of {row.name} failed (exit {rc}): {err.strip().splitlines()[-1:]}")
     tmp.replace(path)
-    info = {"command": "python " + " ".join(Path(c).name if c.endswith("convert.py") else c for c in cmd[1:]).replace(str(tmp), path.name),
-            "seconds": round(secs, 1), "peak_rss_kb": rss}
+    shown = ["python", *(_display(c) for c in cmd[1:])]
+    shown[shown.index("--out") + 1] = path.name
+    info = {"command": " ".join(shown), "seconds": round(secs, 1), "peak_rss_kb": rss, "converter": converter_hash()}
     meta.write_text(json.dumps(info, indent=2))
     return info
 
@@ -133,9 +154,9 @@ def make_llama_file(row: Row) -> dict:
     path, meta = row.path, row.path.with_suffix(".gguf.json")
     if row.llama_type == "F16":
         return {"command": "our f16 file, loaded by llama.cpp as is"}
-    if path.is_file() and meta.is_file():
-        return json.loads(meta.read_text())
     src = ALL_ROWS["f16"].path
+    if path.is_file() and meta.is_file() and path.stat().st_mtime >= src.stat().st_mtime:
+        return json.loads(meta.read_text())  # made from the current f16 file
     log(f"llama.cpp quantize {src.name} -> {path.name} ({row.llama_type})")
     t0 = time.perf_counter()
     llama_cpp_env.quantize(src, path, row.llama_type)
@@ -260,7 +281,7 @@ def zs_average(tasks: dict[str, dict]) -> tuple[float, float]:
 # the run
 
 
-def run(s: Settings, calib: Path | None) -> dict[str, Any]:
+def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[str, Any]:
     t_start = time.perf_counter()
     rows = [ALL_ROWS[n] for n in s.rows]
     need_llama = any(r.engine == "llama.cpp" for r in rows)
@@ -270,7 +291,7 @@ def run(s: Settings, calib: Path | None) -> dict[str, Any]:
     # files: f16 first (tokenizer and llama.cpp's source)
     build: dict[str, dict] = {}
     for r in [ALL_ROWS["f16"]] + [r for r in rows if r.engine == "ours" and r.name != "f16"]:
-        build[r.name] = convert(r, calib)
+        build[r.name] = convert(r, calib, r.name in reconvert)
     for r in rows:
         if r.engine == "llama.cpp":
             build[r.name] = make_llama_file(r)
@@ -478,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
                     "reference C4 file ../shared/data/c4/c4_calib_1k.jsonl when it exists)")
     ap.add_argument("--zs-all-rows", action="store_true", help="zero-shot on every row (default: the rows "
                     "the targets name, plus llama.cpp Q4_0)")
+    ap.add_argument("--reconvert", default="", help="comma-separated rows to convert again (or 'all')")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/RESULTS.md and docs/img")
     a = ap.parse_args(argv)
     s = QUICK if a.quick else FULL
@@ -497,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     if calib is None and common.shared_data() and (common.shared_data() / "c4" / "c4_calib_1k.jsonl").is_file():
         calib = common.shared_data() / "c4" / "c4_calib_1k.jsonl"
     try:
-        res = run(s, calib)
+        reconv = tuple(ALL_ROWS) if a.reconvert == "all" else tuple(x for x in a.reconvert.split(",") if x)
+        res = run(s, calib, reconv)
     except (RuntimeError, llama_cpp_env.LlamaEnvError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 1

@@ -70,7 +70,7 @@ def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, em
             stats, x_float = stats_fn(i, blk, x, mask)
         else:
             stats, x_float = block_stats(x, blk, cfg, mask)
-        qb = quantize_block(blk, stats, cfg, r, x)
+        qb = quantize_block(blk, stats, cfg, r)
         del blk, stats
         if r.propagate == "quant":
             norms, lin = sim_block(qb, r)

@@ -49,7 +49,6 @@ class Recipe:
     search_tokens: int = 512
     search_gptq: bool = False  # use GPTQ (not RTN) inside the α search (slower)
     propagate: str = "float"  # calibration activations through the float or the quantized block
-    act_aware: bool = False  # GPTQ against the int4 activations (needs the block's calibration inputs)
     head_type: str = "q8_0"
 
     @property
@@ -103,52 +102,7 @@ def scaled_stats(st: PointStats, lam: torch.Tensor) -> PointStats:
                       samples=[s / lam for s in st.samples])
 
 
-@dataclass
-class QuantInputStats:
-    """Of one linear group's input in the basis the int4 product sees (after smoothing and the
-    in-group rotation): X (float) and X̃ (after activation quantization). hq = X̃ᵀX̃, cross = X̃ᵀX."""
-
-    hq: torch.Tensor
-    cross: torch.Tensor
-
-
-def quant_input_stats(x: torch.Tensor, blk: Block, cfg: ModelConfig, r: Recipe,
-                      chunk: int = 8) -> dict[str, QuantInputStats]:
-    """Runs the (smoothed, float) block over calibration hidden states x and accumulates, per linear
-    group, the statistics of its quantized inputs."""
-    from .forward import block_forward
-
-    out: dict[str, QuantInputStats] = {}
-
-    def capture(point: str, h: torch.Tensor) -> None:
-        xf = h.reshape(-1, h.shape[-1]).float()
-        g = r.group_for(xf.shape[1])
-        xr = wht_groups(xf, g) if r.rotation == "wht" else xf
-        xq = fake_quant_act(xr, g, r.act_bits)
-        hq, cr = (xq.t() @ xq).double(), (xq.t() @ xr).double()
-        if point in out:
-            out[point].hq += hq
-            out[point].cross += cr
-        else:
-            out[point] = QuantInputStats(hq, cr)
-
-    with torch.no_grad():
-        for c0 in range(0, x.shape[0], chunk):
-            block_forward(x[c0:c0 + chunk], blk, cfg, capture=capture)
-    return out
-
-
-def act_aware_target(w: torch.Tensor, qs: QuantInputStats, damp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float weight Ŵ = W·Cᵀ·H̃⁻¹ that best maps the quantized inputs X̃ to the float outputs
-    X·Wᵀ (least squares), and the Hessian H̃ for GPTQ to quantize Ŵ against X̃."""
-    h = qs.hq.clone()
-    h += torch.eye(h.shape[0], dtype=h.dtype) * (damp * torch.diag(h).mean().clamp(min=1e-12))
-    target = torch.linalg.solve(h, qs.cross @ w.double().t()).t()  # (H̃⁻¹ C Wᵀ)ᵀ
-    return target.float(), qs.hq
-
-
-def quantize_linear(w: torch.Tensor, st: PointStats, r: Recipe, fast: bool = False,
-                    qstats: QuantInputStats | None = None) -> QLinear:
+def quantize_linear(w: torch.Tensor, st: PointStats, r: Recipe, fast: bool = False) -> QLinear:
     """One smoothed linear weight (C_out, C_in) -> QLinear (spectral split, rotation, int4)."""
     c_out, c_in = w.shape
     coef = ks = None
@@ -164,8 +118,6 @@ def quantize_linear(w: torch.Tensor, st: PointStats, r: Recipe, fast: bool = Fal
         resid = rotate_weight(resid, g)
         if r.gptq and not fast:
             hess = rotate_hessian(hess, g)
-    if qstats is not None and r.gptq and not fast:
-        resid, hess = act_aware_target(resid, qstats, r.damp)
     if r.gptq and (not fast or r.search_gptq):
         q, d = gptq(resid, hess, g, r.ratios, r.damp, r.act_order)
     else:
@@ -212,10 +164,8 @@ def search_alpha(group: str, blk: Block, st: PointStats, cfg: ModelConfig, r: Re
     return best[1], best[0]
 
 
-def quantize_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r: Recipe,
-                   x: torch.Tensor | None = None) -> QBlock:
-    """The block as the file stores it. blk is not modified. x: the block's calibration inputs
-    (hidden states), needed by the act-aware GPTQ."""
+def quantize_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r: Recipe) -> QBlock:
+    """The block as the file stores it. blk is not modified."""
     blk = {k: v.clone() for k, v in blk.items()}
     if not r.quantized:
         return float_block(blk, r)
@@ -234,10 +184,9 @@ def quantize_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r
             fold(blk, group, lam, cfg)
             stats[group] = scaled_stats(st, lam)
             alphas[group] = a
-    qstats = quant_input_stats(x, blk, cfg, r) if r.act_aware and r.gptq and x is not None else {}
     linears = {}
     for name in LINEARS:
-        ql = quantize_linear(blk[name], stats[POINT_OF[name]], r, qstats=qstats.get(POINT_OF[name]))
+        ql = quantize_linear(blk[name], stats[POINT_OF[name]], r)
         ql.bias = blk.get(f"{name}_bias")
         linears[name] = ql
     norms = {"attn_norm": blk["attn_norm"], "ffn_norm": blk["ffn_norm"]}

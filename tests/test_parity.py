@@ -170,30 +170,22 @@ TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein p
 
 
 @pytest.fixture(scope="session")
-def smollm2_files(tmp_path_factory) -> dict[str, Path]:
-    """SmolLM2 converted to f16 and to SQ4 (rtn: seconds; the full recipe is the converter's test).
-    $SPECQUANT_SMOLLM2_SQ4 may name an already converted SQ4 file."""
+def smollm2_f16(tmp_path_factory) -> Path:
+    """SmolLM2 converted with --method f16 (standard F16 linears: no activation quantization)."""
     if not SOURCE.is_file():
         pytest.skip(f"{SOURCE} is not on this machine")
-    d = tmp_path_factory.mktemp("smollm2")
-    files = {}
-    for method in ("f16", "rtn"):
-        out = d / f"smol.{method}.gguf"
-        if method == "rtn" and os.environ.get("SPECQUANT_SMOLLM2_SQ4"):
-            files["sq4"] = Path(os.environ["SPECQUANT_SMOLLM2_SQ4"])
-            continue
-        r = subprocess.run([sys.executable, str(REPO / "convert.py"), str(SOURCE), "--out", str(out),
-                            "--method", method, "--quiet"], capture_output=True, text=True, cwd=REPO)
-        assert r.returncode == 0, f"convert --method {method} failed: {r.stderr[-2000:]}"
-        files["sq4" if method == "rtn" else method] = out
-    return files
+    out = tmp_path_factory.mktemp("smollm2_f16") / "smol.f16.gguf"
+    r = subprocess.run([sys.executable, str(REPO / "convert.py"), str(SOURCE), "--out", str(out), "--method", "f16",
+                        "--quiet"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, f"convert --method f16 failed ({r.returncode}): {r.stderr[-2000:]}"
+    return out
 
 
 @pytest.mark.slow
-def test_smollm2_f16_matches_reference(smollm2_files) -> None:
+def test_smollm2_f16_matches_reference(smollm2_f16) -> None:
     """No activation quantization: the whole architecture (30 layers, GQA 9/3, RoPE θ=1e5, tied
     Q8_0 head) must agree tightly."""
-    path = smollm2_files["f16"]
+    path = smollm2_f16
     with Model(path, kv_type="f32", n_threads=2) as m:
         ids = m.tokenize(TEXT)
         got = m.eval(ids)
@@ -212,8 +204,9 @@ def _greedy_native_from(m: Model, ids: list[int], steps: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_smollm2_sq4_matches_reference_statistically(smollm2_files) -> None:
-    path = smollm2_files["sq4"]
+def test_smollm2_sq4_matches_reference_statistically(smollm2_sq4) -> None:
+    """W4A4 (conftest's quick recipe, converted once per session)."""
+    path = smollm2_sq4
     with Model(path, kv_type="f32", n_threads=2) as m:
         ids = m.tokenize(TEXT)
         got = m.eval(ids)

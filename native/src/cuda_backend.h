@@ -1,7 +1,7 @@
 /* cuda_backend.h — the CUDA backend's C interface (internal: the engine and the tests call it).
  *
  * Exists only in builds with CUDA: CMake defines SQ_HAVE_CUDA for the library and for everything
- * that links specquant_static when native/src/cuda/*.cu were compiled. Design and numbers:
+ * that links specquant_static when the .cu files under src/cuda were compiled. Design and numbers:
  * docs/CUDA.md. The math is docs/FORMAT.md §4, and the GPU reproduces the CPU bit for bit where
  * the CPU defines the result:
  *   - activation quantization (§4.1–4.2, §4.5): identical codes, scales and zero points;

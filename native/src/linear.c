@@ -212,6 +212,55 @@ static void matmul_float(const sq_linear *l, const sq_lin_input *in, int r0, int
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define SQ_LINEAR_AVX2 1
+
+__attribute__((target("avx2,fma"))) static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* The same with AVX2/FMA, 2 rows × 4 tokens per step (each weight and activation load feeds 4 or
+ * 2 FMAs). Needs cols % 8 == 0; rowbuf holds 2 converted rows. */
+__attribute__((target("avx2,fma"))) static void matmul_float_avx2(const sq_linear *l, const sq_lin_input *in, int r0,
+                                                                   int r1, float *y, int ldy, float *rowbuf) {
+    const int K = l->cols, nt = in->n_tok;
+    for (int r = r0; r < r1; r += 2) {
+        const int nr = r + 1 < r1 ? 2 : 1;
+        const float *w[2];
+        for (int i = 0; i < nr; i++) {
+            if (l->wtype == SQ_W_F32) w[i] = (const float *)l->data + (size_t)(r + i) * K;
+            else {
+                sq_half_to_float_row((const uint16_t *)l->data + (size_t)(r + i) * K, rowbuf + (size_t)i * K, K);
+                w[i] = rowbuf + (size_t)i * K;
+            }
+        }
+        if (nr == 1) w[1] = w[0];
+        for (int t = 0; t < nt; t += 4) {
+            const int ntt = nt - t < 4 ? nt - t : 4;
+            const float *x[4];
+            for (int j = 0; j < 4; j++) x[j] = in->x + (size_t)(t + (j < ntt ? j : 0)) * in->K;
+            __m256 acc[2][4];
+            for (int i = 0; i < 2; i++)
+                for (int j = 0; j < 4; j++) acc[i][j] = _mm256_setzero_ps();
+            for (int k = 0; k < K; k += 8) {
+                const __m256 w0 = _mm256_loadu_ps(w[0] + k), w1 = _mm256_loadu_ps(w[1] + k);
+                for (int j = 0; j < 4; j++) {
+                    const __m256 xv = _mm256_loadu_ps(x[j] + k);
+                    acc[0][j] = _mm256_fmadd_ps(w0, xv, acc[0][j]);
+                    acc[1][j] = _mm256_fmadd_ps(w1, xv, acc[1][j]);
+                }
+            }
+            for (int i = 0; i < nr; i++)
+                for (int j = 0; j < ntt; j++) y[(size_t)(t + j) * ldy + r + i] = hsum8(acc[i][j]);
+        }
+    }
+}
+#endif
+
 static void run_task(void *ctx, int task, int thread) {
     run_job *j = ctx;
     int i = 0;
@@ -225,7 +274,15 @@ static void run_task(void *ctx, int task, int thread) {
     switch (l->wtype) {
     case SQ_W_SQ4: j->e->kt->matmul_sq4(&l->sq4, &in->qa, r0, r1, y, ldy); break;
     case SQ_W_Q8: j->e->kt->matmul_q8(&l->q8, &in->q8a, r0, r1, y, ldy); break;
-    default: matmul_float(l, in, r0, r1, y, ldy, scratch); break;
+    default:
+#ifdef SQ_LINEAR_AVX2
+        if (j->e->simd && l->cols % 8 == 0) {
+            matmul_float_avx2(l, in, r0, r1, y, ldy, scratch);
+            break;
+        }
+#endif
+        matmul_float(l, in, r0, r1, y, ldy, scratch);
+        break;
     }
     const sq_spectral *s = l->spec;
     if (s && s->k_used) {

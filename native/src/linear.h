@@ -34,7 +34,8 @@ typedef struct {
     const sq_kernel_table *kt;
     int n_threads;
     float *scratch;          /* n_threads × scratch_floats */
-    size_t scratch_floats;   /* >= max(C_in, 2·K_max) */
+    size_t scratch_floats;   /* >= max(2·C_in, 2·K_max) */
+    int simd;                /* AVX2/FMA fp32 paths allowed (x86 with the avx2/avx512 kernel set) */
     int act_bits;            /* 4 or 8: SQ4 activations */
     int wht;                 /* in-group Walsh–Hadamard before activation quantization */
     int G;                   /* SQ4 group size (activation group = weight group) */

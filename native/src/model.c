@@ -135,20 +135,28 @@ static sq_status read_specquant_keys(sq_model *m) {
     uint32_t v;
     int got = sq_gguf_get_u32(g, "specquant.act_bits", &v);
     if (got < 0) return SQ_ERR_FORMAT;
-    hp->act_bits = got ? (int)v : 4;
-    if (hp->act_bits != 4 && hp->act_bits != 8)
-        return sq_set_error(SQ_ERR_FORMAT, "specquant.act_bits = %d (4 or 8 expected)", hp->act_bits);
-    got = sq_gguf_get_u32(g, "specquant.act_group_size", &v);
-    if (got < 0) return SQ_ERR_FORMAT;
-    if (got && (int)v != hp->group_size)
-        return sq_set_error(SQ_ERR_FORMAT, "specquant.act_group_size (%u) must equal specquant.group_size (%d)", v,
-                            hp->group_size);
+    hp->act_bits = got ? (int)v : 4; /* f16 / q8 files record 16 / 8: checked only for SQ4 files */
     static const char *const rots[] = {"none", "wht"}, *const axes[] = {"in", "out"};
     int rot = str_choice(g, "specquant.rotation", rots, 2, 0);
     int axis = str_choice(g, "specquant.spectral.axis", axes, 2, 0);
     if (rot < 0 || axis < 0) return sq_last_status();
     hp->wht = rot == 1;
     hp->spec_axis = axis == 1 ? SQ_SPEC_OUT : SQ_SPEC_IN;
+    return SQ_OK;
+}
+
+/* The activation-quantization settings matter only when some layer is SQ4 (W4A4). */
+static sq_status check_sq4_settings(const sq_model *m) {
+    const sq_hparams *hp = &m->hp;
+    const sq_gguf *g = &m->gguf;
+    uint32_t v;
+    if (hp->act_bits != 4 && hp->act_bits != 8)
+        return sq_set_error(SQ_ERR_FORMAT, "specquant.act_bits = %d (4 or 8 expected)", hp->act_bits);
+    int got = sq_gguf_get_u32(g, "specquant.act_group_size", &v);
+    if (got < 0) return SQ_ERR_FORMAT;
+    if (got && (int)v != hp->group_size)
+        return sq_set_error(SQ_ERR_FORMAT, "specquant.act_group_size (%u) must equal specquant.group_size (%d)", v,
+                            hp->group_size);
     if (hp->wht) {
         int G = hp->group_size;
         if (G < 2 || (G & (G - 1)))
@@ -348,7 +356,7 @@ static sq_status alloc_buffers(sq_model *m) {
     in->spec_in = alloc_floats(B * in->spec_stride, &oom);
     for (int i = 0; i < 3; i++) in->spec_out[i] = alloc_floats(B * in->spec_stride, &oom);
     int nt = m->exec.n_threads;
-    m->exec.scratch_floats = max_cols > (size_t)2 * kmax_stored ? max_cols : (size_t)2 * kmax_stored;
+    m->exec.scratch_floats = 2 * max_cols > (size_t)2 * kmax_stored ? 2 * max_cols : (size_t)2 * kmax_stored;
     m->exec.scratch = alloc_floats(nt * m->exec.scratch_floats, &oom);
     m->attn_scratch_floats = sq_attention_scratch_floats(m->n_ctx, hp->head_dim);
     m->attn_scratch = alloc_floats(nt * m->attn_scratch_floats, &oom);
@@ -371,6 +379,7 @@ static sq_status setup_exec(sq_model *m, int n_threads) {
     m->exec.act_bits = m->hp.act_bits;
     m->exec.wht = m->hp.wht;
     m->exec.G = m->hp.group_size;
+    m->exec.simd = strcmp(m->exec.kt->name, "scalar") != 0;
     return SQ_OK;
 }
 
@@ -395,6 +404,10 @@ static sq_status load_model(sq_model *m, const sq_model_params *p) {
     m->layers = calloc((size_t)m->hp.n_layer, sizeof *m->layers);
     if (!m->layers) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
     for (int il = 0; il < m->hp.n_layer && !st; il++) st = load_layer(m, il);
+    int any_sq4 = m->head.wtype == SQ_W_SQ4;
+    for (int il = 0; il < m->hp.n_layer && !st; il++)
+        for (int i = 0; i < 7; i++) any_sq4 |= layer_linear(&m->layers[il], i)->wtype == SQ_W_SQ4;
+    if (!st && any_sq4) st = check_sq4_settings(m);
     if (!st) st = build_bases(m);
     if (!st) st = load_rope(m);
     if (!st) st = setup_exec(m, p->n_threads);
@@ -560,7 +573,7 @@ static void forward_layer(sq_model *m, int il, int nb, int pos0) {
     run_linears(m, m->xn, nb, qkv, qkv_out, qkv_ld, 3);
     per_token(m, TOK_ROPE_STORE, il, nb, pos0, NULL, NULL, NULL);
     sq_attn_args a = {&m->kv, il, m->q, m->att, nb, pos0, hp->n_head, 1.0f / sqrtf((float)hp->head_dim),
-                      strcmp(m->exec.kt->name, "scalar") != 0, m->attn_scratch, m->attn_scratch_floats};
+                      m->exec.simd, m->attn_scratch, m->attn_scratch_floats};
     sq_attention(m->exec.pool, &a);
     sq_linear *o[1] = {&L->o};
     float *o_out[1] = {m->tmp};

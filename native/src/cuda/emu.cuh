@@ -27,6 +27,8 @@
 #include <functional>
 #include <vector>
 
+#pragma GCC diagnostic ignored "-Wunknown-pragmas" /* #pragma unroll */
+
 #define __global__
 #define __device__
 #define __host__
@@ -110,8 +112,23 @@ inline cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) {
 }
 
 /* ---- fibers, barriers, collectives --------------------------------------------------------- */
+/* Switching fibers: on x86-64 a few instructions that save the callee-saved registers and swap
+ * stacks (swapcontext also saves the signal mask, a system call per switch); ucontext elsewhere. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define SQ_EMU_FAST_SWITCH 1
+__attribute__((naked, noinline)) static void sq_emu_swap(void **save_sp, void *to_sp) {
+    __asm__ volatile("pushq %rbp\n\tpushq %rbx\n\tpushq %r12\n\tpushq %r13\n\tpushq %r14\n\tpushq %r15\n\t"
+                     "movq %rsp, (%rdi)\n\tmovq %rsi, %rsp\n\t"
+                     "popq %r15\n\tpopq %r14\n\tpopq %r13\n\tpopq %r12\n\tpopq %rbx\n\tpopq %rbp\n\tret\n\t");
+}
+#endif
+
 struct sq_emu_fiber {
+#ifdef SQ_EMU_FAST_SWITCH
+    void *sp;
+#else
     ucontext_t ctx;
+#endif
     dim3 tid;
     int done;
 };
@@ -123,7 +140,11 @@ struct sq_emu_state {
     int nthreads, cur;
     std::vector<sq_emu_fiber> fibers;
     std::vector<char> stacks;
+#ifdef SQ_EMU_FAST_SWITCH
+    void *sched_sp;
+#else
     ucontext_t sched;
+#endif
     sq_emu_barrier block_bar, warp_bar[32];
     uint32_t slots[32][32][12]; /* [warp][lane][word]: operands of a warp collective */
     long progress;              /* barrier releases + finished threads: deadlock detection */
@@ -139,7 +160,11 @@ inline sq_emu_state sq_emu_st;
 
 inline void sq_emu_yield() {
     sq_emu_fiber &f = sq_emu_st.fibers[sq_emu_st.cur];
+#ifdef SQ_EMU_FAST_SWITCH
+    sq_emu_swap(&f.sp, sq_emu_st.sched_sp);
+#else
     swapcontext(&f.ctx, &sq_emu_st.sched);
+#endif
 }
 
 inline void sq_emu_barrier_wait(sq_emu_barrier &b, int n) {
@@ -196,6 +221,10 @@ inline void sq_emu_entry() {
     (*sq_emu_st.body)();
     sq_emu_st.fibers[sq_emu_st.cur].done = 1;
     sq_emu_st.progress++;
+#ifdef SQ_EMU_FAST_SWITCH
+    sq_emu_yield(); /* a finished fiber is never resumed */
+    abort();
+#endif
 }
 
 inline void sq_emu_launch(dim3 grid, dim3 block, size_t smem, const std::function<void()> &body) {
@@ -223,11 +252,21 @@ inline void sq_emu_launch(dim3 grid, dim3 block, size_t smem, const std::functio
                     sq_emu_fiber &f = st.fibers[(size_t)i];
                     f.tid = dim3((unsigned)i, 0, 0);
                     f.done = 0;
+                    char *base = st.stacks.data() + (size_t)i * stack;
+#ifdef SQ_EMU_FAST_SWITCH
+                    /* what sq_emu_swap pops: six registers, then the "return" into sq_emu_entry */
+                    uintptr_t *sp = (uintptr_t *)(((uintptr_t)base + stack) & ~(uintptr_t)15);
+                    *--sp = 0;
+                    *--sp = (uintptr_t)&sq_emu_entry;
+                    for (int r = 0; r < 6; r++) *--sp = 0;
+                    f.sp = sp;
+#else
                     getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = st.stacks.data() + (size_t)i * stack;
+                    f.ctx.uc_stack.ss_sp = base;
                     f.ctx.uc_stack.ss_size = stack;
                     f.ctx.uc_link = &st.sched;
                     makecontext(&f.ctx, sq_emu_entry, 0);
+#endif
                 }
                 int left = n;
                 while (left) {
@@ -236,7 +275,11 @@ inline void sq_emu_launch(dim3 grid, dim3 block, size_t smem, const std::functio
                     for (int i = 0; i < n; i++) {
                         if (st.fibers[(size_t)i].done) continue;
                         st.cur = i;
+#ifdef SQ_EMU_FAST_SWITCH
+                        sq_emu_swap(&st.sched_sp, st.fibers[(size_t)i].sp);
+#else
                         swapcontext(&st.sched, &st.fibers[(size_t)i].ctx);
+#endif
                         left += !st.fibers[(size_t)i].done;
                     }
                     if (left && st.progress == before) {
