@@ -194,7 +194,9 @@ class Model:
         if backend not in _BACKENDS:
             raise ArgumentError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
         p = _lib.sq_model_default_params()
-        p.n_ctx = self._int_arg("n_ctx", 0 if n_ctx is None else n_ctx)
+        if n_ctx is not None and self._int_arg("n_ctx", n_ctx) <= 0:
+            raise ArgumentError(f"n_ctx must be >= 1 (None = min(2048, the model's)), got {n_ctx}")
+        p.n_ctx = 0 if n_ctx is None else int(n_ctx)
         p.n_threads = self._int_arg("n_threads", n_threads or 0)
         p.kv_type = _KV_TYPES[kv_type]
         p.spectral_tau = float(spectral_tau)

@@ -60,7 +60,7 @@ def test_flipped_bytes(tiny_sq4_spectral, tmp_path: Path) -> None:
     assert set(results) <= {"loaded", "FormatError", "UnsupportedError", "ArgumentError"}, results
 
 
-@pytest.mark.parametrize("n_ctx", [-1, 10 ** 9])
+@pytest.mark.parametrize("n_ctx", [-1, 0, 10 ** 9, 2 ** 40])
 def test_bad_context(tiny_sq4, n_ctx) -> None:
     with pytest.raises(ValueError):
         Model(tiny_sq4.path, n_ctx=n_ctx)

@@ -72,6 +72,8 @@ static void attend_generic(const float *q, const float *K, const float *V, int n
 #include <immintrin.h>
 #define SQ_ATTN_AVX2 1
 
+#include "vexp.h"
+
 /* K rows [0, n_pos) (row-major, hd wide, hd % 8 == 0) -> Kt[b][d][j] = K[8b + j][d], zero past
  * n_pos. Whole blocks go through an 8×8 register transpose; the last partial block is scalar. */
 __attribute__((target("avx2,fma"))) static void transpose_k(const float *K, int n_pos, int hd, float *Kt) {
@@ -112,25 +114,6 @@ __attribute__((target("avx2,fma"))) static void transpose_k(const float *K, int 
     }
 }
 
-/* e^x for 8 floats (x <= 0 here: scores minus their max): range reduction by ln 2 and a degree-6
- * polynomial, ~2 ulp; exp(-inf) = 0. */
-__attribute__((target("avx2,fma"))) static inline __m256 exp256(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r), r, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
-
 /* Scores of nq query rows (scaled) against blocks [0, nb) of Kt: s[i][8b + j]. */
 __attribute__((target("avx2,fma"))) static void scores_avx2(const float *const *q, int nq, const float *Kt, int nb,
                                                              int hd, float scale, float *const *s) {
@@ -169,7 +152,7 @@ __attribute__((target("avx2,fma"))) static float softmax_avx2(float *s, int n) {
     const __m256 vm = _mm256_set1_ps(mxs);
     __m256 sum = _mm256_setzero_ps();
     for (int p = 0; p < n8; p += 8) {
-        const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + p), vm));
+        const __m256 e = sq_exp256(_mm256_sub_ps(_mm256_loadu_ps(s + p), vm));
         _mm256_storeu_ps(s + p, e);
         sum = _mm256_add_ps(sum, e);
     }

@@ -537,7 +537,10 @@ static void tok_task(void *ctx, int task, int thread) {
     int D = hp->n_embd, hd = hp->head_dim, qw = hp->n_head * hd, kvw = hp->n_kv_head * hd;
     for (int t = t0; t < t1; t++) switch (j->what) {
         case TOK_NORM: sq_rmsnorm(j->src + (size_t)t * D, j->norm_w, j->dst + (size_t)t * D, D, hp->eps); break;
-        case TOK_SILU: sq_silu_mul(m->gate + (size_t)t * hp->n_ff, m->up + (size_t)t * hp->n_ff, hp->n_ff); break;
+        case TOK_SILU:
+            (m->exec.simd ? sq_silu_mul_avx2 : sq_silu_mul)(m->gate + (size_t)t * hp->n_ff, m->up + (size_t)t * hp->n_ff,
+                                                             hp->n_ff);
+            break;
         case TOK_ROPE_STORE: {
             int pos = j->pos0 + t;
             sq_rope_apply(&m->rope, m->q + (size_t)t * qw, hp->n_head, hd, pos);

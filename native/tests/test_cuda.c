@@ -347,13 +347,18 @@ static void test_sq4(int cases) {
     if (SCALE) sq4_case(16384, 16384, 8, 3, n_big, 0, 1);
     sq4_case(4096, 4096, 8, 5, n_big, 1, 1);
     sq4_case(4096, 4096, 4, 5, n_big, 1, 1);
+    /* long rows with small groups: several GEMV super-iterations (2048 values each), odd chunk counts */
+    sq4_case(4608, 64, 4, 37, 3, 1, 0);
+    sq4_case(3104, 32, 8, 21, 5, 0, 0);
+    sq4_case(5120, 256, 4, 9, 1, 1, 0);
 }
 
 /* ---- Q8_0 matmuls (output head) ------------------------------------------------------------- */
 static void test_q8(int cases) {
     const sq_kernel_table *ref = sq_kernels_for("scalar");
     for (int it = 0; it < cases; it++) {
-        int K = 32 * rnd_int(1, SCALE ? 32 : 8), rows = rnd_int(1, SCALE ? 300 : 140), n_tok = pick_tokens();
+        int K = 32 * (it % 3 ? rnd_int(1, SCALE ? 32 : 8) : rnd_int(33, SCALE ? 160 : 80)); /* 2 with > 1024 */
+        int rows = rnd_int(1, SCALE ? 300 : 140), n_tok = it % 3 == 1 ? rnd_int(1, 8) : pick_tokens();
         size_t bytes = (size_t)rows * (K / 32) * 34;
         uint8_t *data = xmalloc(bytes);
         for (size_t b = 0; b < bytes / 34; b++) {

@@ -46,6 +46,7 @@ struct uint4 { uint32_t x, y, z, w; };
 struct int2 { int32_t x, y; };
 struct float2 { float x, y; };
 struct float4 { float x, y, z, w; };
+inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) { return uint4{x, y, z, w}; }
 
 /* ---- the CUDA runtime subset the backend uses ------------------------------------------------ */
 typedef int cudaError_t;
@@ -301,6 +302,7 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline float __int2float_rn(int v) { return (float)v; }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 inline float __int_as_float(int v) {
     float f;
     memcpy(&f, &v, 4);

@@ -163,7 +163,8 @@ extern "C" sq_status sq_cuda_kv_store(sq_cuda *c, sq_cuda_kv *kv, int layer, con
 
 /* ---- attention: one block per (query head, token), positions in tiles of AT with an online
  * softmax (running max and sum, rescaled per tile); scores one position per thread, the weighted
- * sum of V one dimension per thread. ------------------------------------------------------ */
+ * sum of V one dimension per thread. Not bit-exact with the CPU (different order, FMAs), so the
+ * dot products use explicit fused multiply-adds. ------------------------------------------ */
 #define AT 128
 
 __global__ __launch_bounds__(AT) void k_attention(const uint16_t *Kc, const uint16_t *Vc, int n_kv_head, int n_ctx,
@@ -187,7 +188,7 @@ __global__ __launch_bounds__(AT) void k_attention(const uint16_t *Kc, const uint
                 const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
                 for (int e = 0; e < 8; e++)
-                    acc = __fadd_rn(acc, __fmul_rn(qs[i + e], sq_cu_h2f((uint16_t)(wv[e / 2] >> (16 * (e % 2))))));
+                    acc = __fmaf_rn(qs[i + e], sq_cu_h2f((uint16_t)(wv[e / 2] >> (16 * (e % 2)))), acc);
             }
             s = __fmul_rn(acc, scale);
         }
@@ -208,7 +209,7 @@ __global__ __launch_bounds__(AT) void k_attention(const uint16_t *Kc, const uint
             if (d >= hd) continue;
             float acc = __fmul_rn(o[r], alpha);
             const uint16_t *vp = Vc + base + (size_t)p0 * hd + d;
-            for (int i = 0; i < np; i++) acc = __fadd_rn(acc, __fmul_rn(sc[i], sq_cu_h2f(vp[(size_t)i * hd])));
+            for (int i = 0; i < np; i++) acc = __fmaf_rn(sc[i], sq_cu_h2f(vp[(size_t)i * hd]), acc);
             o[r] = acc;
         }
         m = m_new;
@@ -223,8 +224,8 @@ __global__ __launch_bounds__(AT) void k_attention(const uint16_t *Kc, const uint
 
 extern "C" sq_status sq_cuda_attention(sq_cuda *c, const sq_cuda_kv *kv, int layer, const float *q, int ldq, float *out,
                                        int ldo, int n_tok, int pos0, int n_head, float scale) {
-    if (!kv || !q || !out || layer < 0 || layer >= kv->n_layer || n_tok < 1 || pos0 < 0 || pos0 + n_tok > kv->n_ctx ||
-        n_head < kv->n_kv_head || n_head % kv->n_kv_head || ldq < n_head * kv->head_dim || ldo < n_head * kv->head_dim)
+    if (!kv || !q || !out || layer < 0 || layer >= kv->n_layer || n_tok < 1 || n_tok > 65535 || pos0 < 0 ||
+        pos0 + n_tok > kv->n_ctx || n_head < kv->n_kv_head || n_head % kv->n_kv_head || ldq < n_head * kv->head_dim || ldo < n_head * kv->head_dim)
         return sq_set_error(SQ_ERR_ARG, "sq_cuda_attention: bad arguments (layer %d, heads %d/%d, positions %d..%d)",
                             layer, n_head, kv->n_kv_head, pos0, pos0 + n_tok);
     dim3 grid((unsigned)n_head, (unsigned)n_tok);

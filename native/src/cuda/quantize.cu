@@ -152,7 +152,8 @@ extern "C" sq_status sq_cuda_act_create(sq_cuda *c, int kind, int max_tok, int K
     if (kind != SQ_CUDA_ACT_SQ4 && kind != SQ_CUDA_ACT_Q8)
         return sq_set_error(SQ_ERR_ARG, "activation kind must be %d (SQ4) or %d (Q8_0), got %d", SQ_CUDA_ACT_SQ4,
                             SQ_CUDA_ACT_Q8, kind);
-    if (max_tok < 1 || max_tok > (1 << 20)) return sq_set_error(SQ_ERR_ARG, "bad token capacity %d", max_tok);
+    if (max_tok < 1 || max_tok > 65535) /* one grid row per token */
+        return sq_set_error(SQ_ERR_ARG, "token capacity %d outside 1..65535", max_tok);
     if (kind == SQ_CUDA_ACT_Q8) {
         G = 32;
         bits = 8;

@@ -86,7 +86,7 @@ extern "C" void sq_cuda_basis_free(sq_cuda *c, sq_cuda_basis *b) {
 
 extern "C" sq_status sq_cuda_spectral_project_in(sq_cuda *c, const sq_cuda_basis *b, int k, const float *x, int ldx,
                                                  int n_tok, float *out, int ld_out) {
-    if (!b || !x || !out || k < 1 || k > b->K || n_tok < 1 || ldx < b->L || ld_out < 2 * k)
+    if (!b || !x || !out || k < 1 || k > b->K || n_tok < 1 || n_tok > 65535 || ldx < b->L || ld_out < 2 * k)
         return sq_set_error(SQ_ERR_ARG, "sq_cuda_spectral_project_in: bad arguments (k %d, n_tok %d)", k, n_tok);
     dim3 grid((unsigned)sq_cu_div_up(2 * k, 64), (unsigned)n_tok);
     SQ_LAUNCH(k_project_in, grid, 64, 0, c->stream, b->cs, b->L, b->K, 2 * k, x, ldx, out, ld_out);
@@ -130,7 +130,8 @@ extern "C" void sq_cuda_spec_free(sq_cuda *c, sq_cuda_spec *s) {
 
 extern "C" sq_status sq_cuda_spectral_project_out(sq_cuda *c, const sq_cuda_spec *s, const float *x, int ldx, int n_tok,
                                                   float *out, int ld_out) {
-    if (!s || s->axis != SQ_SPEC_OUT || !x || !out || n_tok < 1 || ldx < s->channels || ld_out < 2 * s->k_used)
+    if (!s || s->axis != SQ_SPEC_OUT || !x || !out || n_tok < 1 || n_tok > 65535 || ldx < s->channels ||
+        ld_out < 2 * s->k_used)
         return sq_set_error(SQ_ERR_ARG, "sq_cuda_spectral_project_out: bad arguments");
     if (!s->k_used) return SQ_OK;
     dim3 grid((unsigned)sq_cu_div_up(2 * s->k_used, 64), (unsigned)n_tok);
@@ -142,7 +143,7 @@ extern "C" sq_status sq_cuda_spectral_project_out(sq_cuda *c, const sq_cuda_spec
 
 extern "C" sq_status sq_cuda_spectral_apply(sq_cuda *c, const sq_cuda_spec *s, const float *proj, int ld_proj, int n_tok,
                                             float *y, int ldy, const float *bias) {
-    if (!s || !proj || !y || n_tok < 1)
+    if (!s || !proj || !y || n_tok < 1 || n_tok > 65535)
         return sq_set_error(SQ_ERR_ARG, "sq_cuda_spectral_apply: bad arguments");
     /* axis in: channels are the output rows; axis out: the outputs are the basis positions */
     const int n_out = s->axis == SQ_SPEC_IN ? s->channels : s->basis->L;
