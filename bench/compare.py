@@ -95,14 +95,16 @@ def log(msg: str) -> None:
 # files
 
 
-def _run_measured(cmd: Sequence[str]) -> tuple[int, float, int, str]:
-    """Runs a command; returns (exit code, wall seconds, the child's peak RSS in KiB, stderr tail)."""
+def _run_measured(cmd: Sequence[str], log_file: Path) -> tuple[int, float, int, str]:
+    """Runs a command (stderr to log_file); returns (exit code, wall seconds, the child's own peak
+    RSS in KiB from wait4, the log's last line)."""
     t0 = time.perf_counter()
-    p = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = p.stderr.read() if p.stderr else ""
-    _, status, usage = os.wait4(p.pid, 0)
+    with open(log_file, "w") as lf:
+        p = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=lf)
+        _, status, usage = os.wait4(p.pid, 0)
     p.returncode = os.waitstatus_to_exitcode(status)
-    return p.returncode, time.perf_counter() - t0, int(usage.ru_maxrss), err[-2000:]
+    lines = [ln for ln in log_file.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()]
+    return p.returncode, time.perf_counter() - t0, int(usage.ru_maxrss), (lines[-1] if lines else "")
 
 
 def converter_hash() -> str:
@@ -138,9 +140,9 @@ def convert(row: Row, calib: Path | None, reconvert: bool = False) -> dict:
     if calib is not None and row.method not in ("f16", "q8"):
         cmd += ["--calib", str(calib)]
     log(f"converting {row.name}: {' '.join(cmd[1:])}")
-    rc, secs, rss, err = _run_measured(cmd)
+    rc, secs, rss, last = _run_measured(cmd, path.with_suffix(".convert.log"))
     if rc != 0 or not tmp.is_file():
-        raise RuntimeError(f"conversion of {row.name} failed (exit {rc}): {err.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"conversion of {row.name} failed (exit {rc}): {last}")
     tmp.replace(path)
     shown = ["python", *(_display(c) for c in cmd[1:])]
     shown[shown.index("--out") + 1] = path.name

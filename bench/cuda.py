@@ -83,13 +83,15 @@ def build_bench(build: Path) -> Path:
     return build / "native" / "bench_cuda"
 
 
-def run_ours(binary: Path, layer: Path, tokens: list[int], ctx: int, reps: int, path: str | None) -> dict[str, Any]:
+def run_ours(binary: Path, layer: Path, tokens: list[int], ctx: int, reps: int,
+             path: str | None) -> dict[str, Any] | None:
+    """bench_cuda's JSON, or None when it finds no CUDA device (its exit status 3)."""
     cmd = [str(binary), str(layer), "-n", ",".join(map(str, tokens)), "-c", str(ctx), "-r", str(reps)]
     if path:
         cmd += ["--path", path]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode == 3:
-        raise SystemExit(NO_GPU)
+        return None
     if res.returncode != 0:
         raise RuntimeError(f"bench_cuda failed ({res.returncode}): {res.stderr.strip()}")
     return json.loads(res.stdout)
@@ -191,9 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"writing {layer} ...", flush=True)
         write_layer(layer, args.hidden, args.ffn, args.heads, args.kv_heads, args.group, args.bits)
     binary = build_bench(Path(args.build))
-    try:
-        ours = run_ours(binary, layer, tokens, args.ctx, args.reps, args.path)
-    except SystemExit:
+    ours = run_ours(binary, layer, tokens, args.ctx, args.reps, args.path)
+    if ours is None:
         print("bench/cuda.py: no GPU to benchmark: bench_cuda found no CUDA device")
         return NO_GPU
     base = None

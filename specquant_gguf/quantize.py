@@ -71,8 +71,14 @@ def dequantize(q: torch.Tensor, d: torch.Tensor, group: int) -> torch.Tensor:
     return q.float() * d.float().repeat_interleave(group, dim=1)
 
 
+def compute_device() -> torch.device:
+    """GPTQ's O(n³) work goes to a CUDA GPU when torch has one."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, ...] = CLIP_RATIOS,
-         damp: float = 0.01, act_order: bool = False, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+         damp: float = 0.01, act_order: bool = False, block: int = 128,
+         device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ with per-group clipping search. w (rows, C_in) fp32, hess = XᵀX (C_in, C_in) of the inputs
     the weight meets. Without act-order each group's scale is chosen when GPTQ reaches the group (on
     the error-compensated weights); with act-order the scales are fixed up front ("static groups")
@@ -80,14 +86,15 @@ def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, .
     rows, n = w.shape
     if n % group:
         raise ValueError(f"row length {n} is not a multiple of the group size {group}")
-    w = w.clone().to(torch.float64)
-    h = hess.clone().to(torch.float64)
+    dev = device or compute_device()
+    w = w.to(dev, torch.float64, copy=True)
+    h = hess.to(dev, torch.float64, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += torch.eye(n, dtype=h.dtype) * (damp * torch.diag(h).mean())
-    scales = torch.zeros(rows, n // group, dtype=torch.float64)
-    perm = torch.arange(n)
+    h += torch.eye(n, dtype=h.dtype, device=dev) * (damp * torch.diag(h).mean())
+    scales = torch.zeros(rows, n // group, dtype=torch.float64, device=dev)
+    perm = torch.arange(n, device=dev)
     if act_order:
         scales = group_scales(w.reshape(rows, n // group, group).float(), ratios).double()
         perm = torch.argsort(torch.diag(h), descending=True)
@@ -95,10 +102,9 @@ def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, .
     try:
         hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     except torch.linalg.LinAlgError:  # numerically singular even after damping: fall back to RTN
-        q, d = rtn(w[:, torch.argsort(perm)].float(), group, ratios)
-        return q, d
+        return rtn(w[:, torch.argsort(perm)].float().cpu(), group, ratios)
     block = max(group, (block // group) * group) if not act_order else block
-    q_out = torch.zeros(rows, n, dtype=torch.float64)
+    q_out = torch.zeros(rows, n, dtype=torch.float64, device=dev)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
         w1 = w[:, i1:i2].clone()
@@ -108,9 +114,8 @@ def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, .
             col = i1 + i
             orig = int(perm[col])
             if not act_order and orig % group == 0:  # entering a group: pick its scale now
-                g = orig // group
-                cur = torch.cat([w1[:, i:i + group], w[:, i2:col + group]], 1) if col + group > i2 else w1[:, i:i + group]
-                scales[:, g] = group_scales(cur.float(), ratios).double()
+                # (blocks are whole groups, so the group lies inside this block)
+                scales[:, orig // group] = group_scales(w1[:, i:i + group].float(), ratios).double()
             s = scales[:, orig // group]
             safe = torch.where(s > 0, s, torch.ones_like(s))
             q = torch.clamp(torch.round(w1[:, i] / safe), QMIN, QMAX)
@@ -120,7 +125,7 @@ def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, .
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     q_final = q_out[:, torch.argsort(perm)] if act_order else q_out
-    return q_final.to(torch.int8), scales.to(torch.float16)
+    return q_final.to(torch.int8).cpu(), scales.to(torch.float16).cpu()
 
 
 def fake_quant_act(x: torch.Tensor, group: int, bits: int = 4) -> torch.Tensor:

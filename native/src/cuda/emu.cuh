@@ -27,8 +27,6 @@
 #include <functional>
 #include <vector>
 
-#pragma GCC diagnostic ignored "-Wunknown-pragmas" /* #pragma unroll */
-
 #define __global__
 #define __device__
 #define __host__

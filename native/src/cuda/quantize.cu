@@ -139,9 +139,13 @@ __global__ void k_act_to_cpu(const sq_cuda_act a, uint8_t *q, float *d, int32_t 
     }
 }
 
+/* Dynamic shared memory the SQ4 quantizer may use: the opt-in limit less room for its static
+ * arrays (CUDA refuses a dynamic limit that leaves no room for them). */
+static size_t quant_smem_limit(const sq_cuda *c) { return c->smem_optin > 2048 ? c->smem_optin - 1024 : 0; }
+
 sq_status sq_cu_prepare_quantize(sq_cuda *c) {
     /* A per-row group (G = K) may need more than the default 48 KB of shared memory. */
-    int lim = (int)c->smem_optin;
+    int lim = (int)quant_smem_limit(c);
     SQ_CU_TRY(cudaFuncSetAttribute(k_quant_sq4<SQ_CU_A_U8>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
     SQ_CU_TRY(cudaFuncSetAttribute(k_quant_sq4<SQ_CU_A_U4P>, cudaFuncAttributeMaxDynamicSharedMemorySize, lim));
     return SQ_OK;
@@ -162,7 +166,7 @@ extern "C" sq_status sq_cuda_act_create(sq_cuda *c, int kind, int max_tok, int K
     } else {
         sq_status st = sq_kernels_check_sq4("activations", 1, K, G, bits, 0);
         if (st) return st;
-        if ((size_t)groups_per_chunk(G) * G * 4 > c->smem_optin)
+        if ((size_t)groups_per_chunk(G) * G * 4 > quant_smem_limit(c))
             return sq_set_error(SQ_ERR_ARG, "group size %d is too large for this GPU's shared memory", G);
     }
     sq_cuda_act *a = (sq_cuda_act *)calloc(1, sizeof *a);
