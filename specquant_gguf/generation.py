@@ -498,7 +498,7 @@ def run(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     from .runtime import Model
     t0 = time.perf_counter()
-    model = Model(args.model, n_ctx=args.ctx_size, n_threads=args.threads, kv_type=args.kv_type,
+    model = Model(args.model, n_ctx=args.ctx_size or None, n_threads=args.threads, kv_type=args.kv_type,
                   spectral_tau=args.spectral_tau)
     t_load = time.perf_counter() - t0
     chatting = args.interactive or prompt is None

@@ -163,3 +163,4 @@ def q8_0_weight(w: torch.Tensor) -> torch.Tensor:
 
     data = gguf.quants.quantize(np.ascontiguousarray(w.float().numpy()), gguf.GGMLQuantizationType.Q8_0)
     return torch.from_numpy(gguf.quants.dequantize(data, gguf.GGMLQuantizationType.Q8_0).reshape(w.shape).copy())
+

@@ -556,7 +556,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def _prefix_token(model) -> int | None:
+def prefix_token(model) -> int | None:
     """The token an empty context starts from (lm-eval: BOS, else EOS)."""
     for attr in ("token_bos", "bos_token", "bos", "token_eos", "eos_token", "eos"):
         v = getattr(model, attr, None)
@@ -607,7 +607,7 @@ def run(args: argparse.Namespace) -> int:
         return list(model.tokenize(text, add_bos=False))
 
     t0 = time.perf_counter()
-    results = evaluate_tasks(model, tokenize, _prefix_token(model), tasks, data_dir, args.limit,
+    results = evaluate_tasks(model, tokenize, prefix_token(model), tasks, data_dir, args.limit,
                              progress=not args.no_progress)
     if args.json:
         out = {"file": str(args.file), "data_dir": str(data_dir), "limit": args.limit, "ctx": args.ctx,

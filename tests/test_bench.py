@@ -82,6 +82,7 @@ def _llama_ready() -> bool:
     return llama_cpp_env.is_ready()
 
 
+@pytest.mark.slow  # starts llama.cpp in its own venv: minutes on a loaded 2-core machine
 @pytest.mark.skipif(not _llama_ready(), reason="llama.cpp venv not built (python bench/llama_cpp_env.py setup)")
 def test_llama_worker_kv_reuse_scores_equal_from_scratch_scores(tiny_f16):
     """Our scoring on llama.cpp's logits, with rewinds between choices, equals scoring each
