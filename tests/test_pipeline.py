@@ -117,9 +117,11 @@ def test_simulation_equals_reference_oracle(tiny_src, tmp_path: Path) -> None:
             x = block_forward(x, norms, cfg, lin=lin)
         h = rms_norm(x, source.output_norm(), cfg.rms_eps)
         sim = (fake_quant_q8_0(h) @ emb_q.t())[0].numpy()
-        # only the fp32 summation order differs (an activation may round to a neighbouring level)
+        # only the fp32 summation order differs, but an activation that lands on the other side of
+        # an int4 rounding boundary moves the next layer (docs/FORMAT.md §4.3): measured 7e-4 here;
+        # a wrong formula or layout gives errors of order 1
         rel = np.linalg.norm(sim - ref) / np.linalg.norm(ref)
-        assert rel < 1e-4, rel
+        assert rel < 5e-3, rel
 
 
 @pytest.mark.parametrize("method,wtype", [("f16", TYPE_F16), ("q8", TYPE_Q8_0)])
