@@ -209,6 +209,11 @@ def perplexity(source: ModelSource, recipe: Recipe | None, windows: torch.Tensor
                 blk = source.block(i)
                 st, x = stats_fn(i, blk, x, mask)
                 blocks.append(quarot_block(blk, st, cfg, recipe, seed, i))
+                for c_out, c_in in cfg.linear_shapes().values():
+                    g = recipe.group_for(c_in)
+                    nb = c_out * (c_in // g) * (2 + g // 2)
+                    bytes_["int4"] += nb
+                    bytes_["linears"] += nb
         for i, qb in ([] if quarot else convert_blocks(source, calib, recipe, emb, seed, stats_fn=stats_fn)):
             blocks.append(sim_block(qb, recipe))
             alphas += list(qb.alphas.values())

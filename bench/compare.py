@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# timed processes (ours and llama.cpp's workers inherit this) must not share the cores with numpy's
+# idle OpenBLAS threads, which spin after start-up
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import common  # noqa: E402  (adds the repo to sys.path)
 import llama_cpp_env  # noqa: E402
 import plots  # noqa: E402
@@ -187,7 +190,7 @@ def make_llama_file(row: Row, src: Path) -> dict:
 def _cache_file(row: Row, kind: str, settings: Any) -> Path:
     st = row.path.stat()
     key = json.dumps([row.name, kind, st.st_size, int(st.st_mtime), settings], sort_keys=True, default=str)
-    return common.OUT_DIR / "cache" / f"{row.name.replace(' ', '_')}-{kind}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
+    return common.OUT_DIR / "compare-cache" / f"{row.name.replace(' ', '_')}-{kind}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
 def cached(row: Row, kind: str, settings: Any, fn: Callable[[], dict]) -> dict:

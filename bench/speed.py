@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# timed processes (ours and llama.cpp's workers inherit this) must not share the cores with numpy's
+# idle OpenBLAS threads, which spin after start-up
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import common  # noqa: E402  (adds the repo to sys.path)
 import llama_cpp_env  # noqa: E402
 import membw  # noqa: E402

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+# The native runtime brings its own thread pool. numpy's OpenBLAS starts one too, which is idle in
+# every subcommand but spins in sched_yield after start-up and takes turns on the same cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .errors import SpecQuantError, UsageError
 

@@ -46,16 +46,20 @@ def plain_linear(blk: Block) -> LinearFn:
 
 
 class KVCache:
-    """Per-block key/value cache for incremental decoding (self-generated calibration)."""
+    """Per-block key/value cache for incremental decoding (self-generated calibration), allocated
+    once for the whole length: growing it by concatenation would copy it at every token."""
 
-    def __init__(self) -> None:
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+    def __init__(self, batch: int, length: int, n_head_kv: int, head_dim: int, dtype: torch.dtype) -> None:
+        self.k = torch.zeros(batch, length, n_head_kv, head_dim, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.n = 0
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.k = k if self.k is None else torch.cat([self.k, k], 1)
-        self.v = v if self.v is None else torch.cat([self.v, v], 1)
-        return self.k, self.v
+        t = k.shape[1]
+        self.k[:, self.n:self.n + t] = k
+        self.v[:, self.n:self.n + t] = v
+        self.n += t
+        return self.k[:, :self.n], self.v[:, :self.n]
 
 
 def block_forward(x: torch.Tensor, blk: Block, cfg: ModelConfig, lin: LinearFn | None = None,
@@ -73,10 +77,9 @@ def block_forward(x: torch.Tensor, blk: Block, cfg: ModelConfig, lin: LinearFn |
     q, k = rope_interleaved(q, cos, sin), rope_interleaved(k, cos, sin)
     if cache is not None:
         k, v = cache.append(k, v)
-    rep = cfg.n_head // cfg.n_head_kv
-    kk = k.repeat_interleave(rep, dim=2).transpose(1, 2)
-    vv = v.repeat_interleave(rep, dim=2).transpose(1, 2)
-    att = F.scaled_dot_product_attention(q.transpose(1, 2), kk, vv, is_causal=cache is None or t > 1)
+    # query head h reads KV head h // (n_head / n_head_kv); a cache is only used from position 0
+    att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         is_causal=cache is None or t > 1, enable_gqa=cfg.n_head != cfg.n_head_kv)
     a = att.transpose(1, 2).reshape(b, t, cfg.q_dim)
     if capture:
         capture("attn_out", a)

@@ -9,7 +9,10 @@ and the (already quantized) output.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -88,6 +91,9 @@ def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, em
 GROUP_SIZES = (0, 32, 64, 128)
 DEFAULT_CALIB_WINDOWS = 16
 DEFAULT_CALIB_LEN = 512
+# self-generated windows are joined from this many texts (see calibrate.generate_windows): the same
+# tokens in half the decoding steps
+CALIB_SEGMENTS = 2
 
 
 def _alpha_arg(text: str) -> float | str:
@@ -111,7 +117,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "llama3-8b, mistral-7b, ...; downloaded once into $SPECQUANT_CACHE or ~/.cache/specquant).\n\n"
         "Default recipe (--method specquant): per-layer smoothing (alpha searched), in-group\n"
         "Walsh-Hadamard rotation, GPTQ int4 weights with a clipping search, groups of 64 (4.25 bits\n"
-        "per weight), per-token asymmetric int4 activations, self-generated calibration text.")
+        "per weight), per-token asymmetric int4 activations, self-generated calibration text\n"
+        "(16 windows of 512 tokens, each two 256-token texts the model writes, joined; cached in the\n"
+        "cache folder so that converting the same model again skips the generation).\n"
+        "Measured choices and alternatives: docs/RESULTS.md (Converter).")
     p.add_argument("model", metavar="MODEL", help="HF folder, GGUF file or short name")
     p.add_argument("--out", "-o", required=True, metavar="FILE", help="output .gguf file")
     p.add_argument("--method", choices=METHODS, default="specquant",
@@ -141,11 +150,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="clipping search of each weight group's scale (default on)")
     p.add_argument("--calib", metavar="FILE", default=None,
                    help="calibration text: a text file or .jsonl with a \"text\" field "
-                        "(default: text the model generates itself)")
+                        "(default: text the model generates itself; no data set needed)")
     p.add_argument("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS, metavar="N",
                    help=f"calibration windows (default {DEFAULT_CALIB_WINDOWS})")
     p.add_argument("--calib-len", type=int, default=DEFAULT_CALIB_LEN, metavar="L",
                    help=f"tokens per calibration window (default {DEFAULT_CALIB_LEN})")
+    p.add_argument("--calib-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse self-generated calibration text of the same model, windows, length and seed "
+                        "from the cache folder (default on)")
     p.add_argument("--threads", "-t", type=int, default=None, metavar="N", help="torch threads (default: all cores)")
     p.add_argument("--head-type", choices=("q8_0", "f16"), default=None,
                    help="type of token_embd/output (default q8_0; f16 for --method f16)")
@@ -368,11 +380,50 @@ def make_calibration(source: ModelSource, args: argparse.Namespace, quiet: bool)
     if args.calib is not None:
         texts = read_texts(args.calib)
         return windows_from_texts(source.encoder(), texts, n, length, args.seed, Path(args.calib).name)
-    bar = _Progress(n * (length - 1), "calibration text (self-generated)", quiet, unit="tok")
+    cached = _calib_cache_path(source, n, length, args.seed) if args.calib_cache else None
+    if cached is not None and cached.is_file():
+        try:
+            tokens = torch.load(cached, weights_only=True)
+            if tuple(tokens.shape) == (n, length) and int(tokens.max()) < source.config.vocab_size:
+                log(f"calibration text: self-generated earlier, reused from {cached}", quiet)
+                return Calibration(tokens, "self-generated")
+        except Exception:  # an unreadable cache entry is regenerated, never trusted
+            pass
+    segments = CALIB_SEGMENTS if length % CALIB_SEGMENTS == 0 else 1
+    bar = _Progress(n * (length - segments), "calibration text (self-generated)", quiet, unit="tok")
     try:
-        return generate_windows(source, n, length, args.seed, progress=bar.update)
+        calib = generate_windows(source, n, length, args.seed, segments=segments, progress=bar.update)
     finally:
         bar.close()
+    if cached is not None:
+        _save_atomic(calib.tokens, cached)
+    return calib
+
+
+def _calib_cache_path(source: ModelSource, n: int, length: int, seed: int) -> Path | None:
+    """Where self-generated calibration tokens of this model file are kept, so that converting the
+    same model again (another method, another group size) skips the generation. None when the
+    source is not a file or folder on disk."""
+    from .models import cache_dir
+
+    where = getattr(source, "path", None) or getattr(source, "folder", None)
+    if where is None:
+        return None
+    where = Path(where).resolve()
+    files = [where] if where.is_file() else sorted(where.glob("*.safetensors"))
+    ident = [str(where), n, length, seed, CALIB_SEGMENTS] + [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+    digest = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+    return cache_dir() / "calib" / f"{where.stem}-{n}x{length}-s{seed}-{digest}.pt"
+
+
+def _save_atomic(tokens: torch.Tensor, path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(tokens, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs the next conversion the generation
+        pass
 
 
 def log(msg: str, quiet: bool = False) -> None:
@@ -431,7 +482,7 @@ def run(args: argparse.Namespace) -> int:
     log(f"{source.description}: {cfg.arch}, {cfg.n_layer} blocks, hidden {cfg.n_embd}, "
         f"{cfg.n_head}/{cfg.n_head_kv} heads, vocab {cfg.vocab_size}", q)
     calib = None
-    if r.quantized:
+    if r.needs_calibration:
         calib = make_calibration(source, args, q)
         log(f"calibration: {calib.source}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens "
             f"({time.time() - t0:.0f} s)", q)

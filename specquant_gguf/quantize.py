@@ -79,49 +79,52 @@ def compute_device() -> torch.device:
 def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, ...] = CLIP_RATIOS,
          damp: float = 0.01, act_order: bool = False, block: int = 128,
          device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """GPTQ with per-group clipping search. w (rows, C_in) fp32, hess = XᵀX (C_in, C_in) of the inputs
-    the weight meets. Without act-order each group's scale is chosen when GPTQ reaches the group (on
-    the error-compensated weights); with act-order the scales are fixed up front ("static groups")
-    because columns of one group are then visited out of order. Returns (q int8, d fp16)."""
+    """GPTQ with per-group clipping search. w (rows, C_in), hess = XᵀX (C_in, C_in) of the inputs the
+    weight meets (rows sharing one input may be stacked: they share the Hessian). Without act-order
+    each group's scale is chosen when GPTQ reaches the group (on the error-compensated weights);
+    with act-order the scales are fixed up front ("static groups"), because the columns of a group
+    are then visited out of order. The inverse Hessian is factored in float64, the column sweep runs
+    in float32. Returns (q int8, d fp16)."""
     rows, n = w.shape
     if n % group:
         raise ValueError(f"row length {n} is not a multiple of the group size {group}")
     dev = device or compute_device()
-    w = w.to(dev, torch.float64, copy=True)
+    w = w.to(dev, torch.float32, copy=True)
     h = hess.to(dev, torch.float64, copy=True)
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     h += torch.eye(n, dtype=h.dtype, device=dev) * (damp * torch.diag(h).mean())
-    scales = torch.zeros(rows, n // group, dtype=torch.float64, device=dev)
+    scales = torch.zeros(rows, n // group, dtype=torch.float32, device=dev)
     perm = torch.arange(n, device=dev)
     if act_order:
-        scales = group_scales(w.reshape(rows, n // group, group).float(), ratios).double()
+        scales = group_scales(w.reshape(rows, n // group, group), ratios)
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h = w[:, perm], h[perm][:, perm]
     try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
     except torch.linalg.LinAlgError:  # numerically singular even after damping: fall back to RTN
-        return rtn(w[:, torch.argsort(perm)].float().cpu(), group, ratios)
+        return rtn(w[:, torch.argsort(perm)].cpu(), group, ratios)
     block = max(group, (block // group) * group) if not act_order else block
-    q_out = torch.zeros(rows, n, dtype=torch.float64, device=dev)
+    q_out = torch.zeros(rows, n, dtype=torch.float32, device=dev)
+    order = perm.tolist()
+    s = inv = scales[:, 0]
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
         w1 = w[:, i1:i2].clone()
         err1 = torch.zeros_like(w1)
         hinv1 = hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
-            col = i1 + i
-            orig = int(perm[col])
-            if not act_order and orig % group == 0:  # entering a group: pick its scale now
-                # (blocks are whole groups, so the group lies inside this block)
-                scales[:, orig // group] = group_scales(w1[:, i:i + group].float(), ratios).double()
-            s = scales[:, orig // group]
-            safe = torch.where(s > 0, s, torch.ones_like(s))
-            q = torch.clamp(torch.round(w1[:, i] / safe), QMIN, QMAX)
-            q_out[:, col] = q
+            g = order[i1 + i] // group
+            if not act_order and order[i1 + i] % group == 0:  # entering a group: pick its scale now
+                scales[:, g] = group_scales(w1[:, i:i + group], ratios)  # (blocks hold whole groups)
+            if act_order or order[i1 + i] % group == 0:
+                s = scales[:, g]
+                inv = torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
+            q = torch.clamp(torch.round(w1[:, i] * inv), QMIN, QMAX)
+            q_out[:, i1 + i] = q
             e = (w1[:, i] - q * s) / hinv1[i, i]
-            w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
+            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)
             err1[:, i] = e
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     q_final = q_out[:, torch.argsort(perm)] if act_order else q_out

@@ -30,6 +30,12 @@ def tiny_src(tmp_path_factory: pytest.TempPathFactory) -> tuple[MemorySource, Pa
     return src, write_gguf(src, tmp_path_factory.mktemp("src") / "tiny.f32.gguf")
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Self-generated calibration text is cached in the cache folder: keep the tests' out of the user's."""
+    monkeypatch.setenv("SPECQUANT_CACHE", str(tmp_path_factory.getbasetemp() / "specquant-cache"))
+
+
 @pytest.fixture(scope="module")
 def calib_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     p = tmp_path_factory.mktemp("calib") / "calib.jsonl"
@@ -272,3 +278,109 @@ def test_head_logits_helper_matches_manual() -> None:
     x = block_forward(x, src.block(0), cfg)
     out = head_logits(x, src.output_norm(), src.token_embd(), cfg.rms_eps)
     assert torch.allclose(out, float_logits(src, tokens), atol=1e-5)
+
+
+def test_self_generated_calibration_matches_full_forward() -> None:
+    """Incremental decoding with the KV cache gives the logits of a full forward pass."""
+    from specquant_gguf.calibrate import generate_windows
+    from specquant_gguf.forward import KVCache
+
+    cfg = tiny_config(n_layer=2)
+    src = MemorySource(cfg, seed=8)
+    cal = generate_windows(src, n=3, length=12, seed=0)
+    assert cal.tokens.shape == (3, 12) and cal.source == "self-generated"
+    assert int(cal.tokens.min()) >= 0 and int(cal.tokens.max()) < cfg.vocab_size
+    assert torch.equal(cal.tokens, generate_windows(src, n=3, length=12, seed=0).tokens)  # seeded
+    blocks = [src.block(i) for i in range(cfg.n_layer)]
+    caches = [KVCache(3, 12, cfg.n_head_kv, cfg.head_dim, torch.float32) for _ in blocks]
+    emb = src.token_embd()
+    with torch.no_grad():
+        for pos in range(12):
+            x = emb[cal.tokens[:, pos:pos + 1]]
+            for blk, cache in zip(blocks, caches):
+                x = block_forward(x, blk, cfg, pos0=pos, cache=cache)
+            step = head_logits(x, src.output_norm(), emb, cfg.rms_eps)[:, 0]
+            full = float_logits(src, cal.tokens[:, :pos + 1])[:, -1]
+            assert torch.allclose(step, full, atol=1e-4, rtol=1e-4)
+
+
+def test_calibration_text_files(tmp_path: Path) -> None:
+    from specquant_gguf.calibrate import read_texts, windows_from_texts
+    from specquant_gguf.errors import UsageError
+
+    txt = tmp_path / "c.txt"
+    txt.write_text("word " * 500)
+    assert read_texts(txt) == ["word " * 500]
+    jl = tmp_path / "c.jsonl"
+    jl.write_text('{"text": "a b c"}\n\n{"text": "d e"}\n')
+    assert read_texts(jl) == ["a b c", "d e"]
+    for content, needle in (('{"txt": "x"}\n', "no string field"), ("not json\n", "not valid JSON"),
+                            ('{"text": "   "}\n', "no text")):
+        jl.write_text(content)
+        with pytest.raises(UsageError, match=needle):
+            read_texts(jl)
+    enc = lambda s: [ord(c) % 50 for c in s]  # noqa: E731
+    cal = windows_from_texts(enc, ["x" * 1000, "y" * 1000], n=4, length=64, seed=0, name="c.txt")
+    assert cal.tokens.shape == (4, 64) and cal.source == "file:c.txt"
+    short = windows_from_texts(enc, ["abc" * 30], n=5, length=64, seed=0, name="s")  # overlapping windows
+    assert short.tokens.shape == (5, 64)
+    from specquant_gguf.errors import SpecQuantError
+    with pytest.raises(SpecQuantError, match="fewer than one window"):
+        windows_from_texts(enc, ["tiny"], n=1, length=64, seed=0, name="t")
+
+
+def test_self_generated_segments_are_joined_texts() -> None:
+    """A window of 2 segments is two independently generated texts end to end."""
+    from specquant_gguf.calibrate import generate_windows
+
+    src = MemorySource(tiny_config(n_layer=1), seed=3)
+    joined = generate_windows(src, n=2, length=12, seed=5, segments=2)
+    parts = generate_windows(src, n=4, length=6, seed=5)
+    assert torch.equal(joined.tokens, parts.tokens.reshape(2, 12))
+
+
+def test_alpha_search_finds_the_grid_minimum() -> None:
+    """The coarse-to-fine α search returns the α an exhaustive search over the grid picks."""
+    from specquant_gguf.calibrate import block_stats, sample_plan
+    from specquant_gguf.recipe import group_error, method_defaults, search_alpha
+    from specquant_gguf.smooth import group_scales_for
+
+    cfg = tiny_config(n_layer=1)
+    src = MemorySource(cfg, seed=11)
+    tokens = torch.randint(0, cfg.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
+    x = src.token_embd()[tokens]
+    stats, _ = block_stats(x, src.block(0), cfg, sample_plan(4, 32, 64, 0))
+    r = method_defaults("specquant")
+    blk = src.block(0)
+    for group in ("attn", "attn_out", "ffn", "ffn_down"):
+        a, e = search_alpha(group, blk, stats[group], cfg, r)
+        full = {b: group_error(group, blk, stats[group], group_scales_for(group, stats[group].absmax, blk, b, cfg), r)
+                for b in r.alpha_grid}
+        assert e == pytest.approx(full[a], rel=1e-6)
+        assert e <= min(full.values()) * 1.05  # unimodal in practice: within 5% of the grid minimum
+
+
+def test_self_generated_calibration_is_cached(tiny_src, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A second conversion of the same model reuses the generated text (same tokens, same file);
+    --no-calib-cache generates again, and a corrupt cache entry is regenerated, not trusted."""
+    import os
+
+    _, path = tiny_src
+    cache = Path(os.environ["SPECQUANT_CACHE"]) / "calib"
+    a, b, c = tmp_path / "a.gguf", tmp_path / "b.gguf", tmp_path / "c.gguf"
+    assert main(["convert", str(path), "--out", str(a), "--calib-windows", "2", "--calib-len", "32", "--alpha", "0.5",
+                 "--no-gptq"]) == 0
+    entries = list(cache.glob("*.pt"))
+    assert len(entries) == 1
+    capsys.readouterr()
+    assert main(["convert", str(path), "--out", str(b), "--calib-windows", "2", "--calib-len", "32", "--alpha", "0.5",
+                 "--no-gptq"]) == 0
+    assert "reused" in capsys.readouterr().err
+    assert a.read_bytes() == b.read_bytes()
+    entries[0].write_bytes(b"garbage")
+    assert main(["convert", str(path), "--out", str(c), "--calib-windows", "2", "--calib-len", "32", "--alpha", "0.5",
+                 "--no-gptq", "--no-calib-cache"]) == 0
+    assert a.read_bytes() == c.read_bytes()
+    assert main(["convert", str(path), "--out", str(c), "--calib-windows", "2", "--calib-len", "32", "--alpha", "0.5",
+                 "--no-gptq"]) == 0
+    assert a.read_bytes() == c.read_bytes() and entries[0].read_bytes() != b"garbage"

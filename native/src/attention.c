@@ -13,7 +13,9 @@
 #include <math.h>
 #include <string.h>
 
-#define QBLOCK 32
+#include "dotf.h"
+
+#define QBLOCK 64 /* queries per task: each task loads (and transposes) its KV head once */
 #define MAXQ 4 /* query heads that share one pass over K/V in the AVX2 kernel */
 
 static size_t round32(int n) { return ((size_t)n + 31) / 32 * 32; }
@@ -31,16 +33,6 @@ typedef struct {
 
 /* ---- portable kernel ------------------------------------------------------------------------- */
 
-static float dotf(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int u = 0; u < 8; u++) acc[u] += a[i + u] * b[i + u];
-    float r = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) r += a[i] * b[i];
-    return r;
-}
-
 /* softmax of scores[0, n) in place; returns 1 / Σ exp */
 static float softmax_unnormalized(float *scores, int n) {
     float mx = -INFINITY;
@@ -56,7 +48,7 @@ static float softmax_unnormalized(float *scores, int n) {
 /* One query row against positions [0, n_pos); K and V row-major. */
 static void attend_generic(const float *q, const float *K, const float *V, int n_pos, int hd, float scale,
                            float *scores, float *out) {
-    for (int p = 0; p < n_pos; p++) scores[p] = dotf(q, K + (size_t)p * hd, hd) * scale;
+    for (int p = 0; p < n_pos; p++) scores[p] = sq_dotf(q, K + (size_t)p * hd, hd) * scale;
     float inv = softmax_unnormalized(scores, n_pos);
     memset(out, 0, (size_t)hd * sizeof *out);
     for (int p = 0; p < n_pos; p++) {
@@ -161,9 +153,39 @@ __attribute__((target("avx2,fma"))) static float softmax_avx2(float *s, int n) {
     return 1.0f / (((s8[0] + s8[4]) + (s8[1] + s8[5])) + ((s8[2] + s8[6]) + (s8[3] + s8[7])));
 }
 
+/* Three queries in one pass, 16 output dims at a time (6 accumulators): a GQA group of 3 heads
+ * (SmolLM2, many Llama sizes) would otherwise leave its third head alone in a pass whose 4
+ * accumulator chains cannot hide the FMA latency. Per output element the sum runs over p in the
+ * same order as pv_avx2's, so the results are the same bits. */
+__attribute__((target("avx2,fma"))) static void pv3_avx2(float *const *s, const float *inv, const float *V, int n_pos,
+                                                         int hd, float *const *out) {
+    for (int c = 0; c < hd; c += 16) {
+        __m256 acc[3][2];
+        for (int i = 0; i < 3; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int p = 0; p < n_pos; p++) {
+            const float *v = V + (size_t)p * hd + c;
+            const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8);
+            for (int i = 0; i < 3; i++) {
+                const __m256 w = _mm256_set1_ps(s[i][p]);
+                acc[i][0] = _mm256_fmadd_ps(w, v0, acc[i][0]);
+                acc[i][1] = _mm256_fmadd_ps(w, v1, acc[i][1]);
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            const __m256 sc = _mm256_set1_ps(inv[i]);
+            _mm256_storeu_ps(out[i] + c, _mm256_mul_ps(acc[i][0], sc));
+            _mm256_storeu_ps(out[i] + c + 8, _mm256_mul_ps(acc[i][1], sc));
+        }
+    }
+}
+
 /* out_i = Σ_p s_i[p]·V[p] · inv_i for nq (≤ 2 per pass) queries, 32 output dims at a time. */
 __attribute__((target("avx2,fma"))) static void pv_avx2(float *const *s, const float *inv, int nq, const float *V,
                                                         int n_pos, int hd, float *const *out) {
+    if (nq == 3 && hd % 16 == 0) {
+        pv3_avx2(s, inv, V, n_pos, hd, out);
+        return;
+    }
     for (int q0 = 0; q0 < nq; q0 += 2) {
         const int nqq = nq - q0 < 2 ? nq - q0 : 2;
         for (int c = 0; c < hd; c += 32) {

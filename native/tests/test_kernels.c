@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "test_util.h"
+
 /* The AVX-512 VNNI kernels are the x86 template with dpbusd. CPUs without AVX-512 cannot run them,
  * so the template is compiled here once more for AVX2 with dpbusd emulated by maddubs + madd (exact
  * for the value ranges the kernels use): the VNNI variant's logic is tested on every AVX2 machine,
@@ -41,44 +43,6 @@
 #pragma GCC pop_options
 #endif
 #endif
-
-static int g_failures;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            if (g_failures < 30) {                                           \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);         \
-                fprintf(stderr, __VA_ARGS__);                                \
-                fputc('\n', stderr);                                         \
-            }                                                                \
-            g_failures++;                                                    \
-        }                                                                    \
-    } while (0)
-
-/* ---- deterministic random numbers ----------------------------------------------------------- */
-static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
-static uint32_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (uint32_t)(g_rng >> 16);
-}
-static int rnd_int(int lo, int hi) { return lo + (int)(rnd() % (uint32_t)(hi - lo + 1)); } /* [lo, hi] */
-static float rnd_unit(void) { return (float)(rnd() & 0xFFFFFF) / 16777216.0f; }            /* [0, 1) */
-static float rnd_normal(void) {
-    float s = 0;
-    for (int i = 0; i < 4; i++) s += rnd_unit();
-    return (s - 2.0f) * 1.7f;
-}
-
-static void *xmalloc(size_t n) {
-    void *p = calloc(n ? n : 1, 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
 
 /* the SIMD tables this CPU and build have (scalar excluded) */
 static const sq_kernel_table *g_simd[5];
@@ -563,10 +527,5 @@ int main(void) {
     test_quantize_act();
     test_sq4(iters);
     test_q8(iters / 3 + 1);
-    if (g_failures) {
-        fprintf(stderr, "%d check(s) failed\n", g_failures);
-        return 1;
-    }
-    printf("test_kernels: all checks passed\n");
-    return 0;
+    return test_finish("test_kernels");
 }

@@ -7,6 +7,7 @@
  * Parity with reference.py is tests/test_parity.py (Python).
  */
 #define _GNU_SOURCE /* memmem */
+#define TEST_REPORT_LAST_ERROR /* test_util.h: FAIL lines on stdout with sq_last_error() */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,16 +18,7 @@
 #include "specquant.h"
 #include "tiny_model.h"
 
-static int g_fail = 0;
-#define CHECK(cond, ...)                                          \
-    do {                                                          \
-        if (!(cond)) {                                            \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);           \
-            printf(__VA_ARGS__);                                  \
-            printf("  [%s]\n", sq_last_error());                  \
-            g_fail++;                                             \
-        }                                                         \
-    } while (0)
+#include "test_util.h"
 
 static const int32_t k_toks[] = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43, 38, 32, 79, 50, 28, 8, 41};
 #define NTOK ((int)(sizeof k_toks / sizeof k_toks[0]))
@@ -316,10 +308,5 @@ int main(void) {
     test_spectral_tau();
     test_param_errors();
     test_model_errors();
-    if (g_fail) {
-        printf("test_model: %d failure(s)\n", g_fail);
-        return 1;
-    }
-    printf("test_model: all passed\n");
-    return 0;
+    return test_finish("test_model");
 }

@@ -10,19 +10,7 @@
 #include <string.h>
 
 #include "specquant.h"
-
-static int g_failures;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            if (g_failures < 30) {                                           \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);         \
-                fprintf(stderr, __VA_ARGS__);                                \
-                fputc('\n', stderr);                                         \
-            }                                                                \
-            g_failures++;                                                    \
-        }                                                                    \
-    } while (0)
+#include "test_util.h"
 
 static sq_sampler_params plain(float temp) { /* no truncation, no penalty */
     sq_sampler_params p = sq_sampler_default_params();
@@ -221,10 +209,5 @@ int main(void) {
     test_distribution();
     test_top_k_large();
     test_penalty();
-    if (g_failures) {
-        fprintf(stderr, "test_sampler: %d failure(s)\n", g_failures);
-        return 1;
-    }
-    printf("test_sampler: ok\n");
-    return 0;
+    return test_finish("test_sampler");
 }

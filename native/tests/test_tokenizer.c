@@ -19,26 +19,8 @@
 #include "tokenizer.h"
 #include "unicode.h"
 
-static int g_failures;
-#define CHECK(cond, ...)                                                     \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            if (g_failures < 30) {                                           \
-                fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);         \
-                fprintf(stderr, __VA_ARGS__);                                \
-                fputc('\n', stderr);                                         \
-            }                                                                \
-            g_failures++;                                                    \
-        }                                                                    \
-    } while (0)
-
-static uint64_t g_rng = 0x2545F4914F6CDD1Dull;
-static uint32_t rnd(void) {
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (uint32_t)(g_rng >> 16);
-}
+#define TEST_RNG_SEED 0x2545F4914F6CDD1Dull /* this test's own stream (its fuzz cases) */
+#include "test_util.h"
 
 /* ---- unicode -------------------------------------------------------------------------------- */
 
@@ -387,10 +369,5 @@ int main(void) {
     test_bpe();
     test_spm();
     test_errors();
-    if (g_failures) {
-        fprintf(stderr, "test_tokenizer: %d failure(s)\n", g_failures);
-        return 1;
-    }
-    printf("test_tokenizer: ok\n");
-    return 0;
+    return test_finish("test_tokenizer");
 }

@@ -17,6 +17,7 @@
 
 #include "gguf.h"
 #include "kernels.h"
+#include "test_util.h"
 
 /* ---- a growable byte buffer with GGUF primitives -------------------------------------------- */
 
@@ -56,12 +57,7 @@ static void kv_str(tbuf *b, const char *k, const char *v) { tb_str(b, k); tb_u32
 /* ---- deterministic random numbers ------------------------------------------------------------ */
 
 static uint64_t tm_rng = 0x9E3779B97F4A7C15ull;
-static uint32_t tm_rand(void) {
-    tm_rng ^= tm_rng << 13;
-    tm_rng ^= tm_rng >> 7;
-    tm_rng ^= tm_rng << 17;
-    return (uint32_t)(tm_rng >> 11);
-}
+static uint32_t tm_rand(void) { return (uint32_t)(xorshift64(&tm_rng) >> 11); } /* a stream of its own */
 static float tm_uniform(void) { return (float)(tm_rand() & 0xFFFFFF) / 16777216.0f * 2.0f - 1.0f; } /* [-1, 1) */
 
 /* ---- model description ----------------------------------------------------------------------- */

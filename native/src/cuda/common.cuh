@@ -123,6 +123,48 @@ struct sq_cu_gemm_args {
     const float *bias;
     int32_t *acc; /* group sums instead of y (tests), or NULL */
 };
+/* What both GEMM kernels (gemv.cu, mma.cu) read, taken from a launch's arguments. */
+struct sq_cu_gemm_params {
+    const uint8_t *wq;
+    const float *dw;
+    const int32_t *ws; /* NULL for Q8_0 */
+    int rows, rows_pad, K, G, ng, nch;
+    const uint8_t *aq;
+    int a_row_bytes;
+    const float *ad;
+    const int32_t *az; /* NULL for Q8_0 */
+    int tok_cap, n_tok;
+    float *y;
+    int ldy;
+    const float *bias;
+    int32_t *acc;
+};
+static inline sq_cu_gemm_params sq_cu_gemm_params_of(const sq_cu_gemm_args *g) {
+    const sq_cuda_mat *w = g->w;
+    const sq_cuda_act *a = g->a;
+    const bool sq4 = w->type == SQ_CU_W_SQ4;
+    sq_cu_gemm_params p;
+    p.wq = w->q;
+    p.dw = w->dw;
+    p.ws = sq4 ? w->ws : NULL;
+    p.rows = w->rows;
+    p.rows_pad = w->rows_pad;
+    p.K = w->K;
+    p.G = w->G;
+    p.ng = w->ng;
+    p.nch = sq4 ? w->Kp / 64 : w->Kp / 32;
+    p.aq = a->q;
+    p.a_row_bytes = a->row_bytes;
+    p.ad = a->d;
+    p.az = sq4 ? a->z : NULL;
+    p.tok_cap = a->tok_cap;
+    p.n_tok = a->n_tok;
+    p.y = g->y;
+    p.ldy = g->ldy;
+    p.bias = g->bias;
+    p.acc = g->acc;
+    return p;
+}
 sq_status sq_cu_launch_mma(sq_cuda *c, const sq_cu_gemm_args *g);
 sq_status sq_cu_launch_gemv(sq_cuda *c, const sq_cu_gemm_args *g);
 sq_status sq_cu_prepare_kernels(sq_cuda *c); /* raises shared-memory limits once per context */

@@ -16,23 +16,23 @@
  */
 #include "common.cuh"
 
-struct gemv_params {
-    const uint8_t *wq;
-    const float *dw;
-    const int32_t *ws;
-    int rows, rows_pad, K, G, ng, nch;
-    const uint8_t *aq;
-    int a_row_bytes;
-    const float *ad;
-    const int32_t *az;
-    int tok_cap, n_tok;
-    float *y;
-    int ldy;
-    const float *bias;
-    int32_t *acc;
-};
+typedef sq_cu_gemm_params gemv_params;
 
 #define FULL 0xffffffffu
+
+/* Integer dot product of 32 SQ4 values: wh, the weights' four words of one half of a chunk (s4
+ * nibbles, unpacked to s8 here), × 32 u8 activations at ap. */
+__device__ __forceinline__ int dot_s4u8_32(const uint32_t (&wh)[4], const uint8_t *ap) {
+    const uint4 x0 = sq_cu_ldg16(ap), x1 = sq_cu_ldg16(ap + 16);
+    const uint32_t xa[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
+    int sum = 0;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        sum = sq_cu_dp4a<false>(sq_cu_s4lo(wh[j]), xa[2 * j], sum);
+        sum = sq_cu_dp4a<false>(sq_cu_s4hi(wh[j]), xa[2 * j + 1], sum);
+    }
+    return sum;
+}
 
 template <int NT>
 __global__ __launch_bounds__(128) void k_gemv_sq4(const gemv_params p) {
@@ -60,17 +60,7 @@ __global__ __launch_bounds__(128) void k_gemv_sq4(const gemv_params p) {
             for (int t = 0; t < NT; t++) {
                 const uint8_t *ap = p.aq + (size_t)t * p.a_row_bytes + (size_t)c * 64;
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const uint4 x0 = sq_cu_ldg16(ap + h * 32), x1 = sq_cu_ldg16(ap + h * 32 + 16);
-                    const uint32_t xa[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-                    int sum = 0;
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        sum = sq_cu_dp4a<false>(sq_cu_s4lo(wh[h][j]), xa[2 * j], sum);
-                        sum = sq_cu_dp4a<false>(sq_cu_s4hi(wh[h][j]), xa[2 * j + 1], sum);
-                    }
-                    s[t][h] = sum;
-                }
+                for (int h = 0; h < 2; h++) s[t][h] = dot_s4u8_32(wh[h], ap + h * 32);
             }
         }
 #pragma unroll
@@ -156,17 +146,7 @@ __global__ __launch_bounds__(128) void k_gemv_local(const gemv_params p) {
                     const uint32_t wh[2][4] = {{w[u][0].x, w[u][0].z, w[u][1].x, w[u][1].z},
                                                {w[u][0].y, w[u][0].w, w[u][1].y, w[u][1].w}};
 #pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const uint4 x0 = sq_cu_ldg16(ap + h * 32), x1 = sq_cu_ldg16(ap + h * 32 + 16);
-                        const uint32_t xa[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-                        int sum = 0;
-#pragma unroll
-                        for (int j = 0; j < 4; j++) {
-                            sum = sq_cu_dp4a<false>(sq_cu_s4lo(wh[h][j]), xa[2 * j], sum);
-                            sum = sq_cu_dp4a<false>(sq_cu_s4hi(wh[h][j]), xa[2 * j + 1], sum);
-                        }
-                        acc[(2 * u + h) / HPG] += sum;
-                    }
+                    for (int h = 0; h < 2; h++) acc[(2 * u + h) / HPG] += dot_s4u8_32(wh[h], ap + h * 32);
                 }
             }
             /* this lane's groups: float terms (and exact sums for the tests) */
@@ -239,29 +219,9 @@ static void launch(sq_cuda *c, const gemv_params &p, int q8) {
 }
 
 sq_status sq_cu_launch_gemv(sq_cuda *c, const sq_cu_gemm_args *g) {
-    const sq_cuda_mat *w = g->w;
     const sq_cuda_act *a = g->a;
-    const int q8 = w->type == SQ_CU_W_Q8;
-    gemv_params p;
-    p.wq = w->q;
-    p.dw = w->dw;
-    p.ws = w->ws;
-    p.rows = w->rows;
-    p.rows_pad = w->rows_pad;
-    p.K = w->K;
-    p.G = w->G;
-    p.ng = w->ng;
-    p.nch = q8 ? w->Kp / 32 : w->Kp / 64;
-    p.aq = a->q;
-    p.a_row_bytes = a->row_bytes;
-    p.ad = a->d;
-    p.az = a->z;
-    p.tok_cap = a->tok_cap;
-    p.n_tok = a->n_tok;
-    p.y = g->y;
-    p.ldy = g->ldy;
-    p.bias = g->bias;
-    p.acc = g->acc;
+    const int q8 = g->w->type == SQ_CU_W_Q8;
+    const gemv_params p = sq_cu_gemm_params_of(g);
     if (a->n_tok <= 1) launch<1>(c, p, q8);
     else if (a->n_tok <= 2) launch<2>(c, p, q8);
     else if (a->n_tok <= 4) launch<4>(c, p, q8);

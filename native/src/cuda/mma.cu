@@ -20,21 +20,8 @@
 
 #define MAGIC_BITS 0x4B400000 /* bits of 1.5 * 2^23 */
 
-struct mma_params {
-    const uint8_t *wq;
-    const float *dw;
-    const int32_t *ws; /* NULL for Q8_0 */
-    int rows, rows_pad, K, G, ng, nch;
-    const uint8_t *aq;
-    int a_row_bytes;
-    const float *ad;
-    const int32_t *az; /* NULL for Q8_0 */
-    int tok_cap, n_tok;
-    float *y;
-    int ldy;
-    const float *bias;
-    int32_t *acc;
-    int magic;
+struct mma_params : sq_cu_gemm_params {
+    int magic; /* accumulators start with MAGIC_BITS (|acc_g| < 2^22) */
 };
 
 template <int WF, int AF>
@@ -132,6 +119,24 @@ __device__ __forceinline__ void group_end(const mma_params &p, int u, int hpg, i
             }
 }
 
+/* Half u (32 values) of the s8 paths (the int8 path and Q8_0): the activations' fragments, then
+ * 2 × 4 m16n8k32 tiles into the group's accumulators. a: this thread's weight fragments per mt;
+ * Bk: its first activation fragment of the half in the stage (tiles nt lie 8 tokens apart). */
+template <bool BSIGNED>
+__device__ __forceinline__ void half_k32_s8(const mma_params &p, const uint32_t (&a)[2][4], const uint8_t *Bk, int u,
+                                            int hpg, int rowb, int tokb, int (&acc)[2][4][4], float (&yv)[2][4][4]) {
+    uint2 B[4];
+#pragma unroll
+    for (int nt = 0; nt < 4; nt++) B[nt] = sq_cu_ld8(Bk + nt * 8 * 160);
+    group_start(p, u, hpg, rowb, tokb, acc);
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+            sq_cu_mma_k32_s8<BSIGNED>(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3], B[nt].x, B[nt].y);
+    group_end(p, u, hpg, rowb, tokb, acc, yv);
+}
+
 template <int WF, int AF, bool K64>
 __global__ __launch_bounds__(256) void k_mma(const mma_params p) {
     using C = mma_cfg<WF, AF>;
@@ -223,18 +228,8 @@ __global__ __launch_bounds__(256) void k_mma(const mma_params p) {
                                 a[mt][2] = sq_cu_s4hi(w0);
                                 a[mt][3] = sq_cu_s4hi(w1);
                             }
-                            uint2 B[4];
-#pragma unroll
-                            for (int nt = 0; nt < 4; nt++)
-                                B[nt] = sq_cu_ld8(Bs + (wn * 32 + nt * 8 + gid) * 160 + kc * 32 + t4 * 8);
-                            group_start(p, u, hpg, rowb, tokb, acc);
-#pragma unroll
-                            for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                                for (int nt = 0; nt < 4; nt++)
-                                    sq_cu_mma_k32_s8<false>(acc[mt][nt], a[mt][0], a[mt][1], a[mt][2], a[mt][3],
-                                                            B[nt].x, B[nt].y);
-                            group_end(p, u, hpg, rowb, tokb, acc, yv);
+                            half_k32_s8<false>(p, a, Bs + (wn * 32 + gid) * 160 + kc * 32 + t4 * 8, u, hpg, rowb, tokb,
+                                               acc, yv);
                         }
                     }
                 } else { /* Q8_0: s8 weights × s8 activations, one group per 32 values */
@@ -242,24 +237,19 @@ __global__ __launch_bounds__(256) void k_mma(const mma_params p) {
                     for (int h = 0; h < 2; h++) {
                         const int u = u0 + h, kc = 2 * ks + h;
                         if (u >= nh) break;
-                        uint2 A[2][2], B[4];
+                        uint32_t a[2][4]; /* rows gid, gid+8 of bytes 0-3, then of bytes 4-7 */
 #pragma unroll
                         for (int mt = 0; mt < 2; mt++) {
                             const int r = wm * 32 + mt * 16 + gid;
-                            A[mt][0] = sq_cu_ld8(As + r * 160 + kc * 32 + t4 * 8);
-                            A[mt][1] = sq_cu_ld8(As + (r + 8) * 160 + kc * 32 + t4 * 8);
+                            const uint2 w0 = sq_cu_ld8(As + r * 160 + kc * 32 + t4 * 8),
+                                        w1 = sq_cu_ld8(As + (r + 8) * 160 + kc * 32 + t4 * 8);
+                            a[mt][0] = w0.x;
+                            a[mt][1] = w1.x;
+                            a[mt][2] = w0.y;
+                            a[mt][3] = w1.y;
                         }
-#pragma unroll
-                        for (int nt = 0; nt < 4; nt++)
-                            B[nt] = sq_cu_ld8(Bs + (wn * 32 + nt * 8 + gid) * 160 + kc * 32 + t4 * 8);
-                        group_start(p, u, hpg, rowb, tokb, acc);
-#pragma unroll
-                        for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                            for (int nt = 0; nt < 4; nt++)
-                                sq_cu_mma_k32_s8<true>(acc[mt][nt], A[mt][0].x, A[mt][1].x, A[mt][0].y, A[mt][1].y,
-                                                       B[nt].x, B[nt].y);
-                        group_end(p, u, hpg, rowb, tokb, acc, yv);
+                        half_k32_s8<true>(p, a, Bs + (wn * 32 + gid) * 160 + kc * 32 + t4 * 8, u, hpg, rowb, tokb,
+                                          acc, yv);
                     }
                 }
             }
@@ -279,63 +269,41 @@ __global__ __launch_bounds__(256) void k_mma(const mma_params p) {
             }
 }
 
+/* A variant's launch: 256 threads, its two stages of dynamic shared memory. */
+template <int WF, int AF, bool K64>
+static void launch_variant(sq_cuda *c, dim3 grid, const mma_params &p) {
+    auto k = k_mma<WF, AF, K64>;
+    const int smem = mma_cfg<WF, AF>::SMEM; /* a name: a template-id's comma would split the macro's arguments */
+    SQ_LAUNCH(k, grid, 256, smem, c->stream, p);
+}
+
+/* Lets a variant have its shared memory, which may exceed the default 48 KB. */
+template <int WF, int AF, bool K64>
+static cudaError_t allow_smem() {
+    auto k = k_mma<WF, AF, K64>;
+    return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_cfg<WF, AF>::SMEM);
+}
+
 sq_status sq_cu_prepare_kernels(sq_cuda *c) {
     /* The Q8_0 variant's two stages need 60 KB, above the 48 KB a block gets without asking. */
-    auto k0 = k_mma<0, SQ_CU_A_U4P, true>;
-    auto k1 = k_mma<0, SQ_CU_A_U4P, false>;
-    auto k2 = k_mma<0, SQ_CU_A_U8, false>;
-    auto k3 = k_mma<1, SQ_CU_A_S8, false>;
-    SQ_CU_TRY(cudaFuncSetAttribute(k0, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_cfg<0, SQ_CU_A_U4P>::SMEM));
-    SQ_CU_TRY(cudaFuncSetAttribute(k1, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_cfg<0, SQ_CU_A_U4P>::SMEM));
-    SQ_CU_TRY(cudaFuncSetAttribute(k2, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_cfg<0, SQ_CU_A_U8>::SMEM));
-    SQ_CU_TRY(cudaFuncSetAttribute(k3, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_cfg<1, SQ_CU_A_S8>::SMEM));
+    SQ_CU_TRY((allow_smem<0, SQ_CU_A_U4P, true>()));
+    SQ_CU_TRY((allow_smem<0, SQ_CU_A_U4P, false>()));
+    SQ_CU_TRY((allow_smem<0, SQ_CU_A_U8, false>()));
+    SQ_CU_TRY((allow_smem<1, SQ_CU_A_S8, false>()));
     return SQ_OK;
 }
 
 sq_status sq_cu_launch_mma(sq_cuda *c, const sq_cu_gemm_args *g) {
     const sq_cuda_mat *w = g->w;
     const sq_cuda_act *a = g->a;
-    mma_params p;
-    p.wq = w->q;
-    p.dw = w->dw;
-    p.ws = w->type == SQ_CU_W_SQ4 ? w->ws : NULL;
-    p.rows = w->rows;
-    p.rows_pad = w->rows_pad;
-    p.K = w->K;
-    p.G = w->G;
-    p.ng = w->ng;
-    p.nch = w->type == SQ_CU_W_SQ4 ? w->Kp / 64 : w->Kp / 32;
-    p.aq = a->q;
-    p.a_row_bytes = a->row_bytes;
-    p.ad = a->d;
-    p.az = w->type == SQ_CU_W_SQ4 ? a->z : NULL;
-    p.tok_cap = a->tok_cap;
-    p.n_tok = a->n_tok;
-    p.y = g->y;
-    p.ldy = g->ldy;
-    p.bias = g->bias;
-    p.acc = g->acc;
     /* |acc_g| <= G · L · 8 (|q_x − z| <= L, |q_w| <= 8); Q8_0: 32 · 127 · 127 */
     const long bound = w->type == SQ_CU_W_SQ4 ? (long)w->G * ((1 << a->bits) - 1) * 8 : 32L * 127 * 127;
-    p.magic = bound < (1L << 22);
+    const mma_params p{sq_cu_gemm_params_of(g), bound < (1L << 22)};
     dim3 grid((unsigned)(w->rows_pad / SQ_CU_BM), (unsigned)sq_cu_div_up(a->n_tok, SQ_CU_BN));
-    if (w->type == SQ_CU_W_Q8) {
-        auto k = k_mma<1, SQ_CU_A_S8, false>;
-        const int smem = mma_cfg<1, SQ_CU_A_S8>::SMEM;
-        SQ_LAUNCH(k, grid, 256, smem, c->stream, p);
-    } else if (a->fmt == SQ_CU_A_U8) {
-        auto k = k_mma<0, SQ_CU_A_U8, false>;
-        const int smem = mma_cfg<0, SQ_CU_A_U8>::SMEM;
-        SQ_LAUNCH(k, grid, 256, smem, c->stream, p);
-    } else if (w->G % 64 == 0) {
-        auto k = k_mma<0, SQ_CU_A_U4P, true>;
-        const int smem = mma_cfg<0, SQ_CU_A_U4P>::SMEM;
-        SQ_LAUNCH(k, grid, 256, smem, c->stream, p);
-    } else {
-        auto k = k_mma<0, SQ_CU_A_U4P, false>;
-        const int smem = mma_cfg<0, SQ_CU_A_U4P>::SMEM;
-        SQ_LAUNCH(k, grid, 256, smem, c->stream, p);
-    }
+    if (w->type == SQ_CU_W_Q8) launch_variant<1, SQ_CU_A_S8, false>(c, grid, p);
+    else if (a->fmt == SQ_CU_A_U8) launch_variant<0, SQ_CU_A_U8, false>(c, grid, p);
+    else if (w->G % 64 == 0) launch_variant<0, SQ_CU_A_U4P, true>(c, grid, p);
+    else launch_variant<0, SQ_CU_A_U4P, false>(c, grid, p);
     SQ_CU_LAUNCHED();
     return SQ_OK;
 }
