@@ -181,17 +181,20 @@ class Model:
 
     n_ctx: context of this instance (None = min(2048, the model's context length)); n_threads: None
     or 0 = every online core; kv_type: "f16" | "q8" | "q4"; spectral_tau: energy fraction of the
-    spectral branch kept at load (1.0 = all); backend: "cpu" | "auto" | "cuda".
+    spectral branch kept at load (1.0 = all); backend: "auto" (the GPU when the library has the CUDA
+    backend, a device is there and the model can run on it, else the CPU) | "cpu" | "cuda" (an error,
+    BackendError with the reason, when the GPU cannot be used). `backend` then reports where the model
+    actually runs ("cpu" or "cuda"), `requested_backend` what was asked for.
     Not thread-safe for concurrent evals on one instance (a lock serialises them).
     """
 
     def __init__(self, path: str | os.PathLike[str], n_ctx: int | None = None, n_threads: int | None = None,
-                 kv_type: str = "f16", spectral_tau: float = 1.0, backend: str = "cpu") -> None:
+                 kv_type: str = "f16", spectral_tau: float = 1.0, backend: str = "auto") -> None:
         self._m = None
         self._lock = threading.Lock()
         if kv_type not in _KV_TYPES:
             raise ArgumentError(f"kv_type must be one of {', '.join(_KV_TYPES)}, got {kv_type!r}")
-        if backend not in _BACKENDS:
+        if not isinstance(backend, str) or backend not in _BACKENDS:
             raise ArgumentError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
         p = _lib.sq_model_default_params()
         if n_ctx is not None and self._int_arg("n_ctx", n_ctx) <= 0:
@@ -207,7 +210,7 @@ class Model:
         if m == _ffi.NULL:
             _raise()
         self._m = m
-        self.kv_type, self.spectral_tau, self.backend = kv_type, float(spectral_tau), backend
+        self.kv_type, self.spectral_tau, self.requested_backend = kv_type, float(spectral_tau), backend
 
     @staticmethod
     def _int_arg(name: str, v: Any) -> int:
@@ -240,7 +243,8 @@ class Model:
         return self._m
 
     def __repr__(self) -> str:
-        state = "closed" if self._m is None else f"n_ctx={self.n_ctx}, n_past={self.n_past}, isa={self.isa}"
+        state = "closed" if self._m is None else (f"n_ctx={self.n_ctx}, n_past={self.n_past}, isa={self.isa}, "
+                                                  f"backend={self.backend}")
         return f"Model({self.path!r}, {state})"
 
     # -- properties -------------------------------------------------------------------------------
@@ -264,6 +268,12 @@ class Model:
     def isa(self) -> str:
         """The kernel set this model runs (SQ_ISA at load time, else the CPU's best)."""
         return _ffi.string(_lib.sq_model_isa(self._handle())).decode()
+
+    @property
+    def backend(self) -> str:
+        """Where this model runs: "cpu" or "cuda" (what backend="auto" chose)."""
+        fn = getattr(_lib, "sq_model_backend", None)  # a library older than the header: CPU only
+        return "cpu" if fn is None else _ffi.string(fn(self._handle())).decode()
 
     def metadata(self, key: str) -> str | None:
         """A metadata value as text (numbers printed, arrays as [a, b, ...]); None when absent."""

@@ -53,7 +53,9 @@ typedef struct {
     int32_t n_threads;     /* 0 = number of online cores */
     int32_t kv_type;       /* sq_kv_type */
     float spectral_tau;    /* 1.0 = all stored coefficients; (0,1] = energy threshold */
-    int32_t backend;       /* sq_backend */
+    int32_t backend;       /* sq_backend: cuda fails (SQ_ERR_BACKEND) without a usable GPU; auto takes
+                              the GPU when the build has CUDA, a device is there, every linear
+                              weight is SQ4/Q8_0 and kv_type is f16 — else the CPU */
 } sq_model_params;
 
 SQ_API sq_model_params sq_model_default_params(void);
@@ -68,6 +70,8 @@ SQ_API int32_t sq_model_n_ctx_train(const sq_model *m); /* the model's own conte
 SQ_API int32_t sq_model_n_past(const sq_model *m);      /* tokens in the KV cache */
 /* The kernel set this model runs ("scalar", "avx2", ...): SQ_ISA when it was loaded, else CPUID. */
 SQ_API const char *sq_model_isa(const sq_model *m);
+/* Where this model runs: "cpu" or "cuda" (what backend auto chose; see sq_model_params.backend). */
+SQ_API const char *sq_model_backend(const sq_model *m);
 /* Metadata value as text (strings as is, numbers printed); NULL when absent. */
 SQ_API const char *sq_model_meta(const sq_model *m, const char *key);
 

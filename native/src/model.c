@@ -16,6 +16,7 @@
 #include "error.h"
 #include "half.h"
 #include "kernels.h"
+#include "model_cuda.h"
 #include "norm.h"
 #include "tokenizer.h"
 
@@ -41,10 +42,12 @@ static sq_status check_params(const sq_model_params *p) {
         return sq_set_error(SQ_ERR_ARG, "kv_type must be 0 (f16), 1 (q8), 2 (q4) or 3 (f32), got %d", p->kv_type);
     if (!(p->spectral_tau > 0.0f && p->spectral_tau <= 1.0f))
         return sq_set_error(SQ_ERR_ARG, "spectral_tau must be in (0, 1], got %g", (double)p->spectral_tau);
-    if (p->backend == SQ_BACKEND_CUDA)
-        return sq_set_error(SQ_ERR_BACKEND, "the CUDA backend is not available in this build (use backend cpu or auto)");
-    if (p->backend != SQ_BACKEND_CPU && p->backend != SQ_BACKEND_AUTO)
+    if (p->backend != SQ_BACKEND_CPU && p->backend != SQ_BACKEND_CUDA && p->backend != SQ_BACKEND_AUTO)
         return sq_set_error(SQ_ERR_ARG, "backend must be 0 (cpu), 1 (cuda) or 2 (auto), got %d", p->backend);
+#ifndef SQ_HAVE_CUDA
+    if (p->backend == SQ_BACKEND_CUDA)
+        return sq_set_error(SQ_ERR_BACKEND, "this build has no CUDA backend (rebuild with -DSPECQUANT_CUDA=ON)");
+#endif
     return SQ_OK;
 }
 
@@ -411,7 +414,8 @@ static sq_status load_model(sq_model *m, const sq_model_params *p) {
     if (!st) st = build_bases(m);
     if (!st) st = load_rope(m);
     if (!st) st = setup_exec(m, p->n_threads);
-    if (!st) st = sq_kv_init(&m->kv, m->kv_type, m->hp.n_layer, m->hp.n_kv_head, m->hp.head_dim, m->n_ctx);
+    if (!st) st = sq_model_backend_select(m, p->backend); /* model_cuda.h; the GPU has its own KV cache */
+    if (!st && !m->gpu) st = sq_kv_init(&m->kv, m->kv_type, m->hp.n_layer, m->hp.n_kv_head, m->hp.head_dim, m->n_ctx);
     if (!st) st = alloc_buffers(m);
     if (!st) st = load_vocab(m);
     return st;
@@ -454,6 +458,7 @@ sq_model *sq_model_load_buffer(const void *data, size_t size, const sq_model_par
 
 SQ_API void sq_model_free(sq_model *m) {
     if (!m) return;
+    sq_model_cuda_free(m);
     if (m->exec.pool) sq_pool_free(m->exec.pool);
     if (m->vocab) sq_vocab_free(m->vocab);
     if (m->layers)
@@ -489,6 +494,9 @@ SQ_API int32_t sq_model_n_ctx(const sq_model *m) { return m ? m->n_ctx : 0; }
 SQ_API int32_t sq_model_n_ctx_train(const sq_model *m) { return m ? m->hp.n_ctx_train : 0; }
 SQ_API int32_t sq_model_n_past(const sq_model *m) { return m ? m->n_past : 0; }
 SQ_API const char *sq_model_isa(const sq_model *m) { return m && m->exec.kt ? m->exec.kt->name : ""; }
+SQ_API const char *sq_model_backend(const sq_model *m) {
+    return !m ? "" : m->backend == SQ_BACKEND_CUDA ? "cuda" : "cpu";
+}
 
 SQ_API const char *sq_model_meta(const sq_model *m, const char *key) {
     if (!m || !key) return NULL;
@@ -629,7 +637,11 @@ SQ_API sq_status sq_model_eval(sq_model *m, const int32_t *tokens, int32_t n, fl
             out = logits;
             first = nb - 1;
         }
-        forward_chunk(m, tokens + start, nb, m->n_past, out, first);
+        if (m->gpu) {
+            sq_status st = sq_model_cuda_forward(m, tokens + start, nb, m->n_past, out, first);
+            if (st) return st;
+        } else
+            forward_chunk(m, tokens + start, nb, m->n_past, out, first);
         m->n_past += nb;
     }
     return SQ_OK;

@@ -63,6 +63,9 @@ struct sq_model {
     size_t attn_scratch_floats;
     sq_lin_input in;
 
+    int backend;              /* SQ_BACKEND_CPU or SQ_BACKEND_CUDA: where this model runs */
+    struct sq_model_gpu *gpu; /* CUDA state (model_cuda.c), NULL on the CPU */
+
     sq_vocab *vocab;          /* NULL when the file has no tokenizer.ggml.model */
     char **meta_text;         /* sq_model_meta results, one per key, made on first request */
     pthread_mutex_t meta_mu;

@@ -72,7 +72,9 @@ static void usage(FILE *f) {
             "  --seed N                random seed (-1 = random) [-1]\n"
             "  --kv-type f16|q8|q4     KV cache type [f16]\n"
             "  --spectral-tau X        keep this energy fraction of the spectral branch, (0, 1] [1.0]\n"
-            "  --backend cpu|cuda|auto compute backend [cpu]\n"
+            "  --backend cpu|cuda|auto compute backend: auto = the GPU when the build has CUDA, a device\n"
+            "                          is there and the model runs on it, else the CPU [auto]\n"
+            "  -ngl, --n-gpu-layers N  llama.cpp-style alias: N > 0 = --backend cuda (all layers), 0 = cpu\n"
             "  --chat-template NAME    force a chat format: %s\n"
             "  --raw                   no chat template: complete the prompt as plain text\n"
             "  --no-display-prompt     do not echo the prompt\n"
@@ -166,6 +168,10 @@ static int parse_valued(options *o, const char *a, const char *v) {
         else if (!strcmp(v, "cuda")) o->backend = SQ_BACKEND_CUDA;
         else if (!strcmp(v, "auto")) o->backend = SQ_BACKEND_AUTO;
         else BAD("--backend must be cpu, cuda or auto, got '%s'", v);
+    } else if (is_opt(a, "-ngl", "--n-gpu-layers")) {
+        int n; /* the whole model runs on one backend: any N > 0 means all of it on the GPU */
+        if (!parse_int(v, 0, INT_MAX, &n)) BAD("-ngl must be an integer >= 0, got '%s'", v);
+        o->backend = n > 0 ? SQ_BACKEND_CUDA : SQ_BACKEND_CPU;
     } else return 0;
     return 1;
 #undef BAD
@@ -173,7 +179,7 @@ static int parse_valued(options *o, const char *a, const char *v) {
 
 /* 0: go on; 2: usage error (printed); -1: help printed */
 static int parse_args(int argc, char **argv, options *o) {
-    *o = (options){.n_predict = -1, .kv_type = SQ_KV_F16, .backend = SQ_BACKEND_CPU, .repeat_last_n = 64,
+    *o = (options){.n_predict = -1, .kv_type = SQ_KV_F16, .backend = SQ_BACKEND_AUTO, .repeat_last_n = 64,
                    .temp = 0.8f, .top_p = 0.95f, .min_p = 0.05f, .repeat_penalty = 1.0f, .spectral_tau = 1.0f,
                    .top_k = 40, .seed = SQ_SEED_RANDOM, .display_prompt = 1};
     for (int i = 1; i < argc; i++) {
@@ -550,7 +556,7 @@ static int interactive(session *s) {
 static void print_timings(const session *s, double t_load) {
     double pf = s->t_prefill > 0 ? (double)s->n_prefill / s->t_prefill : 0;
     double dc = s->t_decode > 0 ? (double)s->n_decode / s->t_decode : 0;
-    fprintf(stderr, "\n%s: load    %8.2f ms\n", g_prog, t_load * 1e3);
+    fprintf(stderr, "\n%s: load    %8.2f ms (backend %s)\n", g_prog, t_load * 1e3, sq_model_backend(s->m));
     fprintf(stderr, "%s: prefill %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_prefill * 1e3, s->n_prefill, pf);
     fprintf(stderr, "%s: decode  %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_decode * 1e3, s->n_decode, dc);
 }
