@@ -56,6 +56,7 @@ VARIANTS: dict[str, Recipe | None] = {
     "specquant-searchgptq": replace(SPEC, search_gptq=True),
     "specquant-quantprop": replace(SPEC, propagate="quant"),
     "specquant-a8": replace(SPEC, act_bits=8),
+    "specquant-a16": replace(SPEC, act_bits=16),  # weights alone (16-bit activation grid): the W4A8 bound
     "specquant-a8-g32": replace(SPEC, act_bits=8, group_size=32),
     "specquant-damp.1": replace(SPEC, damp=0.1),
     "sq-wht-a.7-gptq-damp.1": replace(SPEC, alpha=0.7, damp=0.1),

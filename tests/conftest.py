@@ -62,16 +62,18 @@ def smollm2_path() -> Path | None:
     return SMOLLM2_GGUF if SMOLLM2_GGUF.is_file() else None
 
 
+# seconds the session's SmolLM2 conversion took (tests/test_convert_smollm2.py reports it)
+SMOLLM2_CONVERT_SECONDS: dict[str, float] = {}
+
+
 @pytest.fixture(scope="session")
 def smollm2_sq4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SmolLM2-135M-Instruct as a SpecQuant W4A4 file, converted once per session for the chat tests
-    (tests/test_sq_chat.py). A quick recipe -- smoothing with a fixed alpha 0.7, in-group
-    Walsh-Hadamard rotation, int4 weights and activations in groups of 64, no GPTQ / clipping search,
-    4 calibration windows of C4 when ../shared/data has them: a few minutes on 2 cores instead of the
-    default recipe's much longer run (tests/test_convert_smollm2.py covers that one).
-    $SPECQUANT_SMOLLM2_SQ4 names an already converted file instead; without the source GGUF the
-    tests skip."""
+    """SmolLM2-135M-Instruct converted once per session with the converter's DEFAULT recipe and its
+    default (self-generated) calibration: the file a user gets from `convert.py smollm2-135m`. The
+    conversion, parity and chat tests all use it. $SPECQUANT_SMOLLM2_SQ4 names an already converted
+    file instead; without the source GGUF the tests skip."""
     import os
+    import time
 
     env = os.environ.get("SPECQUANT_SMOLLM2_SQ4")
     if env:
@@ -84,9 +86,7 @@ def smollm2_sq4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from specquant_gguf.cli import main
 
     out = tmp_path_factory.mktemp("smollm2_sq4") / "smollm2.sq4.gguf"
-    args = ["convert", str(src), "--out", str(out), "--quiet", "--alpha", "0.7", "--no-gptq", "--no-clip"]
-    c4 = Path(__file__).resolve().parents[2] / "shared" / "data" / "c4" / "c4_calib_1k.jsonl"
-    if c4.is_file():
-        args += ["--calib", str(c4), "--calib-windows", "4"]
-    assert main(args) == 0
+    t0 = time.time()
+    assert main(["convert", str(src), "--out", str(out), "--quiet"]) == 0
+    SMOLLM2_CONVERT_SECONDS["default"] = time.time() - t0
     return out

@@ -208,7 +208,7 @@ def _greedy_native_from(m: Model, ids: list[int], steps: int) -> list[int]:
 
 @pytest.mark.slow
 def test_smollm2_sq4_matches_reference_statistically(smollm2_sq4) -> None:
-    """W4A4 (conftest's quick recipe, converted once per session)."""
+    """W4A4 (the default recipe, converted once per session by conftest)."""
     path = smollm2_sq4
     prompt_ids: list[int] = []
     with Model(path, kv_type="f32", n_threads=2) as m:
