@@ -384,7 +384,7 @@ def make_calibration(source: ModelSource, args: argparse.Namespace, quiet: bool)
     if cached is not None and cached.is_file():
         try:
             tokens = torch.load(cached, weights_only=True)
-            if tuple(tokens.shape) == (n, length) and int(tokens.max()) < source.config.vocab_size:
+            if tuple(tokens.shape) == (n, length) and 0 <= int(tokens.min()) and int(tokens.max()) < source.config.vocab_size:
                 log(f"calibration text: self-generated earlier, reused from {cached}", quiet)
                 return Calibration(tokens, "self-generated")
         except Exception:  # an unreadable cache entry is regenerated, never trusted
