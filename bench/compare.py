@@ -206,28 +206,10 @@ def cached(row: Row, kind: str, settings: Any, fn: Callable[[], dict]) -> dict:
 # perplexity (specquant_gguf.evaluate's windows; llama.cpp scores the same windows)
 
 
-def ppl_windows(tokenizer_row: Row, s: Settings) -> tuple[list[list[int]], int]:
-    """evaluate.py's windows (WikiText rows joined, tokenized once, BOS only if the model wants it)
-    and the first scored position in each window (evaluate.score_window scores 1..n-1)."""
-    from specquant_gguf import evaluate
-
-    data = common.shared_data()
-    if data is None:
-        raise RuntimeError("no ../shared/data: WikiText-2 is needed for perplexity")
-    be = evaluate.open_backend(tokenizer_row.path, "native", ctx=s.ctx, threads=1)
-    ids = be.tokenize(evaluate.load_eval_text(data / "wikitext-2-raw" / "wiki.test.raw"))
-    windows = evaluate.make_windows(ids, s.ctx, s.ppl_windows, be.bos_id if be.add_bos else None)
-    return windows, 1
-
-
 def ppl_ours(row: Row, windows: list[list[int]], score_from: int, s: Settings) -> dict:
-    from specquant_gguf import evaluate
-
     assert score_from == 1  # evaluate.score_window's convention
-    be = evaluate.open_backend(row.path, "native", ctx=s.ctx, threads=s.eval_threads)
-    t0 = time.perf_counter()
-    ppl, _, _, _ = evaluate.perplexity(be.eval, windows, progress=True, desc=f"ppl {row.name}")
-    return {"ppl": ppl, "seconds": time.perf_counter() - t0}
+    ppl, secs = common.ppl_native(row.path, windows, s.eval_threads, desc=f"ppl {row.name}")
+    return {"ppl": ppl, "seconds": secs}
 
 
 def ppl_llama(row: Row, windows: list[list[int]], score_from: int, s: Settings) -> dict:
@@ -316,7 +298,7 @@ def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[
     tok_row = f16_row
 
     log("perplexity windows")
-    windows, score_from = ppl_windows(tok_row, s)
+    windows, score_from = common.ppl_windows(tok_row.path, s.ppl_windows, s.ctx), 1
     ppl_key = {"ctx": s.ctx, "windows": len(windows), "score_from": score_from,
                "tokens_sha": hashlib.sha1(json.dumps(windows).encode()).hexdigest()}
     log("zero-shot requests")
@@ -506,16 +488,17 @@ def update_results_md(path: Path, sections: dict[str, str]) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
-def print_summary(res: dict[str, Any]) -> None:
-    print(f"{'row':<18}{'bpw':>6}{'PPL':>9}{'zs avg':>8}{'pp 2T':>8}{'tg 2T':>8}")
+def summary(res: dict[str, Any]) -> str:
+    lines = [f"{'row':<18}{'bpw':>6}{'PPL':>9}{'zs avg':>8}{'pp 2T':>8}{'tg 2T':>8}"]
     for r in res["rows"]:
         sp = {x["threads"]: x for x in r.get("speed", [])}
         zsa = f"{100 * r['zeroshot_avg']:.2f}" if r.get("zeroshot_avg") is not None else "-"
         pp = f"{sp[2]['prefill_tok_s']:.0f}" if 2 in sp else "-"
         tg = f"{sp[2]['decode_tok_s']:.0f}" if 2 in sp else "-"
-        print(f"{r['name']:<18}{r['bits_per_weight']:>6.2f}{r['ppl']:>9.2f}{zsa:>8}{pp:>8}{tg:>8}")
+        lines.append(f"{r['name']:<18}{r['bits_per_weight']:>6.2f}{r['ppl']:>9.2f}{zsa:>8}{pp:>8}{tg:>8}")
     for t in res["targets"]:
-        print(f"{'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
+        lines.append(f"{'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -523,12 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small CI-safe run; writes bench/out/compare-quick.json only")
     ap.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ALL_ROWS)}")
     ap.add_argument("--calib", default=None, help="calibration file passed to the converter (default: the "
-                    "reference C4 file ../shared/data/c4/c4_calib_1k.jsonl when it exists)")
+                    "converter's own default, self-generated text, as `python convert.py` does)")
     ap.add_argument("--zs-all-rows", action="store_true", help="zero-shot on every row (default: the rows "
                     "the targets name, plus llama.cpp Q4_0)")
     ap.add_argument("--reconvert", default="", help="comma-separated rows to convert again (or 'all')")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed runs (e.g. on a busy machine)")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/RESULTS.md and docs/img")
+    ap.add_argument("--json", action="store_true", help="print the whole result as JSON on stdout")
     a = ap.parse_args(argv)
     s = QUICK if a.quick else FULL
     if a.rows:
@@ -546,8 +530,9 @@ def main(argv: list[str] | None = None) -> int:
         log("llama.cpp venv not built: quick mode skips the llama.cpp rows (python bench/llama_cpp_env.py setup)")
         s = Settings(**{**s.__dict__, "rows": tuple(n for n in s.rows if ALL_ROWS[n].engine == "ours")})
     calib = Path(a.calib) if a.calib else None
-    if calib is None and common.shared_data() and (common.shared_data() / "c4" / "c4_calib_1k.jsonl").is_file():
-        calib = common.shared_data() / "c4" / "c4_calib_1k.jsonl"
+    if calib is not None and not calib.is_file():
+        print(f"compare: no calibration file {calib}", file=sys.stderr)
+        return 2
     try:
         reconv = tuple(ALL_ROWS) if a.reconvert == "all" else tuple(x for x in a.reconvert.split(",") if x)
         res = run(s, calib, reconv)
@@ -558,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     res["command"] = command
     out = common.OUT_DIR / ("compare-quick.json" if a.quick else "compare.json")
     common.write_json(out, res)
-    print_summary(res)
+    common.report(res, summary(res), a.json)
     if not a.quick and not a.no_docs:
         plots.make_all(res, common.REPO / "docs" / "img")
         update_results_md(common.REPO / "docs" / "RESULTS.md",

@@ -26,29 +26,12 @@ import llama_cpp_env  # noqa: E402
 TOLERANCE = 0.005
 
 
-def windows_for(path: Path, n: int, ctx: int = 512) -> list[list[int]]:
-    from specquant_gguf import evaluate
-
-    data = common.shared_data()
-    if data is None:
-        raise SystemExit("../shared/data not found: WikiText-2 test is needed")
-    be = evaluate.open_backend(path, "native", ctx=ctx, threads=1)
-    ids = be.tokenize(evaluate.load_eval_text(data / "wikitext-2-raw" / "wiki.test.raw"))
-    return evaluate.make_windows(ids, ctx, n, be.bos_id if be.add_bos else None)
-
-
-def ours(path: Path, windows: list[list[int]], threads: int) -> float:
-    from specquant_gguf import evaluate
-
-    be = evaluate.open_backend(path, "native", ctx=len(windows[0]), threads=threads)
-    return evaluate.perplexity(be.eval, windows)[0]
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="*", help="GGUF files of standard types (default: bench-models' f16 and q8)")
     p.add_argument("--windows", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     a = p.parse_args(argv)
     files = [Path(f) for f in a.files] or [common.models_dir() / f"smollm2-var-{n}.gguf" for n in ("f16", "q8")]
     missing = [str(f) for f in files if not f.is_file()]
@@ -59,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     llama_cpp_env.ensure()
     rows, ok = [], True
     for f in files:
-        windows = windows_for(f, a.windows)
-        mine = ours(f, windows, a.threads)
+        try:
+            windows = common.ppl_windows(f, a.windows)
+        except RuntimeError as exc:
+            raise SystemExit(f"llama_loads: {exc}") from None
+        mine = common.ppl_native(f, windows, a.threads)[0]
         try:
             theirs = llama_cpp_env.perplexity(f, windows, 1, a.threads)["ppl"]
         except llama_cpp_env.LlamaEnvError as exc:

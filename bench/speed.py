@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--no-membw", action="store_true")
     ap.add_argument("--out", default=str(common.OUT_DIR / "speed.json"))
+    ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     a = ap.parse_args(argv)
     ours, llama = _pairs(a.ours, "--ours"), _pairs(a.llama, "--llama")
     if a.ours is None and a.llama is None:
@@ -191,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = [int(t) for t in a.threads.split(",") if t.strip()]
     res = run(ours, llama, threads, a.reps, not a.no_membw)
     common.write_json(Path(a.out), res)
-    print(format_table(res))
-    print(f"wrote {a.out}")
+    common.report(res, format_table(res), a.json)
+    print(f"wrote {a.out}", file=sys.stderr)
     return 0
 
 

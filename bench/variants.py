@@ -71,23 +71,14 @@ def run_variant(name: str, flags: list[str], model: str, wiki: Path, windows: in
     if r.returncode != 0:
         raise SystemExit(f"variant {name}: perplexity failed: {r.stderr.strip().splitlines()[-1:]}")
     ppl = json.loads(r.stdout)
-    row.update(ppl=ppl["ppl"], windows=ppl["windows"], tokens=ppl["tokens"], file_bytes=out.stat().st_size,
-               **file_facts(out))
+    row.update(ppl=ppl["ppl"], windows=ppl["windows"], tokens=ppl["tokens"], **_variant_facts(out))
     result.write_text(json.dumps(row, indent=1))
     return row
 
 
-def file_facts(path: Path) -> dict:
-    """Linear bits per weight, spectral branch share, calibration source: from the file itself."""
-    from specquant_gguf.format import read_model
-
-    m = read_model(path)
-    lin = [t for t in m if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2]
-    branch = sum(t.nbytes for t in m if t.name.endswith((".spectral", ".spectral_k")))
-    n = sum(t.n_elements for t in lin)
-    return {"bpw_linears": round(8 * (sum(t.nbytes for t in lin) + branch) / n, 3),
-            "branch_pct": round(100 * branch / max(sum(t.nbytes for t in lin), 1), 2),
-            "calibration": m.metadata.get("specquant.calibration.source", "none")}
+def _variant_facts(path: Path) -> dict:
+    f = common.file_facts(path)
+    return {k: f[k] for k in ("file_bytes", "bpw_linears", "branch_pct", "calibration")}
 
 
 def table(rows: list[dict], shared: Path) -> str:
@@ -110,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--force", action="store_true", help="convert and score again even when cached")
     p.add_argument("--list", action="store_true", help="print the variants and exit")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     args = p.parse_args(argv)
     if args.list:
         for name, flags in VARIANTS.items():
@@ -133,10 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{i}/{len(names)}] {name}: convert.py {' '.join(flags) or '(default)'}", file=sys.stderr, flush=True)
         rows.append(run_variant(name, flags, args.model, wiki, args.windows, args.threads, folder, args.force))
         print(f"        PPL {rows[-1]['ppl']:.2f}", file=sys.stderr, flush=True)
-    common.OUT_DIR.mkdir(parents=True, exist_ok=True)
-    (common.OUT_DIR / "variants.json").write_text(json.dumps(
-        {"machine": common.machine_info(), "windows": args.windows, "rows": rows}, indent=1))
-    print(table(rows, shared))
+    res = {"machine": common.machine_info(), "windows": args.windows, "rows": rows}
+    common.write_json(common.OUT_DIR / "variants.json", res)
+    common.report(res, table(rows, shared), args.json)
     return 0
 
 

@@ -12,7 +12,9 @@ per-channel max |x|, mean x², XᵀX (the GPTQ Hessian) and a random sample of t
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,6 +36,53 @@ class Calibration:
     @property
     def n_tokens(self) -> int:
         return int(self.tokens.numel())
+
+
+# --------------------------------------------------------------- cache of self-generated windows
+
+
+def cache_path(source: ModelSource, n: int, length: int, seed: int, segments: int) -> Path | None:
+    """Where self-generated calibration tokens of this model file are kept, so that converting the
+    same model again (another method, another group size) skips the generation. None when the
+    source is not a file or folder on disk. The key holds the file's size and mtime: a replaced
+    model file gets new text."""
+    from .models import cache_dir
+
+    where = getattr(source, "path", None) or getattr(source, "folder", None)
+    if where is None:
+        return None
+    where = Path(where).resolve()
+    files = [where] if where.is_file() else sorted(where.glob("*.safetensors"))
+    ident = [str(where), n, length, seed, segments] + [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+    digest = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
+    return cache_dir() / "calib" / f"{where.stem}-{n}x{length}-s{seed}-{digest}.pt"
+
+
+def load_cached(path: Path | None, shape: tuple[int, int], vocab_size: int) -> torch.Tensor | None:
+    """The cached tokens, or None when absent, unreadable, of another shape or out of the vocabulary
+    (a damaged entry is regenerated, never trusted)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        tokens = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001  (any unreadable file: pickle, zip, I/O errors alike)
+        return None
+    if not isinstance(tokens, torch.Tensor) or tuple(tokens.shape) != shape or tokens.numel() == 0:
+        return None
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size:
+        return None
+    return tokens
+
+
+def save_cached(tokens: torch.Tensor, path: Path) -> None:
+    """Writes atomically (a parallel conversion never reads half a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save(tokens, tmp)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs the next conversion the generation
+        pass
 
 
 # ------------------------------------------------------------------------------------ from a file

@@ -9,10 +9,7 @@ and the (already quantized) output.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -23,7 +20,8 @@ import numpy as np
 import torch
 
 from . import __version__ as _pkg_version
-from .calibrate import Calibration, block_stats, generate_windows, read_texts, sample_plan, windows_from_texts
+from .calibrate import (Calibration, block_stats, cache_path, generate_windows, load_cached, read_texts, sample_plan,
+                        save_cached, windows_from_texts)
 from .errors import SpecQuantError, UsageError
 from .forward import block_forward
 from .models import LINEARS, ModelConfig, ModelSource, open_source
@@ -380,50 +378,20 @@ def make_calibration(source: ModelSource, args: argparse.Namespace, quiet: bool)
     if args.calib is not None:
         texts = read_texts(args.calib)
         return windows_from_texts(source.encoder(), texts, n, length, args.seed, Path(args.calib).name)
-    cached = _calib_cache_path(source, n, length, args.seed) if args.calib_cache else None
-    if cached is not None and cached.is_file():
-        try:
-            tokens = torch.load(cached, weights_only=True)
-            if tuple(tokens.shape) == (n, length) and 0 <= int(tokens.min()) and int(tokens.max()) < source.config.vocab_size:
-                log(f"calibration text: self-generated earlier, reused from {cached}", quiet)
-                return Calibration(tokens, "self-generated")
-        except Exception:  # an unreadable cache entry is regenerated, never trusted
-            pass
     segments = CALIB_SEGMENTS if length % CALIB_SEGMENTS == 0 else 1
+    cached = cache_path(source, n, length, args.seed, segments) if args.calib_cache else None
+    tokens = load_cached(cached, (n, length), source.config.vocab_size)
+    if tokens is not None:
+        log(f"calibration text: self-generated earlier, reused from {cached}", quiet)
+        return Calibration(tokens, "self-generated")
     bar = _Progress(n * (length - segments), "calibration text (self-generated)", quiet, unit="tok")
     try:
         calib = generate_windows(source, n, length, args.seed, segments=segments, progress=bar.update)
     finally:
         bar.close()
     if cached is not None:
-        _save_atomic(calib.tokens, cached)
+        save_cached(calib.tokens, cached)
     return calib
-
-
-def _calib_cache_path(source: ModelSource, n: int, length: int, seed: int) -> Path | None:
-    """Where self-generated calibration tokens of this model file are kept, so that converting the
-    same model again (another method, another group size) skips the generation. None when the
-    source is not a file or folder on disk."""
-    from .models import cache_dir
-
-    where = getattr(source, "path", None) or getattr(source, "folder", None)
-    if where is None:
-        return None
-    where = Path(where).resolve()
-    files = [where] if where.is_file() else sorted(where.glob("*.safetensors"))
-    ident = [str(where), n, length, seed, CALIB_SEGMENTS] + [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
-    digest = hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:16]
-    return cache_dir() / "calib" / f"{where.stem}-{n}x{length}-s{seed}-{digest}.pt"
-
-
-def _save_atomic(tokens: torch.Tensor, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(tokens, tmp)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache only costs the next conversion the generation
-        pass
 
 
 def log(msg: str, quiet: bool = False) -> None:

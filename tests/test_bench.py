@@ -55,6 +55,24 @@ def test_file_facts_on_a_tiny_model(tiny_f16):
     assert f["file_bytes"] == Path(tiny_f16.path).stat().st_size
     assert f["params"] > 0 and 16 < f["bits_per_weight"] < 40  # f16 tensors plus metadata overhead
     assert 0 < f["bytes_per_token"] <= f["file_bytes"]
+    assert f["branch_pct"] == 0 and f["calibration"] == "none" and 16 <= f["bpw_linears"] < 17  # f16 linears
+
+
+def test_file_facts_count_the_spectral_branch(tiny_sq4):
+    f = common.file_facts(Path(tiny_sq4.path))
+    assert 4 < f["bpw_linears"] < 8 and f["params"] > 0
+
+
+@pytest.mark.skipif(common.shared_data() is None, reason="needs ../shared/data (WikiText-2 test)")
+def test_bench_perplexity_helpers_match_the_reference_backend(tiny_f16):
+    """bench's windows are evaluate.py's, and the native score agrees with the torch oracle on them."""
+    from specquant_gguf import evaluate
+
+    windows = common.ppl_windows(Path(tiny_f16.path), 2, ctx=24)
+    assert len(windows) == 2 and all(len(w) == 24 for w in windows)
+    ppl, secs = common.ppl_native(Path(tiny_f16.path), windows, threads=1)
+    ref = evaluate.open_backend(tiny_f16.path, "reference")
+    assert secs > 0 and abs(ppl / evaluate.perplexity(ref.eval, windows, progress=False)[0] - 1) < 1e-3
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
