@@ -199,33 +199,62 @@ typedef struct {
     int32_t ws[SEG_MAX / 32][PF_R];
 } pf_tile;
 
-/* Unpacks groups [g0, g0+ngs) of rows rr[] into the k-step layout. */
+/* 8 rows × 32 bytes -> 8 k-steps of 8 rows × 4 bytes: an 8×8 transpose of 32-bit units. rows[i]
+ * points at row i's 32 bytes; k-step j is written to out + j·stride (32-byte aligned). */
+static inline void transpose_8x32(const int8_t *const rows[8], int8_t *out, size_t stride) {
+    __m256i r[8], t[8], u[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_si256((const __m256i *)rows[i]);
+    for (int i = 0; i < 8; i += 2) {
+        t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);     /* per lane: r_i[0] r_i+1[0] r_i[1] r_i+1[1] */
+        t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]); /* per lane: units 2 and 3 */
+    }
+    for (int h = 0; h < 8; h += 4) {
+        u[h + 0] = _mm256_unpacklo_epi64(t[h + 0], t[h + 2]); /* unit 0 (lane 1: unit 4) of rows h..h+3 */
+        u[h + 1] = _mm256_unpackhi_epi64(t[h + 0], t[h + 2]); /* unit 1 (5) */
+        u[h + 2] = _mm256_unpacklo_epi64(t[h + 1], t[h + 3]); /* unit 2 (6) */
+        u[h + 3] = _mm256_unpackhi_epi64(t[h + 1], t[h + 3]); /* unit 3 (7) */
+    }
+    for (int j = 0; j < 4; j++) {
+        _mm256_store_si256((__m256i *)(out + (size_t)j * stride), _mm256_permute2x128_si256(u[j], u[4 + j], 0x20));
+        _mm256_store_si256((__m256i *)(out + (size_t)(j + 4) * stride), _mm256_permute2x128_si256(u[j], u[4 + j], 0x31));
+    }
+}
+
+/* Unpacks groups [g0, g0+ngs) of rows rr[] into the k-step layout: each row's nibbles to s8 values
+ * in k order, then 32 values of 8 rows at a time transposed into 8 k-steps (G is a multiple of 32). */
 static void unpack_tile(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int ngs, pf_tile *tl) {
     const int G = w->G, ng = w->K / G, bs = 2 + G / 2, h = G / 2;
     const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
     const __m128i m4x = _mm_set1_epi8(0x0F), lutx = _mm256_castsi256_si128(lut);
-    int8_t tmp[SEG_MAX] __attribute__((aligned(32)));
-    for (int i = 0; i < PF_R; i++) {
-        const uint8_t *row = w->data + (size_t)rr[i] * bs * ng;
-        for (int gl = 0; gl < ngs; gl++) {
-            const uint8_t *blk = row + (size_t)(g0 + gl) * bs, *nib = blk + 2;
-            tl->dw[gl][i] = fp16_load(blk);
-            tl->ws[gl][i] = w->wsum[(size_t)rr[i] * ng + g0 + gl];
-            int o = 0;
-            for (; o + 32 <= h; o += 32) {
-                __m256i v = _mm256_loadu_si256((const __m256i *)(nib + o));
-                _mm256_storeu_si256((__m256i *)(tmp + o), _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4)));
-                _mm256_storeu_si256((__m256i *)(tmp + h + o),
-                                    _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)));
+    int8_t tmp[8][SEG_MAX] __attribute__((aligned(32)));
+    for (int v = 0; v < PF_RV; v++) {
+        const int8_t *rows[8];
+        for (int i = 0; i < 8; i++) {
+            const int ri = rr[8 * v + i];
+            const uint8_t *row = w->data + (size_t)ri * bs * ng;
+            for (int gl = 0; gl < ngs; gl++) {
+                const uint8_t *blk = row + (size_t)(g0 + gl) * bs, *nib = blk + 2;
+                int8_t *dst = tmp[i] + (size_t)gl * G;
+                tl->dw[gl][8 * v + i] = fp16_load(blk);
+                tl->ws[gl][8 * v + i] = w->wsum[(size_t)ri * ng + g0 + gl];
+                int o = 0;
+                for (; o + 32 <= h; o += 32) {
+                    __m256i x = _mm256_loadu_si256((const __m256i *)(nib + o));
+                    _mm256_storeu_si256((__m256i *)(dst + o), _mm256_shuffle_epi8(lut, _mm256_and_si256(x, m4)));
+                    _mm256_storeu_si256((__m256i *)(dst + h + o),
+                                        _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), m4)));
+                }
+                if (o < h) {
+                    __m128i x = _mm_loadu_si128((const __m128i *)(nib + o));
+                    _mm_storeu_si128((__m128i *)(dst + o), _mm_shuffle_epi8(lutx, _mm_and_si128(x, m4x)));
+                    _mm_storeu_si128((__m128i *)(dst + h + o),
+                                     _mm_shuffle_epi8(lutx, _mm_and_si128(_mm_srli_epi16(x, 4), m4x)));
+                }
             }
-            if (o < h) {
-                __m128i v = _mm_loadu_si128((const __m128i *)(nib + o));
-                _mm_storeu_si128((__m128i *)(tmp + o), _mm_shuffle_epi8(lutx, _mm_and_si128(v, m4x)));
-                _mm_storeu_si128((__m128i *)(tmp + h + o),
-                                 _mm_shuffle_epi8(lutx, _mm_and_si128(_mm_srli_epi16(v, 4), m4x)));
-            }
-            int8_t(*dst)[PF_R][4] = tl->w8 + (size_t)gl * G / 4;
-            for (int j = 0; j < G / 4; j++) memcpy(dst[j][i], tmp + 4 * j, 4);
+        }
+        for (int c = 0; c < ngs * G / 32; c++) {
+            for (int i = 0; i < 8; i++) rows[i] = tmp[i] + 32 * c;
+            transpose_8x32(rows, tl->w8[8 * c][8 * v], sizeof tl->w8[0]);
         }
     }
 }
@@ -485,14 +514,16 @@ typedef struct {
 
 static void q8_unpack_tile(const sq_q8_matrix *w, const int rr[PF_R], int b0, int nbs, q8_tile *tl) {
     const size_t row_bytes = (size_t)34 * (w->K / 32);
-    for (int i = 0; i < PF_R; i++) {
-        const uint8_t *row = w->data + (size_t)rr[i] * row_bytes;
+    for (int v = 0; v < PF_RV; v++)
         for (int bl = 0; bl < nbs; bl++) {
-            const uint8_t *blk = row + (size_t)(b0 + bl) * 34;
-            tl->dw[bl][i] = fp16_load(blk);
-            for (int j = 0; j < 8; j++) memcpy(tl->wq[bl * 8 + j][i], blk + 2 + 4 * j, 4);
+            const int8_t *rows[8];
+            for (int i = 0; i < 8; i++) {
+                const uint8_t *blk = w->data + (size_t)rr[8 * v + i] * row_bytes + (size_t)(b0 + bl) * 34;
+                tl->dw[bl][8 * v + i] = fp16_load(blk);
+                rows[i] = (const int8_t *)(blk + 2);
+            }
+            transpose_8x32(rows, tl->wq[bl * 8][8 * v], sizeof tl->wq[0]); /* a block: 32 values, 8 k-steps */
         }
-    }
     for (int j = 0; j < nbs * 8; j++)
         for (int v = 0; v < PF_RV; v++) {
             const __m256i q = _mm256_load_si256((const __m256i *)tl->wq[j][8 * v]);
