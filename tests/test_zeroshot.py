@@ -406,3 +406,18 @@ def test_cli_exit_codes_through_specquant_main(fake_runtime, capsys):
     assert cli.main(["zeroshot", str(fake_runtime), "--tasks", "nope", "--data-dir", str(FIXTURES)]) == 2
     assert "unknown task 'nope'" in capsys.readouterr().err
     assert cli.main(["zeroshot", str(fake_runtime), "--tasks", "piqa", "--data-dir", str(FIXTURES / "piqa")]) == 1
+
+
+def test_log_softmax_matches_a_float64_reference() -> None:
+    """The float32-exponential log-softmax stays within 1e-6 nats of float64 over a real-size vocabulary."""
+    from specquant_gguf.zeroshot import _log_softmax_at
+
+    rng = np.random.default_rng(3)
+    rows = (rng.standard_normal((7, 49152)) * 4).astype(np.float32)
+    rows[2, 11] = 40.0  # a confident row, whose target is its argmax
+    targets = np.array([5, 100, 11, 49151, 0, 7, 9])
+    lp, hit = _log_softmax_at(rows, targets)
+    r64 = rows.astype(np.float64)
+    ref = r64[np.arange(7), targets] - np.log(np.exp(r64 - r64.max(1, keepdims=True)).sum(1)) - r64.max(1)
+    assert np.abs(lp - ref).max() < 1e-6
+    assert hit.tolist() == (rows.argmax(1) == targets).tolist() and hit[2]
