@@ -84,6 +84,7 @@ class Settings:
     speed: bool = True
     convert_args: tuple[str, ...] = ()   # extra converter flags (quick mode: a cheap calibration)
     file_tag: str = ""
+    convert_only: bool = False           # make the files, measure nothing
 
 
 ZS_PRIORITY = ("specquant", "f16", "rtn", "smoothquant", "llama.cpp Q4_0", "paper", "q8",
@@ -138,6 +139,18 @@ def _display(arg: str) -> str:
     return Path(arg).name if arg.endswith((".gguf", "convert.py")) else arg
 
 
+def _same_bytes(a: Path, b: Path) -> bool:
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
+
+
 def convert(row: Row, calib: Path | None, reconvert: bool = False, extra: Sequence[str] = ()) -> dict:
     """Our converter's file for a row (cached), with its conversion time and peak RSS."""
     path, meta = row.path, row.path.with_suffix(".gguf.json")
@@ -159,7 +172,11 @@ def convert(row: Row, calib: Path | None, reconvert: bool = False, extra: Sequen
     rc, secs, rss, last = _run_measured(cmd, path.with_suffix(".convert.log"))
     if rc != 0 or not tmp.is_file():
         raise RuntimeError(f"conversion of {row.name} failed (exit {rc}): {last}")
-    tmp.replace(path)
+    if path.is_file() and _same_bytes(path, tmp):
+        tmp.unlink()  # the same file again: keep the old one, and with it its cached measurements
+        log(f"{path.name}: identical to the cached file, measurements stay valid")
+    else:
+        tmp.replace(path)
     shown = ["python", *(_display(c) for c in cmd[1:])]
     shown[shown.index("--out") + 1] = path.name
     info = {"command": " ".join(shown), "seconds": round(secs, 1), "peak_rss_kb": rss, "converter": converter_hash()}
@@ -297,6 +314,8 @@ def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[
             build[r.name] = make_llama_file(r, f16_row.path)
     tok_row = f16_row
 
+    if s.convert_only:
+        return {"mode": s.mode, "files": {n: {"file": ALL_ROWS[n].path.name, **b} for n, b in build.items()}}
     log("perplexity windows")
     windows, score_from = common.ppl_windows(tok_row.path, s.ppl_windows, s.ctx), 1
     ppl_key = {"ctx": s.ctx, "windows": len(windows), "score_from": score_from,
@@ -512,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reconvert", default="", help="comma-separated rows to convert again (or 'all')")
     ap.add_argument("--no-speed", action="store_true", help="skip the speed runs (e.g. on a busy machine)")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/RESULTS.md and docs/img")
+    ap.add_argument("--convert-only", action="store_true", help="make (or re-make, with --reconvert) the files, "
+                    "then stop; a re-made file identical to the cached one keeps its cached measurements")
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON on stdout")
     a = ap.parse_args(argv)
     s = QUICK if a.quick else FULL
@@ -524,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(**{**s.__dict__, "rows": names})
     if a.no_speed:
         s = Settings(**{**s.__dict__, "speed": False})
+    if a.convert_only:
+        s = Settings(**{**s.__dict__, "convert_only": True})
     if a.zs_all_rows:
         s = Settings(**{**s.__dict__, "zs_rows": ()})
     if a.quick and not llama_cpp_env.is_ready():  # CI: no 10-minute llama.cpp build in a smoke run
@@ -535,10 +558,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         reconv = tuple(ALL_ROWS) if a.reconvert == "all" else tuple(x for x in a.reconvert.split(",") if x)
+        if set(reconv) - set(ALL_ROWS):
+            print(f"compare: unknown rows in --reconvert: {sorted(set(reconv) - set(ALL_ROWS))}", file=sys.stderr)
+            return 2
         res = run(s, calib, reconv)
     except (RuntimeError, llama_cpp_env.LlamaEnvError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 1
+    if s.convert_only:
+        common.report(res, "\n".join(f"{n}: {f['file']}" for n, f in res["files"].items()), a.json)
+        return 0
     command = "python bench/compare.py" + (" --quick" if a.quick else "") + (f" --rows {a.rows}" if a.rows else "")
     res["command"] = command
     out = common.OUT_DIR / ("compare-quick.json" if a.quick else "compare.json")

@@ -115,3 +115,13 @@ def test_llama_worker_kv_reuse_scores_equal_from_scratch_scores(tiny_f16):
         alone = llama_cpp_env.perplexity(path, [c + x], score_from=len(c), n_threads=1)
         assert n == len(x)
         assert ll == pytest.approx(-alone["windows"][0][0], abs=1e-3)
+
+
+def test_same_bytes_compares_whole_files(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(b"x" * (3 << 20))
+    b.write_bytes(b"x" * (3 << 20))
+    c.write_bytes(b"x" * ((3 << 20) - 1) + b"y")  # same size, last byte differs
+    assert compare._same_bytes(a, b) and not compare._same_bytes(a, c)
+    c.write_bytes(b"x")
+    assert not compare._same_bytes(a, c)
