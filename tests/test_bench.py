@@ -50,6 +50,26 @@ def test_targets_measure_margins():
     assert t["our f16 PPL within 0.5% of llama.cpp F16 (same tokens)"]["met"]  # 0.33%
 
 
+def test_comparison_section_states_rows_targets_and_cost():
+    task = {"acc": 0.6, "acc_norm": 0.55}
+    rows = [_row("f16", zs=0.50), _row("specquant", zs=0.49, pp=300, tg=60), _row("q8")]
+    for r in rows[:2]:
+        r["zeroshot"] = {"piqa": task, "arc_easy": task, "hellaswag": task}
+    rows[1]["build"] = {"command": "python convert.py smollm2-135m --out x.gguf", "seconds": 140.0, "peak_rss_kb": 3 << 20}
+    res = {"mode": "full", "seconds": 600.0, "machine": {"date": "2026-11-23T00:00:00", "cores": 2, "cpu": "test cpu"},
+           "settings": {"source": "smollm2-135m", "ppl": {"ctx": 512, "windows": 64, "score_from": 1},
+                        "zeroshot": {"tasks": {"piqa": None, "arc_easy": None, "hellaswag": 2000}},
+                        "speed": {"protocol": "pp512/tg128", "reps": 3}, "eval_threads": 2},
+           "rows": rows, "targets": compare.targets(rows),
+           "cost": compare.cost({"specquant": rows[1]["build"]}, {"f16": {"seconds": 60}, "specquant": {"seconds": 60}},
+                                {"f16": {"seconds": {"piqa": 600, "arc_easy": 300}}}, 120.0)}
+    md = compare.comparison_md(res, "python bench/compare.py")
+    assert "| specquant | ours |" in md and "| q8 | ours |" in md and "60.0 / 55.0" in md
+    assert "within 2 points of f16: -1.00 points" in md
+    assert "21 min = conversions 2.3 + perplexity 2.0 + zero-shot 15.0 (f16 15.0), speed 2.0 min" in md
+    assert "hellaswag first 2000" in md and "python bench/compare.py" in md
+
+
 def test_file_facts_on_a_tiny_model(tiny_f16):
     f = common.file_facts(Path(tiny_f16.path))
     assert f["file_bytes"] == Path(tiny_f16.path).stat().st_size
