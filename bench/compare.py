@@ -85,6 +85,7 @@ class Settings:
     convert_args: tuple[str, ...] = ()   # extra converter flags (quick mode: a cheap calibration)
     file_tag: str = ""
     convert_only: bool = False           # make the files, measure nothing
+    source: str = SOURCE                 # the converter's MODEL argument (a short name or the GGUF file)
 
 
 ZS_PRIORITY = ("specquant", "f16", "rtn", "smoothquant", "llama.cpp Q4_0", "paper", "q8",
@@ -151,17 +152,20 @@ def _same_bytes(a: Path, b: Path) -> bool:
                 return True
 
 
-def convert(row: Row, calib: Path | None, reconvert: bool = False, extra: Sequence[str] = ()) -> dict:
+def convert(row: Row, calib: Path | None, reconvert: bool = False, extra: Sequence[str] = (),
+            source: str = SOURCE) -> dict:
     """Our converter's file for a row (cached), with its conversion time and peak RSS."""
     path, meta = row.path, row.path.with_suffix(".gguf.json")
-    if path.is_file() and meta.is_file() and not reconvert:
-        info = json.loads(meta.read_text())
+    info = json.loads(meta.read_text()) if path.is_file() and meta.is_file() else None
+    if info is not None and info.get("source", SOURCE) != source:
+        log(f"{path.name} was made from {info.get('source', SOURCE)}, not {source}: converting again")
+    elif info is not None and not reconvert:
         if info.get("converter") != converter_hash():
             log(f"note: {path.name} was made by another version of the converter (use --reconvert {row.name})")
         return info
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".part.gguf")
-    cmd = [sys.executable, str(common.REPO / "convert.py"), SOURCE, "--out", str(tmp), "--method", row.method]
+    cmd = [sys.executable, str(common.REPO / "convert.py"), source, "--out", str(tmp), "--method", row.method]
     if row.preset:
         cmd += ["--preset", row.preset]
     if calib is not None and row.method not in ("f16", "q8"):
@@ -179,7 +183,8 @@ def convert(row: Row, calib: Path | None, reconvert: bool = False, extra: Sequen
         tmp.replace(path)
     shown = ["python", *(_display(c) for c in cmd[1:])]
     shown[shown.index("--out") + 1] = path.name
-    info = {"command": " ".join(shown), "seconds": round(secs, 1), "peak_rss_kb": rss, "converter": converter_hash()}
+    info = {"command": " ".join(shown), "seconds": round(secs, 1), "peak_rss_kb": rss, "converter": converter_hash(),
+            "source": source}
     meta.write_text(json.dumps(info, indent=2))
     return info
 
@@ -308,7 +313,7 @@ def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[
     # files: f16 first (tokenizer and llama.cpp's source)
     build: dict[str, dict] = {}
     for r in [f16_row] + [r for r in rows if r.engine == "ours" and r.name != "f16"]:
-        build[r.name] = convert(r, calib, r.name in reconvert, s.convert_args)
+        build[r.name] = convert(r, calib, r.name in reconvert, s.convert_args, s.source)
     for r in rows:
         if r.engine == "llama.cpp":
             build[r.name] = make_llama_file(r, f16_row.path)
@@ -362,7 +367,7 @@ def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[
             row["speed"] = by_name[row["name"]]["threads"]
             row["peak_rss_kb"] = by_name[row["name"]]["peak_rss_kb"]
     out = {"mode": s.mode, "machine": sp["machine"], "membw": sp.get("membw"), "settings": {
-        "source": SOURCE, "ppl": {"ctx": s.ctx, "windows": len(windows), "score_from": score_from,
+        "source": s.source, "ppl": {"ctx": s.ctx, "windows": len(windows), "score_from": score_from,
                                   "data": "wikitext-2-raw/wiki.test.raw"},
         "zeroshot": {"tasks": dict(s.zs_limits), "average": "mean acc_norm over the tasks"},
         "speed": sp["settings"], "eval_threads": s.eval_threads, "calibration": _display(str(calib)) if calib else "converter default"},
@@ -550,6 +555,9 @@ def summary(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="ours vs llama.cpp on SmolLM2-135M: quality, speed, size")
     ap.add_argument("--quick", action="store_true", help="small CI-safe run; writes bench/out/compare-quick.json only")
+    ap.add_argument("--source", default=SOURCE, help="the converter's MODEL: SmolLM2-135M-Instruct's short name "
+                    "or its GGUF file (default %(default)s)")
+    ap.add_argument("--out", default=None, help="result JSON (default bench/out/compare.json, or compare-quick.json)")
     ap.add_argument("--rows", help=f"comma-separated subset of: {', '.join(ALL_ROWS)}")
     ap.add_argument("--calib", default=None, help="calibration file passed to the converter (default: the "
                     "converter's own default, self-generated text, as `python convert.py` does)")
@@ -574,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         s = Settings(**{**s.__dict__, "speed": False})
     if a.convert_only:
         s = Settings(**{**s.__dict__, "convert_only": True})
+    if a.source != SOURCE:
+        s = Settings(**{**s.__dict__, "source": a.source})
     if a.zs_all_rows:
         s = Settings(**{**s.__dict__, "zs_rows": ()})
     if a.quick and not llama_cpp_env.is_ready():  # CI: no 10-minute llama.cpp build in a smoke run
@@ -597,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = "python bench/compare.py" + (" --quick" if a.quick else "") + (f" --rows {a.rows}" if a.rows else "")
     res["command"] = command
-    out = common.OUT_DIR / ("compare-quick.json" if a.quick else "compare.json")
+    out = Path(a.out) if a.out else common.OUT_DIR / ("compare-quick.json" if a.quick else "compare.json")
     common.write_json(out, res)
     common.report(res, summary(res), a.json)
     if not a.quick and not a.no_docs:
