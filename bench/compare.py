@@ -321,7 +321,8 @@ def run(s: Settings, calib: Path | None, reconvert: Sequence[str] = ()) -> dict[
     tok_row = f16_row
 
     if s.convert_only:
-        return {"mode": s.mode, "files": {n: {"file": ALL_ROWS[n].path.name, **b} for n, b in build.items()}}
+        paths = {r.name: r.path for r in [f16_row, *rows]}
+        return {"mode": s.mode, "files": {n: {"file": paths[n].name, **b} for n, b in build.items()}}
     log("perplexity windows")
     windows, score_from = common.ppl_windows(tok_row.path, s.ppl_windows, s.ctx), 1
     ppl_key = {"ctx": s.ctx, "windows": len(windows), "score_from": score_from,
