@@ -8,6 +8,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,12 @@ def file_facts(path: Path) -> dict[str, Any]:
         tensors = list(mf)
         calibration = mf.metadata.get("specquant.calibration.source", "none")
     names = {t.name for t in tensors}
-    side = [t for t in tensors if t.name.endswith((".spectral", ".spectral_k"))]
-    params = sum(t.n_elements for t in tensors if not t.name.endswith((".spectral", ".spectral_k")))
+    side = {t.name for t in tensors if t.name.endswith((".spectral", ".spectral_k"))}
+    params = sum(t.n_elements for t in tensors if t.name not in side)
     read = sum(t.nbytes // max(1, t.ne[-1]) if t.name == "token_embd.weight" and "output.weight" in names
                else t.nbytes for t in tensors)
     linears = [t for t in tensors if t.name.startswith("blk.") and t.name.endswith(".weight") and len(t.shape) == 2]
-    lin_bytes, branch = sum(t.nbytes for t in linears), sum(t.nbytes for t in side)
+    lin_bytes, branch = sum(t.nbytes for t in linears), sum(t.nbytes for t in tensors if t.name in side)
     types: dict[str, int] = {}
     for t in tensors:
         types[t.type_name] = types.get(t.type_name, 0) + 1
@@ -106,8 +107,6 @@ def ppl_windows(path: Path, n_windows: int, ctx: int = 512) -> list[list[int]]:
 
 def ppl_native(path: Path, windows: list[list[int]], threads: int, desc: str | None = None) -> tuple[float, float]:
     """(perplexity, seconds) of our runtime on the given windows."""
-    import time
-
     from specquant_gguf import evaluate
 
     be = evaluate.open_backend(path, "native", ctx=max(len(w) for w in windows), threads=threads)

@@ -18,6 +18,7 @@ docs/img/*.png; --quick writes bench/out/compare-quick.json only.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import hashlib
 import json
 import os
@@ -142,15 +143,7 @@ def _display(arg: str) -> str:
 
 
 def _same_bytes(a: Path, b: Path) -> bool:
-    if a.stat().st_size != b.stat().st_size:
-        return False
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(1 << 20), fb.read(1 << 20)
-            if x != y:
-                return False
-            if not x:
-                return True
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def convert(row: Row, calib: Path | None, reconvert: bool = False, extra: Sequence[str] = (),
@@ -387,7 +380,7 @@ def cost(build: dict[str, dict], ppls: dict[str, dict], zs_done: dict[str, dict]
            "ppl_s": round(sum(p["seconds"] for p in ppls.values()), 1),
            "zeroshot_s": round(sum(zs_rows.values()), 1), "zeroshot_s_per_row": zs_rows,
            "speed_s": round(speed_s, 1) if speed_s is not None else None}
-    out["total_s"] = round(sum(v for k, v in out.items() if k.endswith("_s") and v is not None), 1)
+    out["total_s"] = round(out["conversion_s"] + out["ppl_s"] + out["zeroshot_s"] + (out["speed_s"] or 0), 1)
     return out
 
 
@@ -573,24 +566,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="print the whole result as JSON on stdout")
     a = ap.parse_args(argv)
     s = QUICK if a.quick else FULL
-    if a.rows:
-        names = tuple(n.strip() for n in a.rows.split(",") if n.strip())
-        bad = [n for n in names if n not in ALL_ROWS]
-        if bad:
-            print(f"compare: unknown rows {bad} (known: {', '.join(ALL_ROWS)})", file=sys.stderr)
-            return 2
-        s = Settings(**{**s.__dict__, "rows": names})
-    if a.no_speed:
-        s = Settings(**{**s.__dict__, "speed": False})
-    if a.convert_only:
-        s = Settings(**{**s.__dict__, "convert_only": True})
-    if a.source != SOURCE:
-        s = Settings(**{**s.__dict__, "source": a.source})
-    if a.zs_all_rows:
-        s = Settings(**{**s.__dict__, "zs_rows": ()})
+    names = tuple(n.strip() for n in a.rows.split(",") if n.strip()) if a.rows else s.rows
+    bad = [n for n in names if n not in ALL_ROWS]
+    if bad:
+        print(f"compare: unknown rows {bad} (known: {', '.join(ALL_ROWS)})", file=sys.stderr)
+        return 2
     if a.quick and not llama_cpp_env.is_ready():  # CI: no 10-minute llama.cpp build in a smoke run
         log("llama.cpp venv not built: quick mode skips the llama.cpp rows (python bench/llama_cpp_env.py setup)")
-        s = Settings(**{**s.__dict__, "rows": tuple(n for n in s.rows if ALL_ROWS[n].engine == "ours")})
+        names = tuple(n for n in names if ALL_ROWS[n].engine == "ours")
+    s = replace(s, rows=names, speed=s.speed and not a.no_speed, convert_only=a.convert_only, source=a.source,
+                zs_rows=() if a.zs_all_rows else s.zs_rows)
     calib = Path(a.calib) if a.calib else None
     if calib is not None and not calib.is_file():
         print(f"compare: no calibration file {calib}", file=sys.stderr)
