@@ -23,12 +23,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from specquant_gguf.calibrate import Calibration, generate_windows, read_texts, windows_from_texts  # noqa: E402
-from specquant_gguf.forward import block_forward, rms_norm  # noqa: E402
-from specquant_gguf.models import ModelSource, open_source  # noqa: E402
-from specquant_gguf.pipeline import convert_blocks, sim_block  # noqa: E402
-from specquant_gguf.quantize import fake_quant_q8_0, q8_0_weight  # noqa: E402
-from specquant_gguf.recipe import Recipe, method_defaults  # noqa: E402
+from specquant_gguf.convert.calibrate import Calibration, generate_windows, read_texts, windows_from_texts  # noqa: E402
+from specquant_gguf.convert.forward import block_forward, rms_norm  # noqa: E402
+from specquant_gguf.convert.sources import ModelSource, open_source  # noqa: E402
+from specquant_gguf.convert.driver import convert_blocks, next_hidden, sim_block  # noqa: E402
+from specquant_gguf.convert.quantize import fake_quant_q8_0, q8_0_weight  # noqa: E402
+from specquant_gguf.convert.recipe import Recipe, method_defaults  # noqa: E402
+from specquant_gguf.gguf import sq4_block_bytes  # noqa: E402
 
 SHARED = Path("/work/shared/data") if Path("/work/shared/data").is_dir() else ROOT.parent / "shared" / "data"
 WIKI = SHARED / "wikitext-2-raw" / "wiki.test.raw"
@@ -91,9 +92,9 @@ def _random_orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def quarot_block(blk, stats, cfg, r: Recipe, seed: int, index: int):
-    from specquant_gguf.models import LINEARS
-    from specquant_gguf.quantize import dequantize, fake_quant_act, gptq, rtn
-    from specquant_gguf.recipe import POINT_OF
+    from specquant_gguf.convert.sources import LINEARS
+    from specquant_gguf.convert.quantize import dequantize, fake_quant_act, gptq, rtn
+    from specquant_gguf.arch import INPUT_OF as POINT_OF
 
     gen = torch.Generator().manual_seed(seed * 1000 + index)
     blk = {k: v.clone() for k, v in blk.items()}
@@ -163,7 +164,7 @@ def calibration(source: ModelSource, spec: str, n: int, length: int, seed: int, 
 
 def cached_stats(cfg, tag: str):
     """stats_fn for convert_blocks: float-propagated statistics, cached on disk per calibration set."""
-    from specquant_gguf.calibrate import block_stats
+    from specquant_gguf.convert.calibrate import block_stats
 
     folder = OUT / "cache" / f"stats_{tag}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,27 @@ def cached_stats(cfg, tag: str):
         return stats, x_out
 
     return fn
+
+
+def cached_convert_blocks(source: ModelSource, calib: Calibration | None, recipe: Recipe, emb: torch.Tensor,
+                          seed: int, stats_fn):
+    """driver.convert_blocks, with the float statistics read from the cache of cached_stats (they do
+    not depend on the recipe) when the recipe propagates float activations."""
+    if stats_fn is None or recipe.propagate != "float" or not recipe.quantized:
+        yield from convert_blocks(source, calib, recipe, emb, seed)
+        return
+    from specquant_gguf.convert.block import quantize_block
+    from specquant_gguf.convert.calibrate import sample_plan
+
+    cfg = source.config
+    x = emb[calib.tokens]
+    mask = sample_plan(*calib.tokens.shape, recipe.search_tokens, seed)
+    for i in range(cfg.n_layer):
+        blk = source.block(i)
+        stats, x_float = stats_fn(i, blk, x, mask)
+        qb = quantize_block(blk, stats, cfg, recipe)
+        x = next_hidden(qb, recipe, cfg, x, x_float)
+        yield i, qb
 
 
 @torch.no_grad()
@@ -201,7 +223,7 @@ def perplexity(source: ModelSource, recipe: Recipe | None, windows: torch.Tensor
         stats_fn = cached_stats(cfg, tag) if calib is not None else None
         quarot = recipe.rotation == "quarot"
         if quarot:  # research baseline: its own block quantizer (see quarot_block)
-            from specquant_gguf.calibrate import sample_plan
+            from specquant_gguf.convert.calibrate import sample_plan
 
             recipe = replace(recipe, rotation="none")
             x = emb[calib.tokens]
@@ -212,10 +234,10 @@ def perplexity(source: ModelSource, recipe: Recipe | None, windows: torch.Tensor
                 blocks.append(quarot_block(blk, st, cfg, recipe, seed, i))
                 for c_out, c_in in cfg.linear_shapes().values():
                     g = recipe.group_for(c_in)
-                    nb = c_out * (c_in // g) * (2 + g // 2)
+                    nb = c_out * (c_in // g) * sq4_block_bytes(g)
                     bytes_["int4"] += nb
                     bytes_["linears"] += nb
-        for i, qb in ([] if quarot else convert_blocks(source, calib, recipe, emb, seed, stats_fn=stats_fn)):
+        for i, qb in ([] if quarot else cached_convert_blocks(source, calib, recipe, emb, seed, stats_fn)):
             blocks.append(sim_block(qb, recipe))
             alphas += list(qb.alphas.values())
             for k, v in qb.alphas.items():

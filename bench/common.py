@@ -70,7 +70,7 @@ def file_facts(path: Path) -> dict[str, Any]:
     side tensors such as spectral coefficients are counted as bytes but not as parameters).
     Decode reads every tensor once per token except the embedding table, of which it reads one
     row, unless the output head is tied to it (no output.weight), in which case the head reads it all."""
-    from specquant_gguf.format import read_model
+    from specquant_gguf.gguf import read_model
 
     size = path.stat().st_size
     with read_model(path) as mf:
@@ -93,25 +93,27 @@ def file_facts(path: Path) -> dict[str, Any]:
 
 
 def ppl_windows(path: Path, n_windows: int, ctx: int = 512) -> list[list[int]]:
-    """specquant_gguf.evaluate's WikiText-2 test windows, tokenized by the file's own tokenizer (BOS
-    only if the model wants it); evaluate.score_window scores positions 1..n-1 of each."""
-    from specquant_gguf import evaluate
+    """specquant_gguf.eval.perplexity's WikiText-2 test windows, tokenized by the file's own tokenizer
+    (BOS only if the model wants it); perplexity.score_window scores positions 1..n-1 of each."""
+    from specquant_gguf.eval import perplexity
+    from specquant_gguf.eval.scoring import NativeScorer
 
     data = shared_data()
     if data is None:
         raise RuntimeError("no ../shared/data: WikiText-2 test is needed for perplexity")
-    be = evaluate.open_backend(path, "native", ctx=ctx, threads=1)
-    ids = be.tokenize(evaluate.load_eval_text(data / "wikitext-2-raw" / "wiki.test.raw"))
-    return evaluate.make_windows(ids, ctx, n_windows, be.bos_id if be.add_bos else None)
+    be = NativeScorer(path, n_ctx=ctx, threads=1)
+    ids = be.tokenize(perplexity.load_eval_text(data / "wikitext-2-raw" / "wiki.test.raw"))
+    return perplexity.make_windows(ids, ctx, n_windows, be.bos_id if be.add_bos else None)
 
 
 def ppl_native(path: Path, windows: list[list[int]], threads: int, desc: str | None = None) -> tuple[float, float]:
     """(perplexity, seconds) of our runtime on the given windows."""
-    from specquant_gguf import evaluate
+    from specquant_gguf.eval.perplexity import perplexity
+    from specquant_gguf.eval.scoring import NativeScorer
 
-    be = evaluate.open_backend(path, "native", ctx=max(len(w) for w in windows), threads=threads)
+    be = NativeScorer(path, n_ctx=max(len(w) for w in windows), threads=threads)
     t0 = time.perf_counter()
-    ppl = evaluate.perplexity(be.eval, windows, progress=desc is not None, desc=desc or "ppl")[0]
+    ppl = perplexity(be, windows, progress=desc is not None, desc=desc or "ppl")[0]
     return ppl, time.perf_counter() - t0
 
 

@@ -8,7 +8,7 @@ Rows: our converter's f16, q8 (W8A8), rtn, smoothquant, specquant --preset paper
 llama_model_quantize from our f16 file, not from the Q4_1 source) run by llama-cpp-python.
 Every row sees the same token ids: WikiText-2 test perplexity on identical windows
 (specquant_gguf.evaluate's protocol), zero-shot accuracy on identical requests
-(specquant_gguf.zeroshot's lm-eval tokenization and scoring, on each engine's logits),
+(specquant_gguf.eval.zeroshot's lm-eval tokenization and scoring, on each engine's logits),
 prefill/decode tok/s at 1 and 2 threads (bench/speed.py), file size, bits per weight, peak RSS.
 Converted files are cached in $SPECQUANT_CACHE/bench-models; finished measurements are cached in
 bench/out/cache (keyed by file size/mtime and settings), so a run that stopped resumes.
@@ -38,7 +38,7 @@ import llama_cpp_env  # noqa: E402
 import plots  # noqa: E402
 import speed  # noqa: E402
 
-from specquant_gguf import zeroshot as zs  # noqa: E402
+from specquant_gguf.eval import zeroshot as zs  # noqa: E402
 
 SOURCE = "smollm2-135m"
 TASKS = ("piqa", "arc_easy", "hellaswag")
@@ -128,9 +128,9 @@ def _run_measured(cmd: Sequence[str], log_file: Path) -> tuple[int, float, int, 
 def converter_hash() -> str:
     """Hash of the converter's sources: a cached file made by another converter is flagged as stale."""
     h = hashlib.sha1()
-    for f in sorted((common.REPO / "specquant_gguf").glob("*.py")):
-        if f.name not in ("zeroshot.py", "evaluate.py", "runtime.py", "cli.py", "generation.py", "inspect.py"):
-            h.update(f.name.encode() + f.read_bytes())
+    pkg = common.REPO / "specquant_gguf"
+    for f in sorted([*pkg.glob("*.py"), *(pkg / "convert").glob("*.py"), *(pkg / "gguf").glob("*.py")]):
+        h.update(str(f.relative_to(pkg)).encode() + f.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -219,7 +219,7 @@ def cached(row: Row, kind: str, settings: Any, fn: Callable[[], dict]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# perplexity (specquant_gguf.evaluate's windows; llama.cpp scores the same windows)
+# perplexity (specquant_gguf.eval.perplexity's windows; llama.cpp scores the same windows)
 
 
 def ppl_ours(row: Row, windows: list[list[int]], score_from: int, s: Settings) -> dict:
@@ -238,20 +238,16 @@ def ppl_llama(row: Row, windows: list[list[int]], score_from: int, s: Settings) 
 
 
 def zs_requests(tokenizer_row: Row, s: Settings) -> dict[str, tuple[list[zs.Item], list]]:
-    from specquant_gguf.runtime import Model
+    from specquant_gguf.eval.scoring import NativeScorer, prefix_token
 
     data = common.shared_data()
     if data is None:
         raise RuntimeError("no ../shared/data: zero-shot data is needed")
-    m = Model(str(tokenizer_row.path), n_ctx=64, n_threads=1)
-
-    def tok(text: str) -> list[int]:
-        return list(m.tokenize(text, add_bos=False))
-
+    m = NativeScorer(str(tokenizer_row.path), n_ctx=64, threads=1)
     out = {}
     for name, limit in s.zs_limits:
         items = zs.load_task(name, data, limit)
-        out[name] = (items, zs.build_requests(items, tok, zs.prefix_token(m)))
+        out[name] = (items, zs.build_requests(items, m.tokenize, prefix_token(m)))
     return out
 
 
@@ -264,9 +260,9 @@ def _metrics(reqs: dict[str, tuple[list[zs.Item], list]], scores: dict[str, list
 
 
 def zeroshot_ours(row: Row, reqs: dict, s: Settings) -> dict:
-    from specquant_gguf.runtime import Model
+    from specquant_gguf.eval.scoring import NativeScorer
 
-    m = Model(str(row.path), n_ctx=2048, n_threads=s.eval_threads)
+    m = NativeScorer(str(row.path), n_ctx=2048, threads=s.eval_threads)
     scores, secs = {}, {}
     for name, (_, rq) in reqs.items():
         t0 = time.perf_counter()
@@ -439,9 +435,9 @@ def comparison_md(res: dict[str, Any], command: str) -> str:
         f"(`{s['source']}`; its Q4_1 GGUF dequantized is the full-precision reference).",
         "",
         f"- Perplexity: WikiText-2 test, ctx {s['ppl']['ctx']}, the first {s['ppl']['windows']} windows "
-        f"(specquant_gguf.evaluate's windows; tokens scored from position {s['ppl']['score_from']} of each window); "
+        f"(specquant_gguf.eval.perplexity's windows; tokens scored from position {s['ppl']['score_from']} of each window); "
         "every row reads the same token ids (our tokenizer), llama.cpp included.",
-        f"- Zero-shot: {lim}; lm-eval prompts and scoring (specquant_gguf.zeroshot) on each engine's logits; "
+        f"- Zero-shot: {lim}; lm-eval prompts and scoring (specquant_gguf.eval.zeroshot) on each engine's logits; "
         "cells are acc / acc_norm in %; **avg** is the mean acc_norm over the three tasks.",
         (f"- Speed: {s['speed']['protocol']}, {s['speed']['reps']} reps; tok/s at 1 and 2 threads; "
          "peak RSS of the speed run's process (VmHWM)." if s["speed"] else "- Speed: not measured in this run."),

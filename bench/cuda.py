@@ -2,7 +2,7 @@
 
     python bench/cuda.py [--build build/cuda] [--tokens 512,2048] [--ctx 512] [--out bench/out/cuda.json]
 
-1. writes a synthetic llama layer with specquant_gguf.format (hidden 4096, ffn 14336, 32 query /
+1. writes a synthetic llama layer with specquant_gguf.gguf (hidden 4096, ffn 14336, 32 query /
    8 KV heads, SQ4 weights with G = 64, in-group Walsh–Hadamard, 4-bit activations: Llama-3-8B's
    shapes; random int4 values, which time the same as real ones);
 2. times it with native/tools/bench_cuda.c (built here as the `bench_cuda` CMake target): the
@@ -28,9 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (bench/common.py: paths, machine info)
+from specquant_gguf.arch import LINEARS  # noqa: E402
 
 N_LAYERS_8B = 32
-PARTS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+PARTS = LINEARS  # the seven linears of a block (specquant_gguf.arch)
 NO_GPU = 2
 
 
@@ -47,7 +48,7 @@ def write_layer(path: Path, hidden: int, ffn: int, heads: int, kv_heads: int, gr
     """A one-block llama file with random SQ4 weights (only what bench_cuda reads)."""
     import numpy as np
 
-    from specquant_gguf.format import ModelWriter, SQ4Weight
+    from specquant_gguf.gguf import ModelWriter, SQ4Weight
 
     rng = np.random.default_rng(seed)
     with ModelWriter(path) as w:  # atomic: a temporary file renamed into place
@@ -110,7 +111,7 @@ def run_torch(shapes: dict[str, tuple[int, int]], tokens: list[int], reps: int) 
         h = torch.randn(n, ffn, device=dev, dtype=torch.float16)
 
         def step() -> None:
-            for p in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"):
+            for p in PARTS[:-1]:  # every linear that reads the hidden size
                 x @ ws[p].T
             h @ ws["ffn_down"].T
 

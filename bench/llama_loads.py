@@ -6,7 +6,7 @@ same WikiText-2 windows, and their perplexities are compared.
     python bench/llama_loads.py                       # the variants' f16 and q8 files, 8 windows
     python bench/llama_loads.py FILE.gguf ... --windows 16
 
-Token ids come from our tokenizer for both engines (evaluate.py's protocol: ctx 512, every token
+Token ids come from our tokenizer for both engines (eval/perplexity.py's protocol: ctx 512, every token
 after the first of each window scored). Writes bench/out/llama_loads.json and prints a table.
 Exit code 1 when llama.cpp refuses a file or the perplexities differ by more than 0.5 %.
 """

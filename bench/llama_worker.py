@@ -7,7 +7,7 @@ Reads one JSON request on stdin, writes one JSON reply on stdout (logs go to std
       -> per window: sum of -log p(token) over window positions S.. and how many (same windows,
          same token ids as our side: the tokens are ours, llama.cpp's tokenizer is never used)
   {"op": "zeroshot", "model": FILE, "items": [[[ctx ids], [cont ids]], ...]..., "n_ctx": N, "n_threads": T}
-      -> [[loglik, greedy, n_tokens], ...] per item, scored by specquant_gguf.zeroshot.score_requests
+      -> [[loglik, greedy, n_tokens], ...] per item, scored by specquant_gguf.eval.zeroshot.score_requests
   {"op": "speed", "model": FILE, "prompt": [ids], "gen": [ids], "threads": [1, 2], "reps": 3}
       -> prefill seconds of the prompt (one batch) and decode seconds of the gen tokens (one
          token per call, from an empty cache like llama-bench's tg), best of reps, per thread count
@@ -49,8 +49,8 @@ def load(path: str, n_ctx: int, n_threads: int, logits_all: bool) -> llama_cpp.L
 
 
 class LlamaScoring:
-    """llama_cpp.Llama behind the interface specquant_gguf.zeroshot scores with (eval, eval_last,
-    set_n_past, reset). Llama.eval drops KV positions >= n_tokens before it runs, so rewinding is
+    """llama_cpp.Llama behind the part of specquant_gguf.eval.scoring.ScoringModel that zero-shot
+    scoring uses (n_ctx, eval, eval_last, set_n_past, reset). Llama.eval drops KV positions >= n_tokens before it runs, so rewinding is
     setting n_tokens."""
 
     def __init__(self, llm: llama_cpp.Llama) -> None:
@@ -121,7 +121,7 @@ def op_ppl(req: dict) -> dict:
 
 def op_zeroshot(req: dict) -> dict:
     sys.path.insert(0, str(REPO))
-    from specquant_gguf.zeroshot import ScoreStats, score_requests
+    from specquant_gguf.eval.zeroshot import ScoreStats, score_requests
 
     llm = load(req["model"], int(req["n_ctx"]), int(req["n_threads"]), logits_all=True)
     model = LlamaScoring(llm)

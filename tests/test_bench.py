@@ -2,7 +2,6 @@
 file facts, the bandwidth tool, plots."""
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -85,14 +84,15 @@ def test_file_facts_count_the_spectral_branch(tiny_sq4):
 
 @pytest.mark.skipif(common.shared_data() is None, reason="needs ../shared/data (WikiText-2 test)")
 def test_bench_perplexity_helpers_match_the_reference_backend(tiny_f16):
-    """bench's windows are evaluate.py's, and the native score agrees with the torch oracle on them."""
-    from specquant_gguf import evaluate
+    """bench's windows are eval/perplexity.py's, and the native score agrees with the torch oracle on them."""
+    from oracle.scorer import ReferenceScorer
+    from specquant_gguf.eval.perplexity import perplexity
 
     windows = common.ppl_windows(Path(tiny_f16.path), 2, ctx=24)
     assert len(windows) == 2 and all(len(w) == 24 for w in windows)
     ppl, secs = common.ppl_native(Path(tiny_f16.path), windows, threads=1)
-    ref = evaluate.open_backend(tiny_f16.path, "reference")
-    assert secs > 0 and abs(ppl / evaluate.perplexity(ref.eval, windows, progress=False)[0] - 1) < 1e-3
+    ref = ReferenceScorer(tiny_f16.path)
+    assert secs > 0 and abs(ppl / perplexity(ref, windows, progress=False)[0] - 1) < 1e-3
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import smollm2_path
-from specquant_gguf.format import SQ4_TYPE_ID, read_model
+from specquant_gguf.gguf import SQ4_TYPE_ID, read_model
 
 # ../shared beside the checkout (CI's layout), or $SPECQUANT_WIKITEXT
 WIKI = Path(os.environ.get("SPECQUANT_WIKITEXT",
@@ -58,7 +58,7 @@ def test_smollm2_file_layout(smol_sq4) -> None:
 def test_smollm2_perplexity_target(smol_sq4) -> None:
     if not WIKI.is_file():
         pytest.skip("WikiText-2 test file not available")
-    from specquant_gguf.evaluate import evaluate_ppl
+    from specquant_gguf.eval.perplexity import evaluate_ppl
 
     src, out, _ = smol_sq4
     fp = evaluate_ppl(src, WIKI, ctx=512, windows=N_WINDOWS, backend="reference")

@@ -1,4 +1,4 @@
-"""specquant_gguf.format: SQ4 packing, bit-exact write/read round trips, strict rejection of bad files."""
+"""specquant_gguf.gguf: SQ4 packing, bit-exact write/read round trips, strict rejection of bad files."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from specquant_gguf.errors import FormatError, SpecQuantError
-from specquant_gguf.format import (SQ4_TYPE_ID, TYPE_Q4_0, TYPE_Q4_1, ModelWriter, Q8_0Weight, RawTensor,
+from specquant_gguf.gguf import (SQ4_TYPE_ID, TYPE_Q4_0, TYPE_Q4_1, ModelWriter, Q8_0Weight, RawTensor,
                                    SQ4Weight, pack_sq4, read_model, unpack_sq4)
 
 
@@ -263,7 +263,7 @@ def test_bad_magic_version_and_counts(tmp_path: Path, tiny_sq4) -> None:
     _reject(bad, bytes(data[:16]) + struct.pack("<Q", 2**40) + bytes(data[24:]), "exceed")
     with pytest.raises(FormatError, match="no such file"):
         read_model(tmp_path / "missing.gguf")
-    with pytest.raises(FormatError, match="not a file"):
+    with pytest.raises(FormatError, match="is a directory"):
         read_model(tmp_path)
 
 

@@ -20,8 +20,8 @@ import pytest
 from specquant_gguf.errors import SpecQuantError, UsageError
 
 runtime = pytest.importorskip("specquant_gguf.runtime")
-from specquant_gguf import generation  # noqa: E402
-from specquant_gguf.generation import Timings, chat, format_chat, generate  # noqa: E402
+from specquant_gguf.runtime import generate as generation  # noqa: E402
+from specquant_gguf.runtime.generate import Timings, chat, format_chat, generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,19 +39,36 @@ class ScriptedModel:
 
     def __init__(self, script: list[int], pieces: dict[int, bytes], n_ctx: int = 64) -> None:
         self.script, self.pieces, self.n_ctx = script, pieces, n_ctx
-        self.n_past = 0
+        self.cache: list[int] = []  # what the "KV cache" holds
         self.evals: list[list[int]] = []
+        self.stream: object | None = None
+
+    @property
+    def n_past(self) -> int:
+        return len(self.cache)
+
+    @property
+    def tokens(self) -> list[int]:
+        return list(self.cache)
+
+    def acquire_kv(self, stream: object) -> None:
+        assert self.stream is None or self.stream is stream, "two streams at once"
+        self.stream = stream
+
+    def release_kv(self, stream: object) -> None:
+        if self.stream is stream:
+            self.stream = None
 
     def tokenize(self, text: str, add_bos=None, special=False) -> list[int]:
         return [10 + b % 20 for b in text.encode()]
 
     def set_n_past(self, n: int) -> None:
         assert 0 <= n <= self.n_past
-        self.n_past = n
+        del self.cache[n:]
 
     def eval_last(self, ids: list[int]) -> np.ndarray:
         assert self.n_past + len(ids) <= self.n_ctx
-        self.n_past += len(ids)
+        self.cache += list(ids)
         self.evals.append(list(ids))
         k = len(self.evals) - 1 - self._first_eval
         logits = np.full(self.n_vocab, -30.0, dtype=np.float32)
@@ -111,7 +128,8 @@ def test_kv_prefix_is_reused() -> None:
     generate(m, "abcdef", temperature=0, timings=timings)
     assert m.evals[-3] == [10 + ord(c) % 20 for c in "def"]  # only the new tokens were evaluated
     assert timings.prefill_tokens == 6
-    m.n_past = 1  # someone else moved the model: start over
+    m.set_n_past(0)  # someone else used the model: only what the cache really holds is reused
+    m.eval_last([5, 5])
     m.start()
     generate(m, "abcdef", temperature=0, timings=timings)
     assert m.evals[-3] == [10 + b % 20 for b in b"abcdef"]
@@ -151,7 +169,7 @@ def test_bad_arguments() -> None:
 ])
 def test_chatml_matches_jinja(messages: list[dict]) -> None:
     jinja2 = pytest.importorskip("jinja2")
-    from synthetic import make_tiny_llama_gguf  # noqa: F401  (the tiny models' template, below)
+    from oracle.synthetic import make_tiny_llama_gguf  # noqa: F401  (the tiny models' template, below)
     tiny_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                      "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     for tmpl in (SMOLLM2_TEMPLATE, tiny_template):
@@ -166,7 +184,7 @@ def test_smollm2_file_template_is_chatml_with_default_system() -> None:
     path = smollm2_path()
     if path is None:
         pytest.skip("SmolLM2 GGUF not on this machine")
-    from specquant_gguf.format import ModelFile
+    from specquant_gguf.gguf import ModelFile
     with ModelFile(path) as f:
         tmpl = f.get("tokenizer.chat_template")
     assert tmpl == SMOLLM2_TEMPLATE
@@ -225,7 +243,7 @@ def test_chat_on_tiny_model(tiny_sq4, tiny_f16, tmp_path: Path) -> None:
 
 def _without_template(src: Path, dst: Path) -> Path:
     """A copy of a model file (standard tensor types) without tokenizer.chat_template."""
-    from specquant_gguf.format import ModelFile, ModelWriter, RawTensor
+    from specquant_gguf.gguf import ModelFile, ModelWriter, RawTensor
     with ModelFile(src) as f, ModelWriter(dst, arch=f.get("general.architecture")) as w:
         for key, value in f.metadata.items():
             if key not in ("tokenizer.chat_template", "general.architecture", "general.alignment"):

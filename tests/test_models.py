@@ -11,10 +11,10 @@ import torch
 
 from specquant_gguf.cli import main
 from specquant_gguf.errors import SpecQuantError, UsageError
-from specquant_gguf.format import read_model
-from specquant_gguf.models import GGUFSource, HFSource, LINEARS, open_source, permute_for_rope, resolve
+from specquant_gguf.gguf import read_model
+from specquant_gguf.convert.sources import GGUFSource, HFSource, LINEARS, open_source, permute_for_rope, resolve
 
-from tinyllama import MemorySource, tiny_config, write_gguf
+from oracle.tinyllama import MemorySource, tiny_config, write_gguf
 
 
 def unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -63,7 +63,7 @@ def _write_hf_folder(src: MemorySource, folder: Path) -> Path:
     from safetensors.torch import save_file
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from synthetic import tiny_vocab
+    from oracle.synthetic import tiny_vocab
 
     folder.mkdir()
     c = src.config

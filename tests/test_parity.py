@@ -1,4 +1,4 @@
-"""The native runtime against the PyTorch oracle (specquant_gguf/reference.py) on the same files.
+"""The native runtime against the PyTorch oracle (tests/oracle/reference.py) on the same files.
 
 For every file variant (group 32/64, rotation wht/none, activations 4/8 bits, spectral axis in/out
 and runtime truncation, f16, q8, qwen2 with biases, untied head, GQA ratios) and every kernel set
@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from specquant_gguf.reference import ReferenceModel
+from oracle.reference import ReferenceModel
 from specquant_gguf.runtime import Model, UnsupportedError
-from synthetic import make_tiny_llama_gguf
+from oracle.synthetic import make_tiny_llama_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 IDS = [273, 35, 116, 120, 108, 102, 110, 35, 101, 117, 299, 113, 282, 114, 123, 7, 1, 250, 33, 64, 128, 5, 9, 17]

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from specquant_gguf.calibrate import Calibration
+from specquant_gguf.arch import LINEARS
+from specquant_gguf.convert.calibrate import Calibration
 from specquant_gguf.cli import main
-from specquant_gguf.format import SQ4_TYPE_ID, TYPE_F16, TYPE_F32, TYPE_Q8_0, read_model
-from specquant_gguf.models import GGUFSource
-from specquant_gguf.forward import block_forward, head_logits, rms_norm
-from specquant_gguf.pipeline import convert_blocks, sim_block, write_converted
-from specquant_gguf.quantize import fake_quant_q8_0, q8_0_weight
-from specquant_gguf.recipe import Recipe
+from specquant_gguf.gguf import SQ4_TYPE_ID, TYPE_F16, TYPE_F32, TYPE_Q8_0, read_model
+from specquant_gguf.convert.sources import GGUFSource
+from specquant_gguf.convert.forward import block_forward, head_logits, rms_norm
+from specquant_gguf.convert.driver import convert_blocks, sim_block, write_blocks
+from specquant_gguf.convert.quantize import fake_quant_q8_0, q8_0_weight
+from specquant_gguf.convert.recipe import Recipe
 
-from tinyllama import MemorySource, float_logits, tiny_config, write_gguf
+from oracle.tinyllama import MemorySource, float_logits, tiny_config, write_gguf
 
 FAST = ["--calib-windows", "2", "--calib-len", "32", "--threads", "1", "--quiet"]
 
@@ -49,7 +50,7 @@ def _convert(src_path: Path, out: Path, *extra: str) -> int:
 
 
 def _ref_logits(path: Path, tokens: list[int]) -> np.ndarray:
-    from specquant_gguf.reference import ReferenceModel
+    from oracle.reference import ReferenceModel
 
     return ReferenceModel(path).forward(tokens)
 
@@ -77,7 +78,7 @@ def test_default_conversion_writes_a_complete_file(tiny_src, tmp_path: Path) -> 
     assert md["tokenizer.ggml.tokens"] == src.tokenizer_kv()["tokenizer.ggml.tokens"][0]
     types = {t.name: t.type_id for t in m}
     for i in range(2):
-        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+        for part in LINEARS:
             assert types[f"blk.{i}.{part}.weight"] == SQ4_TYPE_ID
         assert types[f"blk.{i}.attn_norm.weight"] == TYPE_F32
     assert types["token_embd.weight"] == TYPE_Q8_0 and "output.weight" not in types
@@ -103,7 +104,7 @@ def test_file_matches_simulation_and_approximates_float(tiny_src, tmp_path: Path
 
 
 def test_simulation_equals_reference_oracle(tiny_src, tmp_path: Path) -> None:
-    """What the research tools measure (simulate.py) is what the file computes (reference.py)."""
+    """What the research tools measure (convert/qlinear.py) is what the file computes (oracle/reference.py)."""
     _, path = tiny_src
     source = GGUFSource(path)
     cfg = source.config
@@ -115,7 +116,7 @@ def test_simulation_equals_reference_oracle(tiny_src, tmp_path: Path) -> None:
         qblocks = [qb for _, qb in convert_blocks(source, calib, recipe, emb)]
         blocks = [sim_block(qb, recipe) for qb in qblocks]
         out = tmp_path / f"sim{n}.gguf"
-        write_converted(source, recipe, calib, out, blocks=qblocks)
+        write_blocks(source, recipe, calib, out, enumerate(qblocks))
         ref = _ref_logits(out, tokens)
         emb_q = q8_0_weight(emb)  # token_embd is stored as Q8_0
         x = emb_q[torch.tensor([tokens])]
@@ -179,7 +180,7 @@ def _fails(capsys, argv: list[str], code: int, needle: str) -> None:
     (["--alpha", "strong"], "alpha"),
     (["--calib-windows", "0"], "--calib-windows"),
     (["--calib-len", "4"], "--calib-len"),
-    (["--threads", "0"], "--threads"),
+    (["--threads", "-1"], "--threads"),
     (["--rotation", "wht", "--group-size", "0"], "power-of-two"),
     (["--method", "rtn", "--alpha", "0.5"], "--alpha"),
     (["--method", "f16", "--group-size", "32"], "--group-size"),
@@ -223,7 +224,7 @@ def test_bad_models_exit_1_or_2(tmp_path: Path, capsys) -> None:
 
 
 def test_unsupported_gguf_architecture(tmp_path: Path, capsys) -> None:
-    from specquant_gguf.format import ModelWriter
+    from specquant_gguf.gguf import ModelWriter
 
     p = tmp_path / "gpt2.gguf"
     with ModelWriter(p, arch="gpt2") as w:
@@ -282,8 +283,8 @@ def test_head_logits_helper_matches_manual() -> None:
 
 def test_self_generated_calibration_matches_full_forward() -> None:
     """Incremental decoding with the KV cache gives the logits of a full forward pass."""
-    from specquant_gguf.calibrate import generate_windows
-    from specquant_gguf.forward import KVCache
+    from specquant_gguf.convert.calibrate import generate_windows
+    from specquant_gguf.convert.forward import KVCache
 
     cfg = tiny_config(n_layer=2)
     src = MemorySource(cfg, seed=8)
@@ -305,7 +306,7 @@ def test_self_generated_calibration_matches_full_forward() -> None:
 
 
 def test_calibration_text_files(tmp_path: Path) -> None:
-    from specquant_gguf.calibrate import read_texts, windows_from_texts
+    from specquant_gguf.convert.calibrate import read_texts, windows_from_texts
     from specquant_gguf.errors import UsageError
 
     txt = tmp_path / "c.txt"
@@ -331,7 +332,7 @@ def test_calibration_text_files(tmp_path: Path) -> None:
 
 def test_self_generated_segments_are_joined_texts() -> None:
     """A window of 2 segments is two independently generated texts end to end."""
-    from specquant_gguf.calibrate import generate_windows
+    from specquant_gguf.convert.calibrate import generate_windows
 
     src = MemorySource(tiny_config(n_layer=1), seed=3)
     joined = generate_windows(src, n=2, length=12, seed=5, segments=2)
@@ -341,9 +342,10 @@ def test_self_generated_segments_are_joined_texts() -> None:
 
 def test_alpha_search_finds_the_grid_minimum() -> None:
     """The coarse-to-fine α search returns the α an exhaustive search over the grid picks."""
-    from specquant_gguf.calibrate import block_stats, sample_plan
-    from specquant_gguf.recipe import group_error, method_defaults, search_alpha
-    from specquant_gguf.smooth import group_scales_for
+    from specquant_gguf.convert.calibrate import block_stats, sample_plan
+    from specquant_gguf.convert.block import group_error, search_alpha
+    from specquant_gguf.convert.recipe import method_defaults
+    from specquant_gguf.convert.smooth import group_scales_for
 
     cfg = tiny_config(n_layer=1)
     src = MemorySource(cfg, seed=11)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specquant_gguf.quantize import (CLIP_RATIOS, NO_CLIP, dequantize, fake_quant_act, gptq, group_scales, rtn)
-from specquant_gguf.rotation import hadamard, rotate_hessian, rotate_weight, unrotate_weight, wht_groups
+from specquant_gguf.convert.quantize import dequantize, fake_quant_act, gptq, group_scales, rtn
+from specquant_gguf.convert.recipe import CLIP_RATIOS, NO_CLIP
+from specquant_gguf.convert.rotation import hadamard, rotate_hessian, rotate_weight, unrotate_weight, wht_groups
 
 
 def _gauss(rows: int, cols: int, seed: int = 0, outliers: int = 0) -> torch.Tensor:

@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 import torch
 
+from specquant_gguf.arch import LINEARS
 from specquant_gguf.errors import SpecQuantError
-from specquant_gguf.format import read_model
-from specquant_gguf.reference import (Q8Linear, ReferenceModel, SQ4Linear, group_sums, q8_matmul,
+from specquant_gguf.gguf import read_model
+from oracle.reference import (Q8Linear, ReferenceModel, SQ4Linear, group_sums, q8_matmul,
                                       quantize_activations, quantize_q8_activations, spectral_branch, sq4_matmul,
                                       truncate_spectral, wht_groups)
-from synthetic import hadamard, make_tiny_llama_gguf
+from oracle.synthetic import hadamard, make_tiny_llama_gguf
 
 # -- a plain float forward in numpy (independent of reference.py) -----------------------------------
 
 
 def float_forward(weights: dict[str, np.ndarray], cfg: dict, tokens: list[int]) -> np.ndarray:
-    """llama forward in float64 from float weights (numpy shape (out, in)); interleaved-pair RoPE."""
+    """llama forward in float64 from float weights (numpy shape (out, in)); interleaved-pair RoPE, or
+    for qwen2 the NEOX pairs (i, i + hd/2) that llama.cpp's unpermuted qwen2 layout needs."""
     w = {k: v.astype(np.float64) for k, v in weights.items()}
     t, hd, nh, nkv = len(tokens), cfg["head_dim"], cfg["heads"], cfg["kv_heads"]
     eps = np.float32(cfg["rms_eps"]).item()
@@ -32,8 +34,9 @@ def float_forward(weights: dict[str, np.ndarray], cfg: dict, tokens: list[int]) 
         for i in range(hd // 2):
             theta = np.arange(t) * cfg["rope_theta"] ** (-2.0 * i / hd)
             c, s = np.cos(theta)[:, None], np.sin(theta)[:, None]
-            a, b = x[:, :, 2 * i], x[:, :, 2 * i + 1]
-            out[:, :, 2 * i], out[:, :, 2 * i + 1] = a * c - b * s, a * s + b * c
+            j0, j1 = (i, i + hd // 2) if cfg["arch"] == "qwen2" else (2 * i, 2 * i + 1)
+            a, b = x[:, :, j0], x[:, :, j1]
+            out[:, :, j0], out[:, :, j1] = a * c - b * s, a * s + b * c
         return out
 
     x = w["token_embd.weight"][tokens]
@@ -97,7 +100,7 @@ def test_specquant_file_approximates_its_float_model(tiny_dir) -> None:
     good = np.linalg.norm(ref.forward(TOKENS) - fp) / np.linalg.norm(fp)
     assert good < 0.25
     for layer in ref.layers:
-        for part in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"):
+        for part in LINEARS:
             layer[part].core.wht = False
     bad = np.linalg.norm(ref.forward(TOKENS) - fp) / np.linalg.norm(fp)
     assert bad > 2 * good
@@ -200,7 +203,7 @@ def test_tiny_file_integer_sums_match_brute_force(tiny_sq4) -> None:
         assert acc[t_, o_, g_] == brute
         lin = SQ4Linear(q_w, d_w, g, 4, True, exact=True)
         qt, dt, zt = (torch.from_numpy(a) for a in _as_groups(qx, dx, z, g))
-        from specquant_gguf.reference import _group_acc_t
+        from oracle.reference import _group_acc_t
         acc_t = _group_acc_t(qt, zt, lin.qw, lin.wsum).numpy()  # (nb, T, O)
         np.testing.assert_array_equal(acc_t.transpose(1, 2, 0).astype(np.int64), acc)
         y = sq4_matmul(x, q_w, d_w, g, 4, True)
@@ -361,9 +364,6 @@ def test_native_runtime_matches_oracle(tmp_path, kw) -> None:
     way when fp32 sums run in another order (runtime vs oracle, or the oracle's exact vs fast path);
     such a flip moves one position's logits by ~1e-3 on these tiny models (on a real W4A4 model, it
     can cascade much further), so a few positions are allowed a larger difference."""
-    from specquant_gguf.evaluate import native_available
-    if not native_available():
-        pytest.skip("native library not built")
     from specquant_gguf.runtime import Model
     tm = make_tiny_llama_gguf(tmp_path / "m.gguf", **kw)
     tokens = TOKENS * 2

@@ -10,12 +10,13 @@ import pytest
 from specquant_gguf.errors import FormatError, SpecQuantError, UsageError
 
 from specquant_gguf import runtime  # the library must be built (scripts/setup.sh): no skip
+from specquant_gguf.runtime import _native
 from specquant_gguf.runtime import Model
 
 
 def test_library_and_header() -> None:
     assert runtime.library_path().is_file()
-    src = runtime._cdef_source(runtime._header_path().read_text())
+    src = _native._cdef_source(_native._header_path().read_text())
     assert "#" not in src and "SQ_API" not in src and "sq_model_eval" in src
     assert runtime.isa() in ("scalar", "avx2", "avx512", "neon")
 
@@ -112,7 +113,7 @@ def test_errors(tiny_sq4, tmp_path: Path) -> None:
 
 def test_tokenizer(tiny_sq4) -> None:
     m = Model(tiny_sq4.path)
-    if not hasattr(runtime._lib, "sq_tokenize"):
+    if not hasattr(_native.lib(), "sq_tokenize"):
         pytest.skip("tokenizer not in this library build")
     text = "The quick brown fox jumps over the lazy dog."
     ids = m.tokenize(text)

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specquant_gguf.calibrate import block_stats, sample_plan
-from specquant_gguf.recipe import SMOOTH_ORDER
-from specquant_gguf.smooth import GROUPS, fold, group_scales_for, kv_rows, smooth_scales
+from specquant_gguf.convert.calibrate import block_stats, sample_plan
+from specquant_gguf.convert.block import SMOOTH_ORDER
+from specquant_gguf.convert.smooth import GROUPS, fold, group_scales_for, kv_rows, smooth_scales
 
-from tinyllama import MemorySource, float_logits, tiny_config
+from oracle.tinyllama import MemorySource, float_logits, tiny_config
 
 
 def test_smooth_scales_formula() -> None:

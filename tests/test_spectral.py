@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from specquant_gguf import spectral
+from specquant_gguf.convert import spectral
 
 
 def _w(rows: int, cols: int, seed: int = 0) -> torch.Tensor:

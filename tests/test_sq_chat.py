@@ -177,7 +177,7 @@ def test_prompt_mode(sq_chat: Path, tiny_sq4) -> None:
 
 
 def _no_template_copy(src: Path, dst: Path) -> Path:
-    from specquant_gguf.format import ModelFile, ModelWriter, RawTensor
+    from specquant_gguf.gguf import ModelFile, ModelWriter, RawTensor
     with ModelFile(src) as f, ModelWriter(dst, arch=f.get("general.architecture")) as w:
         for key, value in f.metadata.items():
             if key not in ("tokenizer.chat_template", "general.architecture", "general.alignment"):

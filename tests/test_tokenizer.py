@@ -31,7 +31,8 @@ import pytest
 from conftest import smollm2_path
 
 runtime = pytest.importorskip("specquant_gguf.runtime")
-_ffi, _lib = runtime._ffi, runtime._lib
+from specquant_gguf.runtime import _native  # noqa: E402
+_ffi, _lib = _native.ffi(), _native.lib()
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("SPECQUANT_DATA", REPO.parent / "shared" / "data"))

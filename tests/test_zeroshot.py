@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from specquant_gguf import cli, zeroshot as zs
+from specquant_gguf import cli
+from specquant_gguf.cli import zeroshot as zs_cli
+from specquant_gguf.eval import zeroshot as zs
 from specquant_gguf.errors import SpecQuantError, UsageError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zeroshot"
@@ -43,7 +43,13 @@ def fake_tokenize(text: str) -> list[int]:
 
 
 class NgramModel:
-    """p(next | prev, cur) = 0.6 * bigram(cur) + 0.3 * trigram(prev, cur) + 0.1 * uniform."""
+    """p(next | prev, cur) = 0.6 * bigram(cur) + 0.3 * trigram(prev, cur) + 0.1 * uniform.
+    A ScoringModel (eval.scoring) with fake_tokenize as its tokenizer."""
+
+    name = "ngram"
+    add_bos = False
+    bos_id = BOS
+    eos_id = None
 
     def __init__(self, corpus: list[str], n_ctx: int = 256):
         self.n_ctx = n_ctx
@@ -323,8 +329,8 @@ def _wrong_corpus(tasks):
 
 def test_a_model_trained_on_the_answers_scores_well_and_one_trained_on_wrong_answers_badly():
     tasks = ["piqa", "arc_easy", "hellaswag", "winogrande", "boolq", "openbookqa", "social_iqa"]
-    good = zs.evaluate_tasks(NgramModel(_gold_corpus(tasks)), fake_tokenize, BOS, tasks, FIXTURES, progress=False)
-    bad = zs.evaluate_tasks(NgramModel(_wrong_corpus(tasks)), fake_tokenize, BOS, tasks, FIXTURES, progress=False)
+    good = zs.evaluate_tasks(NgramModel(_gold_corpus(tasks)), tasks, FIXTURES, progress=False)
+    bad = zs.evaluate_tasks(NgramModel(_wrong_corpus(tasks)), tasks, FIXTURES, progress=False)
     # where the answer's own words decide, an n-gram model trained on them is always right (wrong)
     for name in ("piqa", "arc_easy", "hellaswag", "openbookqa"):
         assert good[name]["acc_norm"] == 1.0 and bad[name]["acc_norm"] == 0.0, name
@@ -335,7 +341,7 @@ def test_a_model_trained_on_the_answers_scores_well_and_one_trained_on_wrong_ans
 
 def test_lambada_greedy_accuracy_and_perplexity():
     model = NgramModel([json.loads(l)["text"] for l in (FIXTURES / "lambada_openai/lambada_test.jsonl").open()] * 5)
-    r = zs.evaluate_tasks(model, fake_tokenize, BOS, ["lambada_openai"], FIXTURES, progress=False)["lambada_openai"]
+    r = zs.evaluate_tasks(model, ["lambada_openai"], FIXTURES, progress=False)["lambada_openai"]
     items = zs.load_task("lambada_openai", FIXTURES)
     assert r["n"] == len(items) == 4
     brute = [brute_force(model, *zs.encode_pair(fake_tokenize, *it.requests[0], BOS)) for it in items]
@@ -350,14 +356,11 @@ def test_lambada_greedy_accuracy_and_perplexity():
 
 @pytest.fixture
 def fake_runtime(monkeypatch, tmp_path):
-    mod = types.ModuleType("specquant_gguf.runtime")
-
-    class Model(NgramModel):
-        def __init__(self, path, n_ctx=2048, n_threads=None, kv_type="f16"):
+    class Scorer(NgramModel):
+        def __init__(self, path, n_ctx=2048, threads=None):
             super().__init__(_gold_corpus(["piqa", "arc_easy"]), n_ctx=n_ctx)
 
-    mod.Model = Model
-    monkeypatch.setitem(sys.modules, "specquant_gguf.runtime", mod)
+    monkeypatch.setattr(zs_cli, "NativeScorer", Scorer)
     f = tmp_path / "m.gguf"
     f.write_bytes(b"GGUF")
     return f
@@ -368,8 +371,8 @@ def _run(argv: list[str]) -> int:
     import argparse
 
     p = argparse.ArgumentParser()
-    zs.add_arguments(p)
-    return zs.run(p.parse_args(argv))
+    zs_cli.add_arguments(p)
+    return zs_cli.run(p.parse_args(argv))
 
 
 def test_cli_json(fake_runtime, capsys):
@@ -410,7 +413,7 @@ def test_cli_exit_codes_through_specquant_main(fake_runtime, capsys):
 
 def test_log_softmax_matches_a_float64_reference() -> None:
     """The float32-exponential log-softmax stays within 1e-6 nats of float64 over a real-size vocabulary."""
-    from specquant_gguf.zeroshot import _log_softmax_at
+    from specquant_gguf.eval.zeroshot import _log_softmax_at
 
     rng = np.random.default_rng(3)
     rows = (rng.standard_normal((7, 49152)) * 4).astype(np.float32)

@@ -38,7 +38,9 @@ SQ_API sq_status sq_last_status(void);
 
 /* ---- CPU features ------------------------------------------------------------------------- */
 /* "scalar", "avx2", "avx512" (AVX-512 VNNI) or "neon": the kernel set in use. SQ_ISA=... in the
- * environment forces one (an ISA the CPU lacks is an error at load). */
+ * environment forces one ("auto" or unset: the best this CPU has); an unknown name or an ISA this
+ * CPU / build lacks makes sq_model_load fail with SQ_ERR_UNSUPPORTED (the message lists the valid
+ * names). */
 SQ_API const char *sq_isa_name(void);
 
 /* ---- model -------------------------------------------------------------------------------- */
@@ -133,6 +135,25 @@ SQ_API const char *sq_chat_template_names(void); /* "chatml, llama3, llama2, gem
  * fewer than length + 1 bytes, or INT32_MIN on error (unknown template, bad role: sq_last_error). */
 SQ_API int32_t sq_chat_apply(const char *tmpl, const char *const *roles, const char *const *contents,
                              int32_t n, int32_t add_assistant, char *buf, int32_t buf_len);
+
+/* ---- chat session policy (what sq-chat and specquant chat both do) ------------------------ */
+/* The template a chat uses: forced (a built-in name or a Jinja text sq_chat_apply recognises) when
+ * not NULL, else the model's tokenizer.chat_template when recognised. Returns forced itself or the
+ * model's text (valid while the model lives), or NULL: SQ_ERR_ARG for an unknown forced template or
+ * a NULL model, SQ_ERR_UNSUPPORTED when the model has none or an unrecognised one (sq_last_error:
+ * "the model has no chat template (tokenizer.chat_template)" / "the model has an unrecognised chat
+ * template"; the caller then completes plain text or asks for a template). */
+SQ_API const char *sq_chat_template_pick(const sq_model *m, const char *forced);
+/* How many of the oldest non-system messages (a leading "system" message is never dropped) to drop
+ * so that the rest, formatted with tmpl (with the assistant's header) and tokenized as a prompt (BOS
+ * as the model says, special tokens parsed), plus a reserve for the answer fits in n_ctx: reserve =
+ * n_ctx / 4 while more than one non-system message remains, else 1. Writes *n_drop and *n_tokens
+ * (the kept conversation's tokens) and returns SQ_OK; SQ_ERR_CTX_FULL when the last message alone
+ * does not fit (*n_drop = 0, *n_tokens = what it needs; sq_last_error: "the prompt needs N tokens,
+ * the context holds M"); SQ_ERR_ARG for a bad template / role / argument or a model without a
+ * tokenizer. */
+SQ_API sq_status sq_chat_fit(const sq_model *m, const char *tmpl, const char *const *roles,
+                             const char *const *contents, int32_t n_msgs, int32_t *n_drop, int32_t *n_tokens);
 
 /* ---- sampling ----------------------------------------------------------------------------- */
 typedef struct sq_sampler sq_sampler;

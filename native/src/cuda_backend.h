@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 #include "spectral.h"
 
 typedef struct sq_cuda sq_cuda;             /* one device + stream */

@@ -1,10 +1,12 @@
-/* fp16.c — IEEE binary16 <-> binary32 conversion in portable C (round to nearest even).
+/* fp16.c — IEEE binary16 <-> binary32 (fp16.h): portable bit conversion, and fast fp16 -> fp32
+ * rows through a table or F16C.
  *
- * Bit manipulation only (no FPU tricks), so the result does not depend on the compiler's
- * -ffast-math or flush-to-zero settings and NaN payloads survive a round trip.
+ * The portable functions use bit manipulation only (no FPU tricks), so the result does not depend
+ * on the compiler's -ffast-math or flush-to-zero settings and NaN payloads survive a round trip.
  */
-#include "kernels.h"
+#include "fp16.h"
 
+#include <pthread.h>
 #include <string.h>
 
 static uint32_t f32_bits(float f) {
@@ -66,6 +68,56 @@ uint16_t sq_fp32_to_fp16(float f) {
     return sign | (uint16_t)q;
 }
 
+/* ---- table and F16C rows ---------------------------------------------------------------------- */
+
+static float g_lut[65536];
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static int g_f16c;
+
+static void build(void) {
+    for (uint32_t i = 0; i < 65536; i++) g_lut[i] = sq_fp16_to_fp32((uint16_t)i);
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    g_f16c = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+#endif
+}
+
+void sq_fp16_init(void) { pthread_once(&g_once, build); }
+
+float sq_fp16_to_fp32_lut(uint16_t h) { return g_lut[h]; }
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+__attribute__((target("avx,f16c"))) static void to_float_f16c(const uint16_t *src, float *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = g_lut[src[i]];
+}
+__attribute__((target("avx,f16c"))) static void to_half_f16c(const float *src, uint16_t *dst, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++) dst[i] = sq_fp32_to_fp16(src[i]);
+}
+#endif
+
 void sq_fp16_to_fp32_row(const uint16_t *src, float *dst, size_t n) {
-    for (size_t i = 0; i < n; i++) dst[i] = sq_fp16_to_fp32(src[i]);
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (g_f16c) {
+        to_float_f16c(src, dst, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) dst[i] = g_lut[src[i]];
+}
+
+void sq_fp32_to_fp16_row(const float *src, uint16_t *dst, size_t n) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (g_f16c) {
+        to_half_f16c(src, dst, n);
+        return;
+    }
+#endif
+    for (size_t i = 0; i < n; i++) dst[i] = sq_fp32_to_fp16(src[i]);
 }

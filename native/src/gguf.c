@@ -221,9 +221,14 @@ static sq_status check_tensor(sq_gguf *g, sq_gguf_tensor *t) {
     if (t->ne[0] % blk)
         return sq_set_error(SQ_ERR_FORMAT, "GGUF: tensor '%.*s' (%s): row length %" PRIu64 " is not a multiple of %" PRIu64,
                             nl, t->name.ptr, sq_ggml_type_name(t->type), t->ne[0], blk);
-    /* Bytes = row bytes × rows, each step checked against the buffer size (so no overflow). */
-    uint64_t limit = g->size, n = t->ne[0] / blk * bytes; /* < 2^60: ne[0] <= 2^40 */
-    for (int d = 1; d < SQ_GGUF_MAX_DIMS; d++) n = (n > limit / t->ne[d]) ? limit + 1 : n * t->ne[d];
+    /* Bytes = row bytes × rows (the real size, for the message: overflow is said as such). */
+    uint64_t n = t->ne[0] / blk * bytes; /* < 2^60: ne[0] <= 2^40 */
+    int overflow = 0;
+    for (int d = 1; d < SQ_GGUF_MAX_DIMS; d++) overflow |= __builtin_mul_overflow(n, t->ne[d], &n);
+    if (overflow)
+        return sq_set_error(SQ_ERR_FORMAT, "GGUF: tensor '%.*s' (%s, %" PRIu64 " x %" PRIu64 " x %" PRIu64 " x %" PRIu64
+                            ") would take more than 2^64 bytes", nl, t->name.ptr, sq_ggml_type_name(t->type), t->ne[0],
+                            t->ne[1], t->ne[2], t->ne[3]);
     if (t->offset % g->alignment)
         return sq_set_error(SQ_ERR_FORMAT, "GGUF: tensor '%.*s' offset %" PRIu64 " is not a multiple of %" PRIu64, nl,
                             t->name.ptr, t->offset, g->alignment);
@@ -234,6 +239,16 @@ static sq_status check_tensor(sq_gguf *g, sq_gguf_tensor *t) {
     t->nbytes = n;
     t->data = g->base + g->data_offset + t->offset;
     return SQ_OK;
+}
+
+/* Tensor data lies in table order, without overlap (what every GGUF writer does; FORMAT.md §1):
+ * an offset before the previous tensor's, or inside it, is a corrupt table. */
+static sq_status check_order(const sq_gguf_tensor *a, const sq_gguf_tensor *b) {
+    if (b->offset >= a->offset && b->offset - a->offset >= a->nbytes) return SQ_OK;
+    return sq_set_error(SQ_ERR_FORMAT, "GGUF: tensor '%.*s' at offset %" PRIu64 " %s tensor '%.*s' (%" PRIu64
+                        " bytes at offset %" PRIu64 "): tensor data must follow the table's order without overlap",
+                        (int)b->name.len, b->name.ptr, b->offset, b->offset < a->offset ? "comes before the previous"
+                        : "overlaps the previous", (int)a->name.len, a->name.ptr, a->nbytes, a->offset);
 }
 
 static sq_status parse_alignment(sq_gguf *g) {
@@ -315,6 +330,7 @@ static sq_status parse_tensors(sq_gguf *g, cursor *c) {
     }
     for (uint64_t i = 0; i < g->n_tensors; i++) {
         sq_status st = check_tensor(g, &g->tensors[i]);
+        if (!st && i) st = check_order(&g->tensors[i - 1], &g->tensors[i]);
         if (st) return st;
     }
     qsort(g->by_name, g->n_tensors, sizeof *g->by_name, cmp_tensor_ptr);
@@ -361,9 +377,14 @@ sq_status sq_gguf_parse(sq_gguf *g, const void *data, size_t size) {
 sq_status sq_gguf_open(sq_gguf *g, const char *path) {
     memset(g, 0, sizeof *g);
     if (!path) return sq_set_error(SQ_ERR_ARG, "model path is NULL");
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return sq_set_error(SQ_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    /* stat first: open() on a FIFO would wait for a writer forever. O_NONBLOCK covers a path that
+     * changes in between; fstat then checks what was opened. */
     struct stat stt;
+    if (stat(path, &stt) != 0) return sq_set_error(SQ_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+    if (S_ISDIR(stt.st_mode)) return sq_set_error(SQ_ERR_IO, "'%s' is a directory", path);
+    if (!S_ISREG(stt.st_mode)) return sq_set_error(SQ_ERR_IO, "'%s' is not a regular file", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return sq_set_error(SQ_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     if (fstat(fd, &stt) != 0 || !S_ISREG(stt.st_mode)) {
         close(fd);
         return sq_set_error(SQ_ERR_IO, "'%s' is not a regular file", path);

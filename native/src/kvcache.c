@@ -6,8 +6,8 @@
 #include <string.h>
 
 #include "error.h"
-#include "half.h"
-#include "kernels.h"
+#include "fp16.h"
+#include "kernels/kernels.h"
 
 static size_t row_bytes(int type, int head_dim, int group) {
     int nb = head_dim / group;
@@ -72,7 +72,7 @@ static void store_q8(const float *x, uint8_t *dst, int hd, int g) {
         float amax = 0;
         for (int i = 0; i < g; i++) amax = fmaxf(amax, fabsf(x[i]));
         uint16_t dh = sq_fp32_to_fp16(amax / 127.0f);
-        float d = sq_half_to_float(dh), id = d > 0 ? 1.0f / d : 0.0f; /* use the stored scale */
+        float d = sq_fp16_to_fp32_lut(dh), id = d > 0 ? 1.0f / d : 0.0f; /* use the stored scale */
         put_u16(dst, dh);
         int8_t *q = (int8_t *)(dst + 2);
         for (int i = 0; i < g; i++) {
@@ -91,7 +91,7 @@ static void store_q4(const float *x, uint8_t *dst, int hd, int g) {
             mx = fmaxf(mx, x[i]);
         }
         uint16_t dh = sq_fp32_to_fp16((mx - mn) / 15.0f), mh = sq_fp32_to_fp16(mn);
-        float d = sq_half_to_float(dh), m = sq_half_to_float(mh), id = d > 0 ? 1.0f / d : 0.0f;
+        float d = sq_fp16_to_fp32_lut(dh), m = sq_fp16_to_fp32_lut(mh), id = d > 0 ? 1.0f / d : 0.0f;
         put_u16(dst, dh);
         put_u16(dst + 2, mh);
         uint8_t *q = dst + 4;
@@ -114,7 +114,7 @@ static void store_row(const sq_kvcache *c, const float *x, uint8_t *dst) {
         uint16_t tmp[1024];
         for (int i = 0; i < c->head_dim; i += 1024) {
             int n = c->head_dim - i < 1024 ? c->head_dim - i : 1024;
-            sq_float_to_half_row(x + i, tmp, n);
+            sq_fp32_to_fp16_row(x + i, tmp, n);
             memcpy(dst + 2 * (size_t)i, tmp, 2 * (size_t)n);
         }
     }
@@ -124,7 +124,7 @@ static void store_row(const sq_kvcache *c, const float *x, uint8_t *dst) {
 static void load_row(const sq_kvcache *c, const uint8_t *src, float *out) {
     int hd = c->head_dim, g = c->group;
     if (c->type == SQ_KV_F16) {
-        sq_half_to_float_row((const uint16_t *)src, out, hd); /* rows are 2-byte aligned */
+        sq_fp16_to_fp32_row((const uint16_t *)src, out, hd); /* rows are 2-byte aligned */
         return;
     }
     if (c->type == SQ_KV_F32) {
@@ -132,13 +132,13 @@ static void load_row(const sq_kvcache *c, const uint8_t *src, float *out) {
         return;
     }
     for (int b = 0; b < hd / g; b++, out += g) {
-        float d = sq_half_to_float(get_u16(src));
+        float d = sq_fp16_to_fp32_lut(get_u16(src));
         if (c->type == SQ_KV_Q8) {
             const int8_t *q = (const int8_t *)(src + 2);
             for (int i = 0; i < g; i++) out[i] = d * q[i];
             src += 2 + g;
         } else {
-            float m = sq_half_to_float(get_u16(src + 2));
+            float m = sq_fp16_to_fp32_lut(get_u16(src + 2));
             const uint8_t *q = src + 4;
             for (int i = 0; i < g / 2; i++) {
                 out[i] = m + d * (q[i] & 15);

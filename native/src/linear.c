@@ -7,7 +7,7 @@
 
 #include "error.h"
 #include "dotf.h"
-#include "half.h"
+#include "fp16.h"
 
 /* ---- loading ---------------------------------------------------------------------------------- */
 
@@ -109,13 +109,13 @@ void sq_tensor_row(const sq_gguf_tensor *t, int64_t row, float *out) {
     int64_t n = (int64_t)t->ne[0];
     switch (t->type) {
     case SQ_T_F32: memcpy(out, (const float *)t->data + row * n, (size_t)n * sizeof *out); break;
-    case SQ_T_F16: sq_half_to_float_row((const uint16_t *)t->data + row * n, out, (int)n); break;
+    case SQ_T_F16: sq_fp16_to_fp32_row((const uint16_t *)t->data + row * n, out, (int)n); break;
     case SQ_T_Q8_0: {
         const uint8_t *p = t->data + row * (n / 32) * 34;
         for (int64_t b = 0; b < n / 32; b++, p += 34) {
             uint16_t dh;
             memcpy(&dh, p, 2);
-            float d = sq_half_to_float(dh);
+            float d = sq_fp16_to_fp32_lut(dh);
             for (int i = 0; i < 32; i++) out[b * 32 + i] = d * (float)(int8_t)p[2 + i];
         }
         break;
@@ -198,7 +198,7 @@ typedef struct {
 static void matmul_float(const sq_linear *l, const sq_lin_input *in, int r0, int r1, float *y, int ldy, float *rowbuf) {
     for (int r = r0; r < r1; r++) {
         const float *w = l->wtype == SQ_W_F32 ? (const float *)l->data + (size_t)r * l->cols : rowbuf;
-        if (l->wtype == SQ_W_F16) sq_half_to_float_row((const uint16_t *)l->data + (size_t)r * l->cols, rowbuf, l->cols);
+        if (l->wtype == SQ_W_F16) sq_fp16_to_fp32_row((const uint16_t *)l->data + (size_t)r * l->cols, rowbuf, l->cols);
         for (int t = 0; t < in->n_tok; t++) y[(size_t)t * ldy + r] = sq_dotf(w, in->x + (size_t)t * in->K, l->cols);
     }
 }
@@ -225,7 +225,7 @@ __attribute__((target("avx2,fma"))) static void matmul_float_avx2(const sq_linea
         for (int i = 0; i < nr; i++) {
             if (l->wtype == SQ_W_F32) w[i] = (const float *)l->data + (size_t)(r + i) * K;
             else {
-                sq_half_to_float_row((const uint16_t *)l->data + (size_t)(r + i) * K, rowbuf + (size_t)i * K, K);
+                sq_fp16_to_fp32_row((const uint16_t *)l->data + (size_t)(r + i) * K, rowbuf + (size_t)i * K, K);
                 w[i] = rowbuf + (size_t)i * K;
             }
         }

@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 #include "gguf.h"
-#include "kernels.h"
+#include "kernels/kernels.h"
 #include "spectral.h"
 #include "threads.h"
 

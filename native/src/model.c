@@ -8,14 +8,15 @@
 #include "model.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "attention.h"
 #include "error.h"
-#include "half.h"
-#include "kernels.h"
+#include "fp16.h"
+#include "kernels/kernels.h"
 #include "model_cuda.h"
 #include "norm.h"
 #include "tokenizer.h"
@@ -26,6 +27,12 @@
 #define MAX_LAYERS 4096
 #define MAX_HEADS 4096
 #define MAX_CTX (1 << 24)
+/* specquant.version this runtime reads (docs/FORMAT.md §2); a newer file may mean other math. */
+#define SQ_FORMAT_VERSION 1
+
+_Static_assert(sizeof(((sq_layer *)0)->lin) == SQ_N_LINEAR * sizeof(sq_linear) &&
+                   offsetof(sq_layer, down) == offsetof(sq_layer, lin) + SQ_LIN_DOWN * sizeof(sq_linear),
+               "sq_layer: the named linears and lin[] must overlay in sq_linear_names order");
 
 /* ---- parameters ------------------------------------------------------------------------------- */
 
@@ -55,7 +62,7 @@ static sq_status check_params(const sq_model_params *p) {
 
 typedef struct {
     const sq_gguf *g;
-    char arch[16];
+    const char *arch; /* metadata key prefix: the architecture's name */
 } meta_reader;
 
 /* <arch>.<key> as u32: required (no default) when def < 0. */
@@ -101,19 +108,15 @@ static int str_choice(const sq_gguf *g, const char *key, const char *const *choi
 }
 
 static sq_status read_arch(sq_model *m, meta_reader *r) {
-    static const char *const archs[] = {"llama", "qwen2", "mistral"};
     sq_str s;
     int got = sq_gguf_get_str(&m->gguf, "general.architecture", &s);
     if (got <= 0) return got < 0 ? SQ_ERR_FORMAT : sq_set_error(SQ_ERR_FORMAT, "metadata 'general.architecture' is missing");
-    for (int i = 0; i < 3; i++)
-        if (sq_str_eq(s, archs[i])) {
-            m->hp.arch = i == 1 ? SQ_ARCH_QWEN2 : SQ_ARCH_LLAMA; /* mistral = llama */
-            snprintf(r->arch, sizeof r->arch, "%s", archs[i]);
-            snprintf(m->hp.arch_name, sizeof m->hp.arch_name, "%s", archs[i]);
-            return SQ_OK;
-        }
-    return sq_set_error(SQ_ERR_UNSUPPORTED, "architecture '%.*s' is not supported (llama, qwen2, mistral)",
-                        (int)(s.len > 64 ? 64 : s.len), s.ptr);
+    m->hp.arch = sq_arch_find(s.ptr, s.len);
+    if (!m->hp.arch)
+        return sq_set_error(SQ_ERR_UNSUPPORTED, "architecture '%.*s' is not supported (%s)", (int)(s.len > 64 ? 64 : s.len),
+                            s.ptr, sq_arch_names());
+    r->arch = m->hp.arch->name;
+    return SQ_OK;
 }
 
 static sq_status read_rope_scaling(sq_model *m, const meta_reader *r) {
@@ -136,7 +139,12 @@ static sq_status read_specquant_keys(sq_model *m) {
     const sq_gguf *g = &m->gguf;
     hp->group_size = (int)g->sq4_group;
     uint32_t v;
-    int got = sq_gguf_get_u32(g, "specquant.act_bits", &v);
+    int got = sq_gguf_get_u32(g, "specquant.version", &v);
+    if (got < 0) return SQ_ERR_FORMAT;
+    if (got && v > SQ_FORMAT_VERSION)
+        return sq_set_error(SQ_ERR_UNSUPPORTED, "specquant.version %u is newer than this runtime supports (%d): update "
+                            "specquant-gguf", v, SQ_FORMAT_VERSION);
+    got = sq_gguf_get_u32(g, "specquant.act_bits", &v);
     if (got < 0) return SQ_ERR_FORMAT;
     hp->act_bits = got ? (int)v : 4; /* f16 / q8 files record 16 / 8: checked only for SQ4 files */
     static const char *const rots[] = {"none", "wht"}, *const axes[] = {"in", "out"};
@@ -226,7 +234,7 @@ static sq_status load_embeddings(sq_model *m) {
     m->hp.n_vocab = (int)t->ne[1];
     char key[128];
     uint32_t nv;
-    snprintf(key, sizeof key, "%s.vocab_size", m->hp.arch_name);
+    snprintf(key, sizeof key, "%s.vocab_size", m->hp.arch->name);
     int got = sq_gguf_get_u32(g, key, &nv);
     if (got < 0) return SQ_ERR_FORMAT;
     if (got && nv != (uint32_t)m->hp.n_vocab)
@@ -237,27 +245,57 @@ static sq_status load_embeddings(sq_model *m) {
     return st;
 }
 
+/* N of a tensor named blk.N.*, or -1 for any other name. */
+static long block_of(sq_str name) {
+    if (name.len < 6 || memcmp(name.ptr, "blk.", 4) != 0) return -1;
+    long b = 0;
+    uint64_t i = 4;
+    for (; i < name.len && i < 13 && name.ptr[i] >= '0' && name.ptr[i] <= '9'; i++) b = b * 10 + (name.ptr[i] - '0');
+    return i > 4 && i < name.len && name.ptr[i] == '.' ? b : -1;
+}
+
+/* block_count must match the blk.N tensors: every block 0..block_count-1 has some, none lies past. */
+static sq_status check_block_count(const sq_model *m) {
+    const int n = m->hp.n_layer;
+    int present = 0;
+    long beyond = -1;
+    unsigned char *seen = calloc((size_t)n, 1);
+    if (!seen) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
+        long b = block_of(m->gguf.tensors[i].name);
+        if (b >= n && b > beyond) beyond = b;
+        else if (b >= 0 && b < n && !seen[b]) seen[b] = 1, present++;
+    }
+    free(seen);
+    if (beyond >= 0)
+        return sq_set_error(SQ_ERR_FORMAT, "%s.block_count is %d but the file has tensors for block %ld (blk.%ld.*)",
+                            m->hp.arch->name, n, beyond, beyond);
+    if (present < n)
+        return sq_set_error(SQ_ERR_FORMAT, "%s.block_count is %d but the file has tensors for only %d blocks",
+                            m->hp.arch->name, n, present);
+    return SQ_OK;
+}
+
 static sq_status load_layer(sq_model *m, int il) {
     const sq_hparams *hp = &m->hp;
     const sq_gguf *g = &m->gguf;
     sq_layer *L = &m->layers[il];
     int D = hp->n_embd, qw = hp->n_head * hp->head_dim, kvw = hp->n_kv_head * hp->head_dim, F = hp->n_ff;
+    /* [cols, rows] of each linear, in sq_linear_names order */
+    const int shape[SQ_N_LINEAR][2] = {{D, qw}, {D, kvw}, {D, kvw}, {qw, D}, {D, F}, {D, F}, {F, D}};
     char name[96];
-    struct {
-        sq_linear *l;
-        const char *part;
-        int cols, rows;
-    } lin[7] = {{&L->q, "attn_q", D, qw},        {&L->k, "attn_k", D, kvw},   {&L->v, "attn_v", D, kvw},
-                {&L->o, "attn_output", qw, D},   {&L->gate, "ffn_gate", D, F}, {&L->up, "ffn_up", D, F},
-                {&L->down, "ffn_down", F, D}};
-    for (int i = 0; i < 7; i++) {
-        snprintf(name, sizeof name, "blk.%d.%s", il, lin[i].part);
-        sq_status st = sq_linear_init(lin[i].l, g, name, lin[i].cols, lin[i].rows, hp->group_size, hp->spec_axis,
+    for (int i = 0; i < SQ_N_LINEAR; i++) {
+        snprintf(name, sizeof name, "blk.%d.%s", il, sq_linear_names[i]);
+        sq_status st = sq_linear_init(&L->lin[i], g, name, shape[i][0], shape[i][1], hp->group_size, hp->spec_axis,
                                       m->spectral_tau);
         if (st) return st;
     }
-    if (hp->arch == SQ_ARCH_QWEN2 && !(L->q.bias && L->k.bias && L->v.bias))
-        return sq_set_error(SQ_ERR_FORMAT, "qwen2 layer %d lacks its attn_q/k/v biases", il);
+    int n_bias = (L->q.bias != NULL) + (L->k.bias != NULL) + (L->v.bias != NULL);
+    if (hp->arch->qkv_bias == SQ_BIAS_REQUIRED && n_bias < 3)
+        return sq_set_error(SQ_ERR_FORMAT, "%s layer %d lacks its attn_q/k/v biases", hp->arch->name, il);
+    if (hp->arch->qkv_bias == SQ_BIAS_NONE && n_bias > 0)
+        return sq_set_error(SQ_ERR_FORMAT, "%s layer %d has attn_q/k/v biases, which %s does not use", hp->arch->name, il,
+                            hp->arch->name);
     snprintf(name, sizeof name, "blk.%d.attn_norm.weight", il);
     sq_status st = norm_tensor(g, name, D, &L->attn_norm);
     snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", il);
@@ -265,17 +303,12 @@ static sq_status load_layer(sq_model *m, int il) {
     return st;
 }
 
-static sq_linear *layer_linear(sq_layer *L, int i) {
-    sq_linear *all[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-    return all[i];
-}
-
 /* One basis per distinct transform length, wide enough for every branch of that length. */
 static sq_status build_bases(sq_model *m) {
     int lens[16], ks[16], n = 0;
     for (int il = 0; il < m->hp.n_layer; il++)
-        for (int i = 0; i < 7; i++) {
-            sq_linear *l = layer_linear(&m->layers[il], i);
+        for (int i = 0; i < SQ_N_LINEAR; i++) {
+            sq_linear *l = &m->layers[il].lin[i];
             if (!l->spec || !l->spec->k_used) continue;
             int L = l->spec->axis == SQ_SPEC_IN ? l->cols : l->rows, j = 0;
             while (j < n && lens[j] != L) j++;
@@ -293,8 +326,8 @@ static sq_status build_bases(sq_model *m) {
         if (st) return st;
     }
     for (int il = 0; il < m->hp.n_layer; il++)
-        for (int i = 0; i < 7; i++) {
-            sq_linear *l = layer_linear(&m->layers[il], i);
+        for (int i = 0; i < SQ_N_LINEAR; i++) {
+            sq_linear *l = &m->layers[il].lin[i];
             if (!l->spec || !l->spec->k_used) continue;
             int L = l->spec->axis == SQ_SPEC_IN ? l->cols : l->rows;
             for (int j = 0; j < n; j++)
@@ -314,7 +347,8 @@ static sq_status load_rope(sq_model *m) {
             if (!(factors[i] > 0 && factors[i] < 1e9f))
                 return sq_set_error(SQ_ERR_FORMAT, "rope_freqs.weight[%d] = %g is not a positive number", i, (double)factors[i]);
     }
-    return sq_rope_init(&m->rope, m->hp.n_rot, m->n_ctx, m->hp.rope_base, m->hp.rope_freq_scale, factors, SQ_ROPE_NORMAL);
+    return sq_rope_init(&m->rope, m->hp.n_rot, m->n_ctx, m->hp.rope_base, m->hp.rope_freq_scale, factors,
+                        m->hp.arch->rope_mode);
 }
 
 /* ---- buffers ---------------------------------------------------------------------------------- */
@@ -333,8 +367,8 @@ static sq_status alloc_buffers(sq_model *m) {
     if (F > max_cols) max_cols = F;
     int spec_k = 1, kmax_stored = 1;
     for (int il = 0; il < hp->n_layer; il++)
-        for (int i = 0; i < 7; i++) {
-            const sq_spectral *s = layer_linear(&m->layers[il], i)->spec;
+        for (int i = 0; i < SQ_N_LINEAR; i++) {
+            const sq_spectral *s = m->layers[il].lin[i].spec;
             if (s && s->k_used > spec_k) spec_k = s->k_used;
             if (s && s->k_max > kmax_stored) kmax_stored = s->k_max;
         }
@@ -370,12 +404,8 @@ static sq_status alloc_buffers(sq_model *m) {
 /* ---- load / free ------------------------------------------------------------------------------ */
 
 static sq_status setup_exec(sq_model *m, int n_threads) {
-    const char *isa = getenv("SQ_ISA");
-    if (isa && *isa) {
-        m->exec.kt = sq_kernels_for(isa);
-        if (!m->exec.kt)
-            return sq_set_error(SQ_ERR_UNSUPPORTED, "SQ_ISA=%s: that kernel set is not built in or this CPU lacks it", isa);
-    } else m->exec.kt = sq_kernels();
+    sq_status st = sq_kernels_from_env(&m->exec.kt); /* SQ_ISA, or the best kernels for this CPU */
+    if (st) return st;
     m->exec.n_threads = n_threads > 0 ? n_threads : sq_cpu_count();
     m->exec.pool = sq_pool_new(m->exec.n_threads);
     if (!m->exec.pool) return sq_last_status();
@@ -402,14 +432,15 @@ static sq_status load_model(sq_model *m, const sq_model_params *p) {
     m->n_batch = m->n_ctx < SQ_MAX_BATCH ? m->n_ctx : SQ_MAX_BATCH;
     m->kv_type = p->kv_type;
     m->spectral_tau = p->spectral_tau;
-    st = load_embeddings(m);
+    st = check_block_count(m);
+    if (!st) st = load_embeddings(m);
     if (st) return st;
     m->layers = calloc((size_t)m->hp.n_layer, sizeof *m->layers);
     if (!m->layers) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
     for (int il = 0; il < m->hp.n_layer && !st; il++) st = load_layer(m, il);
     int any_sq4 = m->head.wtype == SQ_W_SQ4;
     for (int il = 0; il < m->hp.n_layer && !st; il++)
-        for (int i = 0; i < 7; i++) any_sq4 |= layer_linear(&m->layers[il], i)->wtype == SQ_W_SQ4;
+        for (int i = 0; i < SQ_N_LINEAR; i++) any_sq4 |= m->layers[il].lin[i].wtype == SQ_W_SQ4;
     if (!st && any_sq4) st = check_sq4_settings(m);
     if (!st) st = build_bases(m);
     if (!st) st = load_rope(m);
@@ -434,7 +465,7 @@ static sq_model *load_common(sq_model *m, const sq_model_params *params, sq_stat
 }
 
 static sq_model *new_model(void) {
-    sq_half_init();
+    sq_fp16_init();
     sq_model *m = calloc(1, sizeof *m);
     if (!m) {
         sq_set_error(SQ_ERR_NOMEM, "out of memory");
@@ -463,7 +494,7 @@ SQ_API void sq_model_free(sq_model *m) {
     if (m->vocab) sq_vocab_free(m->vocab);
     if (m->layers)
         for (int il = 0; il < m->hp.n_layer; il++)
-            for (int i = 0; i < 7; i++) sq_linear_free(layer_linear(&m->layers[il], i));
+            for (int i = 0; i < SQ_N_LINEAR; i++) sq_linear_free(&m->layers[il].lin[i]);
     free(m->layers);
     sq_linear_free(&m->head);
     for (int j = 0; j < m->n_bases; j++) sq_basis_free(&m->bases[j]);

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <stddef.h>
 
+#include "arch.h"
 #include "gguf.h"
 #include "kvcache.h"
 #include "linear.h"
@@ -20,19 +21,21 @@
 #include "specquant.h"
 #include "threads.h"
 
-enum { SQ_ARCH_LLAMA = 0, SQ_ARCH_QWEN2 = 1 };
-
 /* Tokens per forward chunk: prompts longer than this run in several chunks. */
 #define SQ_MAX_BATCH 512
 
 typedef struct {
     const float *attn_norm, *ffn_norm;
-    sq_linear q, k, v, o, gate, up, down;
+    union { /* by name, or lin[i] in sq_linear_names order (arch.h) */
+        struct {
+            sq_linear q, k, v, o, gate, up, down;
+        };
+        sq_linear lin[SQ_N_LINEAR];
+    };
 } sq_layer;
 
 typedef struct {
-    int arch;
-    char arch_name[16]; /* metadata key prefix */
+    const sq_arch *arch; /* its row of the architecture table (arch.h) */
     int n_embd, n_layer, n_head, n_kv_head, head_dim, n_ff, n_vocab, n_ctx_train, n_rot;
     float eps, rope_base, rope_freq_scale;
     int group_size;   /* SQ4 G (0 = per row) */

@@ -26,9 +26,7 @@
 #include "cuda_backend.h"
 #include "error.h"
 
-enum { N_LIN = 7, W_D = 0, W_F = 1 }; /* activation widths: hidden (= n_head·head_dim) and ffn */
-
-static const char *const k_part[N_LIN] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+enum { W_D = 0, W_F = 1 }; /* activation widths: hidden (= n_head·head_dim) and ffn */
 
 typedef struct {
     const sq_linear *l;     /* the host layer (shapes, wtype, spectral truncation) */
@@ -40,7 +38,7 @@ typedef struct {
 
 struct sq_model_gpu {
     sq_cuda *c;
-    gpu_linear *lin;        /* n_layer × N_LIN, in k_part order */
+    gpu_linear *lin;        /* n_layer × SQ_N_LINEAR, in sq_linear_names order (arch.h) */
     gpu_linear head;
     sq_cuda_basis **bases;  /* device copies of m->bases */
     float *norms;           /* [layer][attn, ffn][n_embd], then the output norm */
@@ -58,12 +56,6 @@ struct sq_model_gpu {
         if (st_ != SQ_OK) return st_; \
     } while (0)
 
-static const sq_linear *layer_lin(const sq_model *m, int il, int i) {
-    const sq_layer *L = &m->layers[il];
-    const sq_linear *all[N_LIN] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
-    return all[i];
-}
-
 /* ---- can the GPU run this model? ------------------------------------------------------------- */
 
 static const char *wtype_name(int wtype) {
@@ -75,11 +67,11 @@ static const char *gpu_unsupported(const sq_model *m) {
     static __thread char why[160];
     const sq_hparams *hp = &m->hp;
     for (int il = 0; il < hp->n_layer; il++)
-        for (int i = 0; i < N_LIN; i++) {
-            int wt = layer_lin(m, il, i)->wtype;
+        for (int i = 0; i < SQ_N_LINEAR; i++) {
+            int wt = m->layers[il].lin[i].wtype;
             if (wt != SQ_W_SQ4 && wt != SQ_W_Q8) {
                 snprintf(why, sizeof why, "blk.%d.%s.weight is %s (the GPU runs SQ4 and Q8_0 linear weights)", il,
-                         k_part[i], wtype_name(wt));
+                         sq_linear_names[i], wtype_name(wt));
                 return why;
             }
         }
@@ -129,11 +121,11 @@ static sq_status upload_linear(sq_model *m, struct sq_model_gpu *g, const sq_lin
 static sq_status upload_weights(sq_model *m, struct sq_model_gpu *g) {
     const sq_hparams *hp = &m->hp;
     g->bases = calloc(m->n_bases ? m->n_bases : 1, sizeof *g->bases);
-    g->lin = calloc((size_t)hp->n_layer * N_LIN, sizeof *g->lin);
+    g->lin = calloc((size_t)hp->n_layer * SQ_N_LINEAR, sizeof *g->lin);
     if (!g->bases || !g->lin) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
     for (int j = 0; j < m->n_bases; j++) TRY(sq_cuda_basis_create(g->c, &m->bases[j], &g->bases[j]));
     for (int il = 0; il < hp->n_layer; il++)
-        for (int i = 0; i < N_LIN; i++) TRY(upload_linear(m, g, layer_lin(m, il, i), &g->lin[il * N_LIN + i]));
+        for (int i = 0; i < SQ_N_LINEAR; i++) TRY(upload_linear(m, g, &m->layers[il].lin[i], &g->lin[il * SQ_N_LINEAR + i]));
     TRY(upload_linear(m, g, &m->head, &g->head));
     /* norms: one device array, uploaded piece by piece */
     size_t D = (size_t)hp->n_embd;
@@ -155,9 +147,9 @@ static sq_status alloc_activations(sq_model *m, struct sq_model_gpu *g) {
     int need[2][2] = {{0, 0}, {0, 0}}; /* [width][sq4, q8] */
     int spec_k = 1;
     for (int il = 0; il < hp->n_layer; il++)
-        for (int i = 0; i < N_LIN; i++) {
-            const sq_linear *l = layer_lin(m, il, i);
-            need[i == 6 ? W_F : W_D][l->wtype == SQ_W_Q8] = 1;
+        for (int i = 0; i < SQ_N_LINEAR; i++) {
+            const sq_linear *l = &m->layers[il].lin[i];
+            need[i == SQ_LIN_DOWN ? W_F : W_D][l->wtype == SQ_W_Q8] = 1;
             if (l->spec && l->spec->k_used > spec_k) spec_k = l->spec->k_used;
         }
     need[W_D][m->head.wtype == SQ_W_Q8] = 1;
@@ -209,7 +201,7 @@ void sq_model_cuda_free(sq_model *m) {
     sq_cuda *c = g->c;
     if (c) {
         if (g->lin)
-            for (int i = 0; i < m->hp.n_layer * N_LIN; i++) free_linear(c, &g->lin[i]);
+            for (int i = 0; i < m->hp.n_layer * SQ_N_LINEAR; i++) free_linear(c, &g->lin[i]);
         free_linear(c, &g->head);
         if (g->bases)
             for (int j = 0; j < m->n_bases; j++) sq_cuda_basis_free(c, g->bases[j]);
@@ -306,12 +298,12 @@ static sq_status forward_layer(sq_model *m, int il, int nb, int pos0) {
     const sq_hparams *hp = &m->hp;
     struct sq_model_gpu *g = m->gpu;
     sq_cuda *c = g->c;
-    gpu_linear *L = &g->lin[il * N_LIN];
+    gpu_linear *L = &g->lin[il * SQ_N_LINEAR];
     const int D = hp->n_embd, kvw = hp->n_kv_head * hp->head_dim, F = hp->n_ff;
     const float *attn_norm = g->norms + (size_t)2 * il * D, *ffn_norm = attn_norm + D;
 
     TRY(sq_cuda_rmsnorm(c, g->x, D, attn_norm, g->xn, D, nb, D, hp->eps));
-    gpu_linear *qkv[3] = {&L[0], &L[1], &L[2]};
+    gpu_linear *qkv[3] = {&L[SQ_LIN_Q], &L[SQ_LIN_K], &L[SQ_LIN_V]};
     float *qkv_out[3] = {g->q, g->k, g->v};
     const int qkv_ld[3] = {D, kvw, kvw};
     TRY(run_linears(m, g->xn, W_D, nb, qkv, qkv_out, qkv_ld, 3));
@@ -321,19 +313,19 @@ static sq_status forward_layer(sq_model *m, int il, int nb, int pos0) {
                      hp->head_dim, pos0));
     TRY(sq_cuda_kv_store(c, g->kv, il, g->k, kvw, g->v, kvw, nb, pos0));
     TRY(sq_cuda_attention(c, g->kv, il, g->q, D, g->att, D, nb, pos0, hp->n_head, 1.0f / sqrtf((float)hp->head_dim)));
-    gpu_linear *o[1] = {&L[3]};
+    gpu_linear *o[1] = {&L[SQ_LIN_O]};
     float *tmp[1] = {g->tmp};
     const int ld_d[1] = {D};
     TRY(run_linears(m, g->att, W_D, nb, o, tmp, ld_d, 1));
     TRY(sq_cuda_add(c, g->x, D, g->tmp, D, nb, D));
 
     TRY(sq_cuda_rmsnorm(c, g->x, D, ffn_norm, g->xn, D, nb, D, hp->eps));
-    gpu_linear *gu[2] = {&L[4], &L[5]};
+    gpu_linear *gu[2] = {&L[SQ_LIN_GATE], &L[SQ_LIN_UP]};
     float *gu_out[2] = {g->gate, g->up};
     const int gu_ld[2] = {F, F};
     TRY(run_linears(m, g->xn, W_D, nb, gu, gu_out, gu_ld, 2));
     TRY(sq_cuda_silu_mul(c, g->gate, F, g->up, F, nb, F));
-    gpu_linear *down[1] = {&L[6]};
+    gpu_linear *down[1] = {&L[SQ_LIN_DOWN]};
     TRY(run_linears(m, g->gate, W_F, nb, down, tmp, ld_d, 1));
     return sq_cuda_add(c, g->x, D, g->tmp, D, nb, D);
 }

@@ -11,7 +11,7 @@
 
 #include "error.h"
 #include "dotf.h"
-#include "half.h"
+#include "fp16.h"
 
 /* Basis tables above this size are refused: a corrupt K_max or length must not make us allocate
  * (or, with overcommit, touch) gigabytes. Real branches need well under a megabyte. */
@@ -45,12 +45,12 @@ static int truncate_k(const uint16_t *c, int k, float tau) {
     if (tau >= 1.0f || k == 0) return k;
     double total = 0, run = 0;
     for (int i = 0; i < 2 * k; i++) {
-        double v = sq_half_to_float(c[i]);
+        double v = sq_fp16_to_fp32_lut(c[i]);
         total += v * v;
     }
     if (!(total > 0)) return 0;
     for (int i = 0; i < k; i++) {
-        double a = sq_half_to_float(c[2 * i]), bb = sq_half_to_float(c[2 * i + 1]);
+        double a = sq_fp16_to_fp32_lut(c[2 * i]), bb = sq_fp16_to_fp32_lut(c[2 * i + 1]);
         run += a * a + bb * bb;
         if (run >= tau * total) return i + 1;
     }
@@ -87,7 +87,7 @@ void sq_spectral_free(sq_spectral *s) {
 /* Coefficient pairs of channel c as floats (fbuf: 2*k_max floats). */
 static const float *channel_coef(const sq_spectral *s, int c, float *fbuf) {
     int k = s->k[c];
-    if (k) sq_half_to_float_row(s->coef + (size_t)c * s->k_max * 2, fbuf, 2 * k);
+    if (k) sq_fp16_to_fp32_row(s->coef + (size_t)c * s->k_max * 2, fbuf, 2 * k);
     return fbuf;
 }
 

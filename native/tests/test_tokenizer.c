@@ -21,6 +21,7 @@
 
 #define TEST_RNG_SEED 0x2545F4914F6CDD1Dull /* this test's own stream (its fuzz cases) */
 #include "test_util.h"
+#include "tiny_model.h" /* gpt2_spell */
 
 /* ---- unicode -------------------------------------------------------------------------------- */
 
@@ -129,19 +130,6 @@ static void test_pretokenizers(void) {
 }
 
 /* ---- byte-level BPE ------------------------------------------------------------------------- */
-
-static void gpt2_spell(int b, char *out) { /* GPT-2 byte -> its code point, as UTF-8 */
-    int extra = 0, cp = -1;
-    for (int x = 0; x < 256; x++) {
-        int keep = (x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
-        int c = keep ? x : 256 + extra++;
-        if (x == b) cp = c;
-    }
-    uint8_t u[4];
-    int n = sq_utf8_encode((uint32_t)cp, u);
-    memcpy(out, u, (size_t)n);
-    out[n] = '\0';
-}
 
 enum { N_SPECIAL = 4, N_BYTES = 256 };
 static const char *k_merges[] = {"h e", "l l", "\xC4\xA0 t", "\xC4\xA0t he", "he ll", "hell o"};

@@ -2,9 +2,10 @@
  *
  * The files follow docs/FORMAT.md: llama metadata, specquant.* keys, norms F32, embeddings Q8_0 or
  * F16, the seven linear weights SQ4 / Q8_0 / F16 with random contents, optional spectral branch,
- * optional qwen2 biases. No tokenizer (a bare weights file is valid). Values are random but small,
- * so logits stay finite; tests compare the runtime with itself (batch vs decode, threads, KV
- * types), reference parity lives in tests/test_parity.py.
+ * optional qwen2 biases. No tokenizer by default (a bare weights file is valid); tiny_cfg.vocab adds
+ * a byte-level one (tiny_vocab_cfg). Values are random but small, so logits stay finite; tests
+ * compare the runtime with itself (batch vs decode, threads, KV types), reference parity lives in
+ * tests/test_parity.py.
  */
 #ifndef SQ_TINY_MODEL_H
 #define SQ_TINY_MODEL_H
@@ -15,9 +16,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "arch.h"
 #include "gguf.h"
-#include "kernels.h"
+#include "kernels/kernels.h"
 #include "test_util.h"
+#include "unicode.h"
 
 /* ---- a growable byte buffer with GGUF primitives -------------------------------------------- */
 
@@ -53,6 +56,12 @@ static void tb_pad(tbuf *b, size_t align) {
 static void kv_u32(tbuf *b, const char *k, uint32_t v) { tb_str(b, k); tb_u32(b, SQ_GGUF_U32); tb_u32(b, v); }
 static void kv_f32(tbuf *b, const char *k, float v) { tb_str(b, k); tb_u32(b, SQ_GGUF_F32); tb_f32(b, v); }
 static void kv_str(tbuf *b, const char *k, const char *v) { tb_str(b, k); tb_u32(b, SQ_GGUF_STRING); tb_str(b, v); }
+static void kv_arr(tbuf *b, const char *k, uint32_t type, uint64_t n) {
+    tb_str(b, k);
+    tb_u32(b, SQ_GGUF_ARRAY);
+    tb_u32(b, type);
+    tb_u64(b, n);
+}
 
 /* ---- deterministic random numbers ------------------------------------------------------------ */
 
@@ -74,11 +83,42 @@ typedef struct {
     int axis_out;
     int tied;
     int bias;            /* q/k/v biases (qwen2 needs them) */
+    /* fields a test may set (0 / NULL: the defaults) */
+    uint64_t seed;       /* restart the random stream here first (0: go on where the last file ended) */
+    int permute_qk;      /* store attn_q / attn_k rows (and biases) as llama.cpp does for normal RoPE */
+    int version;         /* specquant.version (0: 1) */
+    int block_count;     /* <arch>.block_count (0: n_layer) */
+    int vocab;           /* a byte-level BPE tokenizer (n_vocab must be TINY_VOCAB_TOKENS) */
+    const char *chat_template; /* tokenizer.chat_template (NULL: none) */
 } tiny_cfg;
 
 static tiny_cfg tiny_default(void) {
     tiny_cfg c = {"llama", 2, 64, 4, 2, 128, 97, 64, 32, 4, 1, SQ_T_SQ4, SQ_T_Q8_0, 0, 0, 1, 0};
     return c;
+}
+
+/* The tokenizer of tiny_cfg.vocab: the 256 bytes (GPT-2 spelling, ids 0..255), then <|endoftext|>
+ * (eos), <|im_start|>, <|im_end|> (control tokens); no merges, so a text's tokens are its bytes. */
+#define TINY_VOCAB_TOKENS 259
+static tiny_cfg tiny_vocab_cfg(void) {
+    tiny_cfg c = tiny_default();
+    c.vocab = 1;
+    c.n_vocab = TINY_VOCAB_TOKENS;
+    return c;
+}
+
+/* GPT-2's spelling of byte b (its code point in UTF-8) into out (at least 5 bytes). */
+static void gpt2_spell(int b, char *out) {
+    int extra = 0, cp = -1;
+    for (int x = 0; x < 256; x++) {
+        int keep = (x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF);
+        int c = keep ? x : 256 + extra++;
+        if (x == b) cp = c;
+    }
+    uint8_t u[4];
+    int n = sq_utf8_encode((uint32_t)cp, u);
+    memcpy(out, u, (size_t)n);
+    out[n] = '\0';
 }
 
 typedef struct {
@@ -153,10 +193,26 @@ static void add_matrix(tiny_list *l, const tiny_cfg *c, const char *name, uint32
     else fill_f32(t, (size_t)rows * cols, 0, scale);
 }
 
+/* llama.cpp's permutation of q/k rows for normal RoPE: in each head of hd rows, row s·hd/2 + i
+ * (NEOX pair member s of pair i, Hugging Face order) goes to row 2i + s. */
+static void permute_rows(tbuf *d, int rows, int hd) {
+    size_t rb = d->n / (size_t)rows;
+    uint8_t *tmp = malloc(d->n);
+    if (!tmp) abort();
+    for (int r = 0; r < rows; r++) {
+        int h = r / hd, j = r % hd, s = j / (hd / 2), i = j % (hd / 2);
+        memcpy(tmp + (size_t)(h * hd + 2 * i + s) * rb, d->p + (size_t)r * rb, rb);
+    }
+    memcpy(d->p, tmp, d->n);
+    free(tmp);
+}
+
 static void add_linear(tiny_list *l, const tiny_cfg *c, int il, const char *part, int cols, int rows) {
     char name[64];
+    const int hd = c->n_embd / c->n_head, qk = !strcmp(part, "attn_q") || !strcmp(part, "attn_k");
     snprintf(name, sizeof name, "blk.%d.%s.weight", il, part);
     add_matrix(l, c, name, c->wtype, cols, rows);
+    if (c->permute_qk && qk) permute_rows(&l->t[l->n - 1].data, rows, hd);
     if (c->spectral_k > 0 && c->wtype == SQ_T_SQ4) {
         int ch = c->axis_out ? cols : rows, K = c->spectral_k;
         snprintf(name, sizeof name, "blk.%d.%s.spectral", il, part);
@@ -177,6 +233,7 @@ static void add_linear(tiny_list *l, const tiny_cfg *c, int il, const char *part
     if (c->bias && (!strcmp(part, "attn_q") || !strcmp(part, "attn_k") || !strcmp(part, "attn_v"))) {
         snprintf(name, sizeof name, "blk.%d.%s.bias", il, part);
         fill_f32(tl_add(l, name, SQ_T_F32, 1, (uint64_t)rows, 1, 1), (size_t)rows, 0, 0.1f);
+        if (c->permute_qk && qk) permute_rows(&l->t[l->n - 1].data, rows, hd);
     }
 }
 
@@ -190,19 +247,33 @@ static void write_metadata(tbuf *b, const tiny_cfg *c, uint64_t *n_kv) {
     KV(kv_u32(b, "general.alignment", 32));
     snprintf(k, sizeof k, "%s.context_length", a), KV(kv_u32(b, k, (uint32_t)c->n_ctx));
     snprintf(k, sizeof k, "%s.embedding_length", a), KV(kv_u32(b, k, (uint32_t)c->n_embd));
-    snprintf(k, sizeof k, "%s.block_count", a), KV(kv_u32(b, k, (uint32_t)c->n_layer));
+    snprintf(k, sizeof k, "%s.block_count", a), KV(kv_u32(b, k, (uint32_t)(c->block_count ? c->block_count : c->n_layer)));
     snprintf(k, sizeof k, "%s.feed_forward_length", a), KV(kv_u32(b, k, (uint32_t)c->n_ff));
     snprintf(k, sizeof k, "%s.attention.head_count", a), KV(kv_u32(b, k, (uint32_t)c->n_head));
     snprintf(k, sizeof k, "%s.attention.head_count_kv", a), KV(kv_u32(b, k, (uint32_t)c->n_kv_head));
     snprintf(k, sizeof k, "%s.rope.freq_base", a), KV(kv_f32(b, k, 10000.0f));
     snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", a), KV(kv_f32(b, k, 1e-5f));
-    KV(kv_u32(b, "specquant.version", 1));
+    KV(kv_u32(b, "specquant.version", c->version ? (uint32_t)c->version : 1));
     KV(kv_u32(b, "specquant.group_size", (uint32_t)c->group));
     KV(kv_u32(b, "specquant.act_bits", (uint32_t)c->act_bits));
     KV(kv_u32(b, "specquant.act_group_size", (uint32_t)c->group));
     KV(kv_str(b, "specquant.rotation", c->wht ? "wht" : "none"));
     KV(kv_str(b, "specquant.spectral.axis", c->axis_out ? "out" : "in"));
     KV(kv_u32(b, "specquant.spectral.k_max", (uint32_t)c->spectral_k));
+    if (c->chat_template) KV(kv_str(b, "tokenizer.chat_template", c->chat_template));
+    if (c->vocab) {
+        static const char *const specials[] = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"};
+        KV(kv_str(b, "tokenizer.ggml.model", "gpt2"));
+        KV(kv_u32(b, "tokenizer.ggml.eos_token_id", 256));
+        KV(kv_arr(b, "tokenizer.ggml.tokens", SQ_GGUF_STRING, TINY_VOCAB_TOKENS));
+        for (int i = 0; i < TINY_VOCAB_TOKENS; i++) {
+            char spelled[8];
+            if (i < 256) gpt2_spell(i, spelled);
+            tb_str(b, i < 256 ? spelled : specials[i - 256]);
+        }
+        KV(kv_arr(b, "tokenizer.ggml.token_type", SQ_GGUF_I32, TINY_VOCAB_TOKENS));
+        for (int i = 0; i < TINY_VOCAB_TOKENS; i++) tb_u32(b, i < 256 ? 1 : 3); /* normal, control */
+    }
 #undef KV
 }
 
@@ -210,6 +281,8 @@ static void write_metadata(tbuf *b, const tiny_cfg *c, uint64_t *n_kv) {
 static uint8_t *tiny_model_build(const tiny_cfg *c, size_t *size) {
     static tiny_list l; /* large: keep it off the stack */
     l.n = 0;
+    if (c->seed) tm_rng = c->seed;
+    if (c->vocab && c->n_vocab != TINY_VOCAB_TOKENS) abort(); /* tiny_vocab_cfg() sets it */
     int D = c->n_embd, hd = D / c->n_head, qw = c->n_head * hd, kvw = c->n_kv_head * hd, F = c->n_ff;
     add_matrix(&l, c, "token_embd.weight", c->embd_type, D, c->n_vocab);
     if (!c->tied) add_matrix(&l, c, "output.weight", c->embd_type, D, c->n_vocab);
@@ -220,13 +293,8 @@ static uint8_t *tiny_model_build(const tiny_cfg *c, size_t *size) {
         fill_f32(tl_add(&l, name, SQ_T_F32, 1, (uint64_t)D, 1, 1), (size_t)D, 1.0f, 0.1f);
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", il);
         fill_f32(tl_add(&l, name, SQ_T_F32, 1, (uint64_t)D, 1, 1), (size_t)D, 1.0f, 0.1f);
-        add_linear(&l, c, il, "attn_q", D, qw);
-        add_linear(&l, c, il, "attn_k", D, kvw);
-        add_linear(&l, c, il, "attn_v", D, kvw);
-        add_linear(&l, c, il, "attn_output", qw, D);
-        add_linear(&l, c, il, "ffn_gate", D, F);
-        add_linear(&l, c, il, "ffn_up", D, F);
-        add_linear(&l, c, il, "ffn_down", F, D);
+        const int shape[SQ_N_LINEAR][2] = {{D, qw}, {D, kvw}, {D, kvw}, {qw, D}, {D, F}, {D, F}, {F, D}};
+        for (int i = 0; i < SQ_N_LINEAR; i++) add_linear(&l, c, il, sq_linear_names[i], shape[i][0], shape[i][1]);
     }
     tbuf kvs = {0}, out = {0};
     uint64_t n_kv;

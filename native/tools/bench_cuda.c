@@ -17,20 +17,20 @@
 #include <string.h>
 #include <time.h>
 
+#include "arch.h"
 #include "cuda_backend.h"
 #include "gguf.h"
 #include "rope.h"
 
 #define MAX_N 16
 
-static const char *const PARTS[7] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
-enum { Q, K, V, O, GATE, UP, DOWN };
+enum { Q = SQ_LIN_Q, K = SQ_LIN_K, V = SQ_LIN_V, O = SQ_LIN_O, GATE = SQ_LIN_GATE, UP = SQ_LIN_UP, DOWN = SQ_LIN_DOWN };
 
 typedef struct {
     sq_cuda *c;
     int hidden, ffn, n_head, n_kv, hd, G, bits, wht, n_ctx;
     float eps;
-    sq_cuda_mat *w[7];
+    sq_cuda_mat *w[SQ_N_LINEAR];
     sq_cuda_act *ah, *af;
     sq_cuda_kv *kv;
     float *x, *xn, *q, *k, *v, *att, *o, *g, *u, *cs, *norm_a, *norm_f;
@@ -174,9 +174,9 @@ int main(int argc, char **argv) {
     if (want_path) TRY(sq_cuda_set_path(b.c, !strcmp(want_path, "int4") ? SQ_CUDA_PATH_INT4 : SQ_CUDA_PATH_INT8));
     if (gemv_max >= 0) TRY(sq_cuda_set_gemv_max(b.c, gemv_max));
     size_t wbytes = 0;
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < SQ_N_LINEAR; i++) {
         char name[64];
-        snprintf(name, sizeof name, "blk.0.%s.weight", PARTS[i]);
+        snprintf(name, sizeof name, "blk.0.%s.weight", sq_linear_names[i]);
         const sq_gguf_tensor *t = sq_gguf_tensor_find(&g, name);
         if (!t || t->type != SQ_T_SQ4) {
             fprintf(stderr, "bench_cuda: %s is missing or not SQ4\n", name);

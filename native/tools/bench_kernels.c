@@ -9,7 +9,7 @@
  * Rows are split across THREADS pthreads like the engine does. Times are the fastest of the calls
  * made in 0.5 s (the machine may be shared).
  */
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <pthread.h>
 #include <stdio.h>

@@ -16,13 +16,20 @@
  *   oldest messages (never the system prompt) until the conversation fits again with room to answer.
  *   A prompt that cannot fit at all is an error (exit 1 with -p; a message and a new prompt in the
  *   interactive chat).
- * - timings (prefill and decode tokens/s) go to stderr at exit, answers to stdout.
- * Exit codes: 0 ok, 1 runtime error (missing model, bad file, prompt too long), 2 bad usage,
- * 130 interrupted (-p).
+ * - the template choice and the context policy are the library's (sq_chat_template_pick,
+ *   sq_chat_fit in specquant.h), shared with `specquant chat`.
+ * - timings (prefill and decode tokens/s) go to stderr at exit, answers to stdout. When stdout
+ *   cannot be written (a full disk, > /dev/full, a closed stdout) the answer stops and one line on
+ *   stderr says why ("sq-chat: error: cannot write the answer: No space left on device"), exit 1.
+ *   A reader that goes away (| head) ends sq-chat by SIGPIPE as usual, with no message (the shell
+ *   shows status 141); with SIGPIPE ignored, the same status 141, also without a message.
+ * Exit codes: 0 ok, 1 runtime error (missing model, bad file, prompt too long, stdout not
+ * writable), 2 bad usage, 130 interrupted (-p), 141 the reader of stdout went away.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -33,6 +40,7 @@
 #include <string.h>
 #include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "specquant.h"
 
@@ -231,6 +239,27 @@ static int error_msg(int code, const char *fmt, ...) {
     return code;
 }
 
+/* ---- stdout: every write checked ------------------------------------------------------------- */
+
+static int g_out_err; /* errno of the first failed write to stdout; 0 while all went out */
+
+/* Writes n bytes to stdout (then flushes if flush); 0 once a write has failed (g_out_err). */
+static int out_write(const char *p, size_t n, int flush) {
+    if (g_out_err) return 0;
+    errno = 0;
+    if ((n && fwrite(p, 1, n, stdout) != n) || (flush && fflush(stdout) != 0)) {
+        g_out_err = errno ? errno : EIO;
+        return 0;
+    }
+    return 1;
+}
+
+/* The exit status for g_out_err, after its one line on stderr (none for a reader gone away). */
+static int out_error(void) {
+    if (g_out_err == EPIPE) return 141; /* as if killed by SIGPIPE (ignored here): quiet */
+    return error_msg(1, "cannot write the answer: %s", strerror(g_out_err));
+}
+
 /* Whole file into a NUL-terminated buffer (at most 64 MiB). */
 static char *read_file(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
@@ -347,29 +376,27 @@ static void drop_message(session *s, int i) {
     s->n_msgs--;
 }
 
+/* Roles then texts of the conversation: a[0..n) roles, a[n..2n) texts (malloc'ed; NULL on OOM). */
+static const char **msg_arrays(const session *s) {
+    const char **a = malloc(sizeof(char *) * (size_t)(2 * s->n_msgs + 1));
+    for (int i = 0; a && i < s->n_msgs; i++) {
+        a[i] = s->msgs[i].role;
+        a[s->n_msgs + i] = s->msgs[i].text;
+    }
+    return a;
+}
+
 /* The conversation in the template (with the assistant's header); malloc'ed, NULL on error. */
 static char *format_chat(session *s) {
     int n = s->n_msgs;
-    const char **roles = malloc(sizeof(char *) * (size_t)(n + 1)), **texts = malloc(sizeof(char *) * (size_t)(n + 1));
+    const char **a = msg_arrays(s);
     char *buf = NULL;
-    if (!roles || !texts) {
-        error_msg(1, "out of memory");
-        goto done;
-    }
-    for (int i = 0; i < n; i++) {
-        roles[i] = s->msgs[i].role;
-        texts[i] = s->msgs[i].text;
-    }
-    int32_t need = sq_chat_apply(s->tmpl, roles, texts, n, 1, NULL, 0);
-    if (need == INT32_MIN) {
-        error_msg(1, "%s", sq_last_error());
-        goto done;
-    }
-    if ((buf = malloc((size_t)-need))) sq_chat_apply(s->tmpl, roles, texts, n, 1, buf, -need);
+    int32_t need = a ? sq_chat_apply(s->tmpl, a, a + n, n, 1, NULL, 0) : 0;
+    if (!a) error_msg(1, "out of memory");
+    else if (need == INT32_MIN) error_msg(1, "%s", sq_last_error());
+    else if ((buf = malloc((size_t)-need))) sq_chat_apply(s->tmpl, a, a + n, n, 1, buf, -need);
     else error_msg(1, "out of memory");
-done:
-    free(roles);
-    free(texts);
+    free(a);
     return buf;
 }
 
@@ -381,13 +408,13 @@ static int tokenize_text(session *s, const char *text, size_t len) {
     return n < 0 ? -n : n;
 }
 
-/* The user's prompt, once it is known to fit (so that a rejected prompt prints nothing). */
-static void echo_prompt(session *s) {
-    if (!s->echo) return;
-    fwrite(s->echo, 1, s->echo_len, stdout);
-    if (s->tmpl) fputc('\n', stdout);
-    fflush(stdout);
+/* The user's prompt, once it is known to fit (so that a rejected prompt prints nothing); 0 when
+ * stdout failed. */
+static int echo_prompt(session *s) {
+    if (!s->echo) return 1;
+    const char *echo = s->echo;
     s->echo = NULL;
+    return out_write(echo, s->echo_len, !s->tmpl) && (!s->tmpl || out_write("\n", 1, 1));
 }
 
 /* Makes the KV cache hold s->toks[0..n): keeps the common prefix, evaluates the rest. */
@@ -433,7 +460,8 @@ static void add_piece(session *s, int32_t t) {
     free(big);
 }
 
-/* Samples and prints up to n_predict tokens. Returns 0, 1 on error, or 3 when the context filled. */
+/* Samples and prints up to n_predict tokens. Returns 0, 1 on error, 3 when the context filled, 5
+ * when stdout failed (g_out_err). */
 static int decode(session *s) {
     s->reply_len = 0;
     size_t shown = 0; /* bytes of s->reply already printed */
@@ -447,8 +475,7 @@ static int decode(session *s) {
         add_piece(s, t);
         size_t ready = printable((const unsigned char *)s->reply, s->reply_len);
         if (ready > shown) {
-            fwrite(s->reply + shown, 1, ready - shown, stdout);
-            fflush(stdout);
+            if (!out_write(s->reply + shown, ready - shown, 1)) { rc = 5; break; }
             shown = ready;
         }
         if (s->n_kv >= s->n_ctx) { rc = 3; break; }
@@ -458,40 +485,40 @@ static int decode(session *s) {
         s->n_decode++;
         s->kv[s->n_kv++] = t;
     }
-    if (s->reply_len > shown) fwrite(s->reply + shown, 1, s->reply_len - shown, stdout); /* a cut sequence */
-    fflush(stdout);
+    if (!out_write(s->reply + shown, s->reply_len - shown, 1)) rc = 5; /* a cut sequence, and the flush */
     if (rc == 3)
         fprintf(stderr, "\n%s: context full (%d tokens): answer cut; older turns will be dropped to go on\n", g_prog,
                 s->n_ctx);
     return rc;
 }
 
-/* One user turn in chat mode. Returns 0, 1 on a fatal error, 4 when the prompt cannot fit. */
+/* One user turn in chat mode. Returns 0, 1 on a fatal error, 4 when the prompt cannot fit, 5 when
+ * stdout failed. The oldest messages go first when the context is short (sq_chat_fit). */
 static int chat_turn(session *s, const char *text, size_t len) {
     if (!add_message(s, "user", text, len)) return error_msg(1, "out of memory");
-    int dropped = 0, n;
-    for (;;) {
-        char *conv = format_chat(s);
-        if (!conv) return 1;
-        n = tokenize_text(s, conv, strlen(conv));
-        free(conv);
-        if (n < 0) return 1;
-        int first = s->n_msgs > 0 && !strcmp(s->msgs[0].role, "system") ? 1 : 0;
-        int reserve = s->n_msgs - first > 1 ? s->n_ctx / 4 : 1; /* room to answer, while turns can go */
-        if (n + reserve <= s->n_ctx) break;
-        if (s->n_msgs - first <= 1) { /* only this message is left: it does not fit */
-            drop_message(s, s->n_msgs - 1);
-            fprintf(stderr, "%s: error: the prompt needs %d tokens, the context holds %d (use -c)\n", g_prog, n, s->n_ctx);
-            return 4;
-        }
-        drop_message(s, first);
-        dropped++;
+    const char **a = msg_arrays(s);
+    if (!a) return error_msg(1, "out of memory");
+    int32_t dropped = 0, n_fit = 0;
+    sq_status st = sq_chat_fit(s->m, s->tmpl, a, a + s->n_msgs, s->n_msgs, &dropped, &n_fit);
+    free(a);
+    if (st == SQ_ERR_CTX_FULL) { /* this message alone does not fit: forget it, keep the rest */
+        drop_message(s, s->n_msgs - 1);
+        fprintf(stderr, "%s: error: %s (use -c)\n", g_prog, sq_last_error());
+        return 4;
     }
+    if (st) return error_msg(1, "%s", sq_last_error());
+    int first = !strcmp(s->msgs[0].role, "system") ? 1 : 0;
+    for (int i = 0; i < dropped; i++) drop_message(s, first);
     if (dropped) fprintf(stderr, "%s: dropped the %d oldest message(s) to fit the context (%d tokens)\n", g_prog, dropped, s->n_ctx);
-    echo_prompt(s);
+    char *conv = format_chat(s);
+    if (!conv) return 1;
+    int n = tokenize_text(s, conv, strlen(conv));
+    free(conv);
+    if (n < 0) return 1;
+    if (!echo_prompt(s)) return 5;
     if (prefill(s, n)) return 1;
     int rc = decode(s);
-    if (rc == 1) return 1;
+    if (rc == 1 || rc == 5) return rc;
     if (!add_message(s, "assistant", s->reply ? s->reply : "", s->reply_len)) return error_msg(1, "out of memory");
     return 0;
 }
@@ -505,9 +532,10 @@ static int raw_turn(session *s, const char *text, size_t len) {
         return 4;
     }
     if (n == 0) return error_msg(4, "the prompt has no tokens");
-    echo_prompt(s);
+    if (!echo_prompt(s)) return 5;
     if (prefill(s, n)) return 1;
-    return decode(s) == 1 ? 1 : 0;
+    int rc = decode(s);
+    return rc == 1 || rc == 5 ? rc : 0;
 }
 
 static int turn(session *s, const char *text, size_t len) {
@@ -529,10 +557,9 @@ static int interactive(session *s) {
     int rc = 0;
     for (;;) {
         g_sigint = 0;
-        fputs("\n> ", stdout);
-        fflush(stdout);
+        if (!out_write("\n> ", 3, 1)) break;
         long n = read_line(&line, &cap);
-        if (n < 0) { fputc('\n', stdout); break; }
+        if (n < 0) { out_write("\n", 1, 1); break; }
         if (n == 0) continue;
         if (!strcmp(line, "/exit") || !strcmp(line, "/quit")) break;
         if (!strcmp(line, "/reset")) {
@@ -545,7 +572,7 @@ static int interactive(session *s) {
             continue;
         }
         rc = turn(s, line, (size_t)n);
-        if (rc == 1) break;
+        if (rc == 1 || rc == 5) break;
         rc = 0;
         if (g_sigint > 1) break; /* a second Ctrl-C while answering: leave */
     }
@@ -565,15 +592,17 @@ static void print_timings(const session *s, double t_load) {
 static const char *pick_template(const options *o, sq_model *m, int chatting, int *rc) {
     *rc = 0;
     if (o->raw) return NULL;
-    if (o->tmpl) return o->tmpl;
-    const char *t = sq_model_meta(m, "tokenizer.chat_template");
-    if (t && sq_chat_template_detect(t)) return t;
-    const char *why = t ? "an unrecognised chat template" : "no chat template (tokenizer.chat_template)";
-    if (chatting) {
-        *rc = error_msg(1, "the model has %s; choose one with --chat-template %s", why, "chatml|llama3|llama2|gemma|phi3");
+    const char *t = sq_chat_template_pick(m, o->tmpl); /* forced > the model's > none */
+    if (t) return t;
+    if (sq_last_status() != SQ_ERR_UNSUPPORTED) { /* not "the model has none" */
+        *rc = error_msg(1, "%s", sq_last_error());
         return NULL;
     }
-    fprintf(stderr, "%s: the model has %s: completing the prompt as plain text (--chat-template NAME to chat)\n", g_prog, why);
+    if (chatting) {
+        *rc = error_msg(1, "%s; choose one with --chat-template %s", sq_last_error(), "chatml|llama3|llama2|gemma|phi3");
+        return NULL;
+    }
+    fprintf(stderr, "%s: %s: completing the prompt as plain text (--chat-template NAME to chat)\n", g_prog, sq_last_error());
     return NULL;
 }
 
@@ -608,10 +637,11 @@ static int run(const options *o, const char *prompt, size_t prompt_len) {
         }
         rc = turn(&s, prompt, prompt_len);
         if (rc == 4) rc = 1;
-        if (!rc && !o->interactive) fputc('\n', stdout);
+        if (!rc && !o->interactive) out_write("\n", 1, 1);
         if (!rc && g_sigint && !o->interactive) rc = 130;
     }
-    if (!rc && (!prompt || o->interactive)) rc = interactive(&s);
+    if (!rc && !g_out_err && (!prompt || o->interactive)) rc = interactive(&s);
+    if (g_out_err) rc = out_error(); /* the answer did not go out: that is the error */
     if (rc == 0 || rc == 130) print_timings(&s, t_load); /* an error stays the last line */
 done:
     for (int i = 0; i < s.n_msgs; i++) {
@@ -631,7 +661,12 @@ done:
 int main(int argc, char **argv) {
     options o;
     int rc = parse_args(argc, argv, &o);
-    if (rc) return rc < 0 ? 0 : rc;
+    if (rc < 0) return fclose(stdout) == 0 ? 0 : (g_out_err = errno, out_error()); /* -h */
+    if (rc) return rc;
+    if (fcntl(STDOUT_FILENO, F_GETFD) < 0) { /* closed (>&-): say so before loading anything */
+        g_out_err = EBADF;
+        return out_error();
+    }
     char *file_text = NULL;
     size_t prompt_len = 0;
     const char *prompt = o.prompt;
@@ -654,5 +689,9 @@ int main(int argc, char **argv) {
         rc = run(&o, prompt, prompt_len);
     }
     free(file_text);
+    if (fclose(stdout) != 0 && rc == 0) { /* what was still buffered did not go out */
+        g_out_err = errno ? errno : EIO;
+        rc = out_error();
+    }
     return rc;
 }

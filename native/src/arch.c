@@ -1,0 +1,43 @@
+/* arch.c — the architecture table (arch.h). */
+#include "arch.h"
+
+#include <pthread.h>
+#include <string.h>
+
+#include "rope.h"
+
+static const sq_arch k_archs[] = {
+    {"llama", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL},
+    {"mistral", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL}, /* = llama */
+    {"qwen2", SQ_ROPE_NEOX, SQ_BIAS_REQUIRED},
+};
+#define N_ARCHS (sizeof k_archs / sizeof k_archs[0])
+
+const char *const sq_linear_names[SQ_N_LINEAR] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                                  "ffn_gate", "ffn_up", "ffn_down"};
+
+const sq_arch *sq_arch_find(const char *name, size_t len) {
+    for (size_t i = 0; i < N_ARCHS; i++)
+        if (strlen(k_archs[i].name) == len && memcmp(k_archs[i].name, name, len) == 0) return &k_archs[i];
+    return NULL;
+}
+
+static char g_names[128];
+static pthread_once_t g_names_once = PTHREAD_ONCE_INIT;
+
+static void build_names(void) {
+    size_t n = 0;
+    for (size_t i = 0; i < N_ARCHS; i++) {
+        size_t len = strlen(k_archs[i].name);
+        if (n + len + 3 > sizeof g_names) break;
+        if (i) g_names[n++] = ',', g_names[n++] = ' ';
+        memcpy(g_names + n, k_archs[i].name, len);
+        n += len;
+    }
+    g_names[n] = '\0';
+}
+
+const char *sq_arch_names(void) {
+    pthread_once(&g_names_once, build_names);
+    return g_names;
+}

@@ -1,0 +1,138 @@
+/* dispatch.c — which kernel table runs: CPUID (x86) / HWCAP (arm64), and the one parser of SQ_ISA.
+ *
+ * The only global state of the kernels lives here and is written exactly once (pthread_once).
+ */
+#include "kernels.h"
+#include "error.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <stdio.h>
+#include <string.h>
+
+#if defined(SQ_HAVE_X86)
+#include <cpuid.h>
+extern const sq_kernel_table sq_kernels_avx2;
+extern const sq_kernel_table sq_kernels_avx512;
+#endif
+#if defined(SQ_HAVE_NEON)
+extern const sq_kernel_table sq_kernels_neon;
+#if defined(__linux__)
+#include <sys/auxv.h>
+#ifndef HWCAP_ASIMDDP
+#define HWCAP_ASIMDDP (1 << 20)
+#endif
+#endif
+#endif
+
+#if defined(SQ_HAVE_X86)
+/* XCR0: which register states the OS saves on context switch (CPUID alone is not enough). */
+static uint64_t read_xcr0(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static int x86_has_avx2(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const unsigned osxsave = 1u << 27, avx = 1u << 28, fma = 1u << 12, f16c = 1u << 29;
+    if ((c & (osxsave | avx | fma | f16c)) != (osxsave | avx | fma | f16c)) return 0;
+    if ((read_xcr0() & 0x6) != 0x6) return 0; /* XMM + YMM state */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & (1u << 5)) != 0; /* AVX2 */
+}
+
+static int x86_has_avx512vnni(void) {
+    unsigned a, b, c, d;
+    if (!x86_has_avx2()) return 0;
+    if ((read_xcr0() & 0xE6) != 0xE6) return 0; /* + opmask, ZMM_Hi256, Hi16_ZMM */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const unsigned f = 1u << 16, dq = 1u << 17, bw = 1u << 30, vl = 1u << 31;
+    if ((b & (f | dq | bw | vl)) != (f | dq | bw | vl)) return 0;
+    return (c & (1u << 11)) != 0; /* AVX512_VNNI */
+}
+#endif
+
+#if defined(SQ_HAVE_NEON)
+static int arm_has_dotprod(void) {
+#if defined(__linux__)
+    return (getauxval(AT_HWCAP) & HWCAP_ASIMDDP) != 0;
+#elif defined(__APPLE__)
+    return 1; /* every Apple arm64 core has the dot-product extension */
+#else
+    return 0;
+#endif
+}
+#endif
+
+/* Every ISA name, best first: what "auto" tries and what the error message lists. */
+static const char *const k_isas[] = {"avx512", "avx2", "neon", "scalar"};
+#define N_ISAS (sizeof k_isas / sizeof k_isas[0])
+
+const sq_kernel_table *sq_kernels_for(const char *isa) {
+    if (!isa) return NULL;
+    if (strcmp(isa, "scalar") == 0) return &sq_kernels_scalar;
+#if defined(SQ_HAVE_X86)
+    if (strcmp(isa, "avx2") == 0) return x86_has_avx2() ? &sq_kernels_avx2 : NULL;
+    if (strcmp(isa, "avx512") == 0) return x86_has_avx512vnni() ? &sq_kernels_avx512 : NULL;
+#endif
+#if defined(SQ_HAVE_NEON)
+    if (strcmp(isa, "neon") == 0) return arm_has_dotprod() ? &sq_kernels_neon : NULL;
+#endif
+    return NULL;
+}
+
+const sq_kernel_table *sq_kernels_parse(const char *isa, char *why, size_t cap) {
+    if (!isa || !*isa || strcmp(isa, "auto") == 0) {
+        for (size_t i = 0; i < N_ISAS; i++) {
+            const sq_kernel_table *t = sq_kernels_for(k_isas[i]);
+            if (t) return t;
+        }
+        return &sq_kernels_scalar; /* not reached: scalar is always there */
+    }
+    const sq_kernel_table *t = sq_kernels_for(isa);
+    if (t || !why || !cap) return t;
+    char valid[64] = "auto";
+    for (size_t i = 0; i < N_ISAS; i++)
+        if (sq_kernels_for(k_isas[i])) {
+            strcat(valid, ", ");
+            strcat(valid, k_isas[i]);
+        }
+    /* at most 40 bytes of the user's text in the message */
+    snprintf(why, cap, "SQ_ISA=%.40s: unknown ISA or not supported by this CPU/build (valid here: %s)", isa, valid);
+    return NULL;
+}
+
+sq_status sq_kernels_from_env(const sq_kernel_table **out) {
+    char why[160];
+    *out = sq_kernels_parse(getenv("SQ_ISA"), why, sizeof why);
+    return *out ? SQ_OK : sq_set_error(SQ_ERR_UNSUPPORTED, "%s", why);
+}
+
+static const sq_kernel_table *g_table;  /* written once under pthread_once */
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void pick_table(void) {
+    g_table = sq_kernels_parse(getenv("SQ_ISA"), NULL, 0);
+    if (!g_table) g_table = sq_kernels_parse("auto", NULL, 0);
+}
+
+const sq_kernel_table *sq_kernels(void) {
+    pthread_once(&g_once, pick_table);
+    return g_table;
+}
+
+SQ_API const char *sq_isa_name(void) { return sq_kernels()->name; }
+
+sq_status sq_kernels_check_sq4(const char *name, int rows, int K, int G, int bits, int wht) {
+    if (!name) name = "tensor";
+    if (rows <= 0 || K <= 0) return sq_set_error(SQ_ERR_FORMAT, "%s: bad SQ4 shape %d x %d", name, rows, K);
+    if (G <= 0 || G % 32 != 0 || K % G != 0)
+        return sq_set_error(SQ_ERR_FORMAT, "%s: SQ4 group size %d must be a multiple of 32 dividing K=%d", name, G, K);
+    if (bits != 4 && bits != 8) return sq_set_error(SQ_ERR_FORMAT, "%s: activation bits %d (must be 4 or 8)", name, bits);
+    if (wht && ((G & (G - 1)) != 0 || G > SQ_WHT_MAX_G))
+        return sq_set_error(SQ_ERR_FORMAT, "%s: Walsh-Hadamard rotation needs a power-of-two group <= %d, got %d", name,
+                            SQ_WHT_MAX_G, G);
+    return SQ_OK;
+}

@@ -1,0 +1,122 @@
+"""The one registry of architecture facts: what a model family is, in every part of the project.
+
+A new architecture is added here (one `Arch` row) and, for the native runtime, in
+native/src/arch.c (the C twin of this table: name, RoPE mode, bias rule). Nothing else in Python
+spells an architecture name, a linear layer list or a RoPE layout.
+
+Terms:
+- rope "normal": RoPE rotates pairs (2i, 2i+1) of each head. llama.cpp stores llama/mistral q/k rows
+  permuted into that order. rope "neox": pairs (i, i + d/2), the order of Hugging Face weights;
+  llama.cpp stores qwen2 unpermuted with NEOX RoPE.
+- Our converter always writes q/k in the normal (interleaved) order, so every file it writes is a
+  `written_as` = "llama" file; qwen2's q/k/v biases are optional tensors there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import SpecQuantError
+
+# The seven linear weights of a decoder block, in GGUF names and in file order.
+LINEARS: tuple[str, ...] = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+NORMS: tuple[str, ...] = ("attn_norm", "ffn_norm")
+QKV_BIASES: tuple[str, ...] = ("attn_q_bias", "attn_k_bias", "attn_v_bias")
+# Linears that read one input (one activation quantization, one smoothing λ), keyed by that input.
+LINEAR_GROUPS: dict[str, tuple[str, ...]] = {
+    "attn": ("attn_q", "attn_k", "attn_v"),
+    "attn_out": ("attn_output",),
+    "ffn": ("ffn_gate", "ffn_up"),
+    "ffn_down": ("ffn_down",),
+}
+INPUT_OF: dict[str, str] = {lin: group for group, lins in LINEAR_GROUPS.items() for lin in lins}
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Facts about one model family."""
+
+    name: str  # the family, as general.architecture of a llama.cpp file says it
+    hf_model_types: tuple[str, ...]  # config.json model_type values that mean this family
+    rope: str  # how llama.cpp stores its q/k rows: "normal" (interleaved pairs) or "neox"
+    qkv_bias: bool  # q/k/v projections carry biases
+    written_as: str = "llama"  # general.architecture of the files our converter writes
+
+
+ARCHS: dict[str, Arch] = {a.name: a for a in (
+    Arch("llama", ("llama",), rope="normal", qkv_bias=False),
+    Arch("mistral", ("mistral",), rope="normal", qkv_bias=False),
+    Arch("qwen2", ("qwen2",), rope="neox", qkv_bias=True),
+)}
+
+
+def supported() -> str:
+    return ", ".join(ARCHS)
+
+
+def from_gguf(name: object, where: str) -> Arch:
+    """The Arch of a GGUF file's general.architecture (SpecQuantError when unknown)."""
+    arch = ARCHS.get(name) if isinstance(name, str) else None
+    if arch is None:
+        raise SpecQuantError(f"{where}: architecture {name!r} is not supported (supported: {supported()})")
+    return arch
+
+
+def from_hf(model_type: object, where: str) -> Arch:
+    """The Arch of a Hugging Face config.json model_type (SpecQuantError when unknown)."""
+    for arch in ARCHS.values():
+        if model_type in arch.hf_model_types:
+            return arch
+    raise SpecQuantError(f"{where}: model_type {model_type!r} is not supported (supported: {supported()})")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyperparameters of one llama-family decoder (an instance of an Arch)."""
+
+    arch: str  # source family, a key of ARCHS ("llama", "qwen2"); mistral reads as llama
+    name: str
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    rope_base: float
+    rms_eps: float
+    vocab_size: int
+    ctx_len: int
+    tied: bool
+    qkv_bias: bool
+
+    @property
+    def q_dim(self) -> int:
+        return self.n_head * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_head_kv * self.head_dim
+
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(C_out, C_in) of each linear of a block."""
+        e, f = self.n_embd, self.n_ff
+        return {"attn_q": (self.q_dim, e), "attn_k": (self.kv_dim, e), "attn_v": (self.kv_dim, e),
+                "attn_output": (e, self.q_dim), "ffn_gate": (f, e), "ffn_up": (f, e), "ffn_down": (e, f)}
+
+    def validate(self, where: str = "model config") -> None:
+        """Impossible shapes (zero or negative sizes, heads that do not divide) -> SpecQuantError."""
+        ints = dict(n_layer=self.n_layer, n_embd=self.n_embd, n_ff=self.n_ff, n_head=self.n_head,
+                    n_head_kv=self.n_head_kv, head_dim=self.head_dim, vocab_size=self.vocab_size)
+        for key, value in ints.items():
+            if not isinstance(value, int) or value <= 0:
+                raise SpecQuantError(f"{where}: {key} = {value!r} is not a positive integer")
+        if self.n_head % self.n_head_kv:
+            raise SpecQuantError(f"{where}: {self.n_head} heads are not a multiple of {self.n_head_kv} KV heads")
+        if self.head_dim % 2:
+            raise SpecQuantError(f"{where}: head_dim {self.head_dim} is odd (RoPE needs pairs)")
+        if not (self.rms_eps > 0 and self.rope_base > 0):
+            raise SpecQuantError(f"{where}: rms_norm_eps and rope_theta must be positive")
+
+
+def linear_tensor_names(n_layers: int) -> list[str]:
+    """blk.N.<linear>.weight of every block, in file order."""
+    return [f"blk.{i}.{part}.weight" for i in range(n_layers) for part in LINEARS]

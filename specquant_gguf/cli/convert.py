@@ -1,0 +1,177 @@
+"""`specquant convert MODEL --out FILE`: command-line options -> Recipe -> convert.driver.
+
+Everything heavy (torch, transformers) is imported only after the options are checked, so a bad
+option is refused at once.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..convert.recipe import METHODS, Recipe, method_defaults
+from ..errors import UsageError
+from ..paths import writable_output
+
+GROUP_SIZES = (0, 32, 64, 128)
+# the converter's defaults (convert.driver holds the same numbers; a test checks they agree)
+DEFAULT_CALIB_WINDOWS = 16
+DEFAULT_CALIB_LEN = 512
+
+
+def _alpha_arg(text: str) -> float | str:
+    if text.lower() == "search":
+        return "search"
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'search', got {text!r}") from None
+    if not (0.0 <= v <= 1.0) or math.isnan(v):
+        raise argparse.ArgumentTypeError(f"alpha must be in [0, 1], got {text}")
+    return v
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.description = (
+        "Convert a model to a GGUF file: SpecQuant W4A4 (SQ4 tensors) or the standard f16 / q8 types.\n\n"
+        "MODEL is a local Hugging Face folder (config.json + *.safetensors + tokenizer), a GGUF file of\n"
+        "any type the gguf package can dequantize, or a short name (smollm2-135m, qwen2.5-0.5b,\n"
+        "llama3-8b, mistral-7b, ...; downloaded once into $SPECQUANT_CACHE or ~/.cache/specquant).\n\n"
+        "Default recipe (--method specquant): per-layer smoothing (alpha searched), in-group\n"
+        "Walsh-Hadamard rotation, GPTQ int4 weights with a clipping search, groups of 64 (4.25 bits\n"
+        "per weight), per-token asymmetric int4 activations, self-generated calibration text\n"
+        "(16 windows of 512 tokens, each two 256-token texts the model writes, joined; cached in the\n"
+        "cache folder so that converting the same model again skips the generation).\n"
+        "Measured choices and alternatives: docs/RESULTS.md (Converter).")
+    p.add_argument("model", metavar="MODEL", help="HF folder, GGUF file or short name")
+    p.add_argument("--out", "-o", required=True, metavar="FILE", help="output .gguf file")
+    p.add_argument("--method", choices=METHODS, default="specquant",
+                   help="specquant (default) | smoothquant (smoothing only, RTN) | rtn (plain int4) | "
+                        "f16 / q8 (standard F16 / Q8_0 linears, loadable by llama.cpp)")
+    p.add_argument("--preset", choices=("default", "paper"), default="default",
+                   help="paper: the paper's literal reading (per-row weight scales, per-token activation "
+                        "scales, alpha 0.5, fixed K=16, axis in, no rotation, no GPTQ)")
+    p.add_argument("--act-bits", type=int, choices=(4, 8), default=None, help="activation bits (default 4)")
+    p.add_argument("--group-size", type=int, default=None, metavar="G",
+                   help="weight/activation group size: 32, 64 (default), 128, or 0 = one group per row")
+    p.add_argument("--alpha", type=_alpha_arg, default=None, metavar="A",
+                   help="smoothing strength in [0, 1], or 'search' (default: searched per layer group)")
+    p.add_argument("--spectral-k", type=int, default=None, metavar="K",
+                   help="low-frequency branch: mean kept DFT frequencies per channel (default 0 = no branch)")
+    p.add_argument("--spectral-axis", choices=("in", "out"), default=None, help="axis of the DFT (default in)")
+    p.add_argument("--spectral-rule", choices=("flat", "softmax"), default=None,
+                   help="per-channel K: flat, or the paper's activation-aware softmax shares (default flat)")
+    p.add_argument("--spectral-temp", type=float, default=None, metavar="T", help="softmax temperature (default 1)")
+    p.add_argument("--rotation", choices=("wht", "none"), default=None,
+                   help="in-group Walsh-Hadamard rotation of weights and activations (default wht)")
+    p.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ error compensation of the int4 weights (default on)")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
+                   help="GPTQ in order of decreasing input energy (default off)")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
+                   help="clipping search of each weight group's scale (default on)")
+    p.add_argument("--calib", metavar="FILE", default=None,
+                   help="calibration text: a text file or .jsonl with a \"text\" field "
+                        "(default: text the model generates itself; no data set needed)")
+    p.add_argument("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS, metavar="N",
+                   help=f"calibration windows (default {DEFAULT_CALIB_WINDOWS})")
+    p.add_argument("--calib-len", type=int, default=DEFAULT_CALIB_LEN, metavar="L",
+                   help=f"tokens per calibration window (default {DEFAULT_CALIB_LEN})")
+    p.add_argument("--calib-cache", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse self-generated calibration text of the same model, windows, length and seed "
+                        "from the cache folder (default on)")
+    p.add_argument("--threads", "-t", type=int, default=0, metavar="N", help="torch threads (0 = all cores) [0]")
+    p.add_argument("--head-type", choices=("q8_0", "f16"), default=None,
+                   help="type of token_embd/output (default q8_0; f16 for --method f16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default 0)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_recipe(args: argparse.Namespace) -> Recipe:
+    """Flags -> Recipe, rejecting combinations that make no sense (UsageError)."""
+    r = method_defaults(args.method, args.preset)
+    if args.preset == "paper" and args.method != "specquant":
+        raise UsageError("--preset paper applies to --method specquant only")
+    quant_flags = {"--act-bits": args.act_bits, "--group-size": args.group_size, "--alpha": args.alpha,
+                   "--spectral-k": args.spectral_k, "--spectral-axis": args.spectral_axis,
+                   "--spectral-rule": args.spectral_rule, "--spectral-temp": args.spectral_temp,
+                   "--rotation": args.rotation, "--gptq/--no-gptq": args.gptq,
+                   "--act-order/--no-act-order": args.act_order, "--clip/--no-clip": args.clip}
+    if not r.quantized:
+        given = [k for k, v in quant_flags.items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} do not apply to --method {args.method}")
+        if args.calib is not None:
+            raise UsageError(f"--calib does not apply to --method {args.method} (no calibration needed)")
+        return replace(r, head_type=args.head_type or ("f16" if args.method == "f16" else "q8_0"))
+    if args.method == "rtn" and args.alpha is not None:
+        raise UsageError("--alpha does not apply to --method rtn (no smoothing); use smoothquant or specquant")
+    if args.method != "specquant" and args.spectral_k:
+        raise UsageError("--spectral-k needs --method specquant")
+    kw: dict[str, Any] = {}
+    if args.act_bits is not None:
+        kw["act_bits"] = args.act_bits
+    if args.group_size is not None:
+        if args.group_size not in GROUP_SIZES:
+            raise UsageError(f"--group-size must be one of 32, 64, 128 or 0 (per row), got {args.group_size}")
+        kw["group_size"] = args.group_size
+    if args.alpha is not None:
+        kw["alpha"] = None if args.alpha == "search" else float(args.alpha)
+    if args.spectral_k is not None:
+        if args.spectral_k < 0:
+            raise UsageError(f"--spectral-k must be >= 0, got {args.spectral_k}")
+        kw["spectral_k"] = args.spectral_k
+    for flag, field_ in (("spectral_axis", "spectral_axis"), ("spectral_rule", "spectral_rule"),
+                         ("rotation", "rotation"), ("gptq", "gptq"), ("act_order", "act_order"), ("clip", "clip")):
+        if getattr(args, flag) is not None:
+            kw[field_] = getattr(args, flag)
+    if args.spectral_temp is not None:
+        if not (args.spectral_temp > 0) or math.isinf(args.spectral_temp):
+            raise UsageError(f"--spectral-temp must be a positive number, got {args.spectral_temp}")
+        kw["spectral_temp"] = args.spectral_temp
+    if args.head_type is not None:
+        kw["head_type"] = args.head_type
+    r = replace(r, **kw)
+    if r.rotation == "wht" and (r.group_size <= 0 or r.group_size & (r.group_size - 1)):
+        raise UsageError("--rotation wht needs a power-of-two group size (32, 64, 128); "
+                         "per-row groups (--group-size 0) need --rotation none")
+    if r.act_order and not r.gptq:
+        raise UsageError("--act-order needs --gptq")
+    if (args.spectral_axis or args.spectral_rule or args.spectral_temp) and not r.spectral_k:
+        raise UsageError("--spectral-axis/--spectral-rule/--spectral-temp need --spectral-k > 0")
+    return r
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.calib_windows <= 0:
+        raise UsageError(f"--calib-windows must be > 0, got {args.calib_windows}")
+    if args.calib_len < 16:
+        raise UsageError(f"--calib-len must be >= 16, got {args.calib_len}")
+    if args.threads is not None and args.threads < 0:
+        raise UsageError(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
+    writable_output(args.out)  # before torch is imported; the driver also refuses to touch the input
+
+
+def run(args: argparse.Namespace) -> int:
+    t0 = time.time()
+    r = build_recipe(args)
+    check_args(args)
+    from ..convert.driver import CalibOptions, convert, log  # torch from here on
+
+    summary = convert(args.model, args.out, r, CalibOptions(args.calib, args.calib_windows, args.calib_len,
+                                                           args.calib_cache), seed=args.seed, threads=args.threads,
+                      quiet=args.quiet)
+    size = Path(args.out).stat().st_size
+    bpw = 8 * summary.linear_bytes / max(summary.linear_weights, 1)
+    extra = ""
+    if summary.k_max:
+        pct = 100 * (summary.linear_bytes - summary.int4_bytes) / max(summary.int4_bytes, 1)
+        extra = f", spectral branch {pct:.1f}% of the int4 bytes"
+    alpha = f", mean alpha {r.mean_alpha(summary.alphas):.2f}" if r.smoothing else ""
+    log(f"wrote {args.out}: {size / 2**20:.1f} MiB, linears {bpw:.2f} bits/weight{extra}{alpha}, "
+        f"{time.time() - t0:.0f} s", args.quiet)
+    return 0

@@ -1,0 +1,98 @@
+"""A small PyTorch llama-family forward pass over blocks in GGUF row order (interleaved-pair RoPE).
+
+The converter uses it to propagate calibration activations block by block and to measure layer
+errors; the research tools use it with simulated (fake-quant) linears. It is not the oracle of the
+file format (that is reference.py, which reads the file); it shares no code with it on purpose.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..arch import ModelConfig
+from .sources import Block
+
+# linear(name, x) -> y ; lets a caller substitute quantized/simulated matmuls for blk[name]
+LinearFn = Callable[[str, torch.Tensor], torch.Tensor]
+# capture(point, x): called with the input of each linear group: "attn", "attn_out", "ffn", "ffn_down"
+CaptureFn = Callable[[str, torch.Tensor], None]
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    ang = positions.to(torch.float64).unsqueeze(-1) * inv
+    return torch.cos(ang).float(), torch.sin(ang).float()
+
+
+def rope_interleaved(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, hd); rotates pairs (2i, 2i+1) of each head (llama.cpp's 'normal' RoPE)."""
+    x2 = x.reshape(*x.shape[:-1], -1, 2)
+    a, b = x2[..., 0], x2[..., 1]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack((a * c - b * s, a * s + b * c), -1).reshape(x.shape)
+
+
+def plain_linear(blk: Block) -> LinearFn:
+    def lin(name: str, x: torch.Tensor) -> torch.Tensor:
+        y = x @ blk[name].t()
+        bias = blk.get(f"{name}_bias")
+        return y + bias if bias is not None else y
+    return lin
+
+
+class KVCache:
+    """Per-block key/value cache for incremental decoding (self-generated calibration), allocated
+    once for the whole length: growing it by concatenation would copy it at every token."""
+
+    def __init__(self, batch: int, length: int, n_head_kv: int, head_dim: int, dtype: torch.dtype) -> None:
+        self.k = torch.zeros(batch, length, n_head_kv, head_dim, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.n = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = k.shape[1]
+        self.k[:, self.n:self.n + t] = k
+        self.v[:, self.n:self.n + t] = v
+        self.n += t
+        return self.k[:, :self.n], self.v[:, :self.n]
+
+
+def block_forward(x: torch.Tensor, blk: Block, cfg: ModelConfig, lin: LinearFn | None = None,
+                  capture: CaptureFn | None = None, pos0: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+    """One decoder block on x (B, T, n_embd) -> (B, T, n_embd)."""
+    lin = lin or plain_linear(blk)
+    b, t, _ = x.shape
+    h = rms_norm(x, blk["attn_norm"], cfg.rms_eps)
+    if capture:
+        capture("attn", h)
+    q = lin("attn_q", h).reshape(b, t, cfg.n_head, cfg.head_dim)
+    k = lin("attn_k", h).reshape(b, t, cfg.n_head_kv, cfg.head_dim)
+    v = lin("attn_v", h).reshape(b, t, cfg.n_head_kv, cfg.head_dim)
+    cos, sin = rope_tables(torch.arange(pos0, pos0 + t), cfg.head_dim, cfg.rope_base)
+    q, k = rope_interleaved(q, cos, sin), rope_interleaved(k, cos, sin)
+    if cache is not None:
+        k, v = cache.append(k, v)
+    # query head h reads KV head h // (n_head / n_head_kv); a cache is only used from position 0
+    att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         is_causal=cache is None or t > 1, enable_gqa=cfg.n_head != cfg.n_head_kv)
+    a = att.transpose(1, 2).reshape(b, t, cfg.q_dim)
+    if capture:
+        capture("attn_out", a)
+    x = x + lin("attn_output", a)
+    h = rms_norm(x, blk["ffn_norm"], cfg.rms_eps)
+    if capture:
+        capture("ffn", h)
+    m = F.silu(lin("ffn_gate", h)) * lin("ffn_up", h)
+    if capture:
+        capture("ffn_down", m)
+    return x + lin("ffn_down", m)
+
+
+def head_logits(x: torch.Tensor, norm: torch.Tensor, head: torch.Tensor, eps: float) -> torch.Tensor:
+    return rms_norm(x, norm, eps) @ head.t()

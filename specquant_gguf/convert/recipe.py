@@ -1,0 +1,73 @@
+"""The conversion recipe: which method, which groups, which searches (one frozen dataclass), and the
+recipe each --method / --preset stands for."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# clipping ratios of the per-group weight scale search: 1.00 ... 0.55 (or none)
+CLIP_RATIOS: tuple[float, ...] = tuple(round(1.0 - 0.05 * i, 2) for i in range(10))
+NO_CLIP: tuple[float, ...] = (1.0,)
+METHODS = ("specquant", "smoothquant", "rtn", "f16", "q8")
+QUANT_METHODS = ("specquant", "smoothquant", "rtn")
+DEFAULT_ALPHA_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    method: str = "specquant"
+    preset: str = "default"
+    act_bits: int = 4
+    group_size: int = 64  # 0 = one group per row
+    alpha: float | None = None  # None = per-group search over alpha_grid
+    alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
+    rotation: str = "wht"
+    gptq: bool = True
+    act_order: bool = False
+    clip: bool = True
+    damp: float = 0.01
+    spectral_k: int = 0
+    spectral_axis: str = "in"
+    spectral_rule: str = "flat"
+    spectral_temp: float = 1.0
+    search_tokens: int = 512
+    search_gptq: bool = False  # use GPTQ (not RTN) inside the α search (slower)
+    propagate: str = "float"  # calibration activations through the float or the quantized block
+    head_type: str = "q8_0"
+
+    @property
+    def quantized(self) -> bool:
+        return self.method in QUANT_METHODS
+
+    @property
+    def smoothing(self) -> bool:
+        return self.method in ("specquant", "smoothquant")
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Smoothing, GPTQ and the activation-aware spectral branch read calibration statistics;
+        plain RTN does not."""
+        return self.quantized and (self.smoothing or self.gptq or self.spectral_k > 0)
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return CLIP_RATIOS if self.clip else NO_CLIP
+
+    def group_for(self, c_in: int) -> int:
+        return self.group_size or c_in
+
+    def mean_alpha(self, alphas: list[float]) -> float:
+        return float(sum(alphas) / len(alphas)) if alphas else (self.alpha if self.alpha is not None else 0.0)
+
+
+def method_defaults(method: str, preset: str = "default") -> Recipe:
+    """The recipe each --method / --preset stands for (flags may override parts of it)."""
+    if preset == "paper":  # the paper's literal reading: per-row weights, per-token acts, α=0.5, fixed K
+        return Recipe(method="specquant", preset="paper", group_size=0, alpha=0.5, rotation="none",
+                      gptq=False, clip=False, spectral_k=16, spectral_axis="in", spectral_rule="flat")
+    if method == "specquant":
+        return Recipe()
+    if method == "smoothquant":
+        return Recipe(method=method, alpha=0.5, rotation="none", gptq=False, clip=False)
+    if method == "rtn":
+        return Recipe(method=method, alpha=None, rotation="none", gptq=False, clip=False)
+    return Recipe(method=method, rotation="none", gptq=False, clip=False)
