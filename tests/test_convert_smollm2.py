@@ -58,10 +58,11 @@ def test_smollm2_file_layout(smol_sq4) -> None:
 def test_smollm2_perplexity_target(smol_sq4) -> None:
     if not WIKI.is_file():
         pytest.skip("WikiText-2 test file not available")
+    from oracle.scorer import ReferenceScorer
     from specquant_gguf.eval.perplexity import evaluate_ppl
 
     src, out, _ = smol_sq4
-    fp = evaluate_ppl(src, WIKI, ctx=512, windows=N_WINDOWS, backend="reference")
-    q = evaluate_ppl(out, WIKI, ctx=512, windows=N_WINDOWS, backend="reference")
+    fp = evaluate_ppl(src, WIKI, ctx=512, windows=N_WINDOWS, model=ReferenceScorer(src), progress=False)
+    q = evaluate_ppl(out, WIKI, ctx=512, windows=N_WINDOWS, model=ReferenceScorer(out), progress=False)
     print(f"\nPPL ({N_WINDOWS} x 512): float source {fp.ppl:.2f}, specquant W4A4 {q.ppl:.2f} ({q.ppl / fp.ppl:.3f}x)")
     assert q.ppl < PPL_RATIO_MAX * fp.ppl
