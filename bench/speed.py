@@ -11,6 +11,17 @@ Also measured: the machine's memory read bandwidth (bench/membw.c) and each row'
 bandwidth = weight bytes read per token x tokens/s. Our side goes through
 specquant_gguf.runtime.Model: one eval_last call per token, no other Python work in the timed loop.
 Writes bench/out/speed.json and prints a table. Default files: bench-models cache of compare.py.
+
+    python bench/speed.py --act-bits [--ours NAME=FILE ...] [--synthetic-8b N] [--threads 2]
+
+Activation bits (issue 16): pp512 / tg128 of the same files at act_bits 4 and 8, for every kernel set
+(SQ_ISA) this CPU runs. The two Models live in one process and their runs alternate (A4, A8, then
+A8, A4, ...), best of --reps (--scalar-reps for the portable kernels), so a busy machine hits both
+alike. --synthetic-8b N adds N random blocks of Llama-3.1-8B's shape (hidden 4096, ffn 14336, 32/8
+heads, head dim 128; G 64, WHT; a 300-token vocabulary, so the layer stack is what is timed),
+written by tests/oracle/synthetic.py. --kernels BIN adds the kernels alone (native/tools/bench_kernels
+-b 4 / -b 8, SmolLM2's and --8b shapes, one thread, fastest call in thread CPU time: what a busy
+machine cannot blur). Writes bench/out/speed_act_bits.json.
 """
 from __future__ import annotations
 
@@ -61,9 +72,49 @@ def _time_ours(path: str, prompt: list[int], gen: list[int], threads: Sequence[i
     return {"rows": rows, "peak_rss_kb": common.peak_rss_kb()}
 
 
-def run_ours(path: Path, prompt: list[int], gen: list[int], threads: Sequence[int], reps: int) -> dict:
-    req = json.dumps({"file": str(path), "prompt": prompt, "gen": gen, "threads": list(threads), "reps": reps})
-    r = subprocess.run([sys.executable, __file__, "--worker"], input=req, capture_output=True, text=True)
+def _time_act_bits(path: str, prompt: list[int], gen: list[int], threads: int, reps: int,
+                   bits: Sequence[int]) -> dict:
+    """pp / tg of one file at each act_bits, the runs interleaved (see the module docstring)."""
+    from specquant_gguf.runtime import Model
+
+    models = {b: Model(path, n_ctx=len(prompt) + len(gen) + 8, n_threads=threads, act_bits=b) for b in bits}
+    for m in models.values():
+        m.eval_last(prompt[:8])  # warm-up
+    pre: dict[int, list[float]] = {b: [] for b in bits}
+    dec: dict[int, list[float]] = {b: [] for b in bits}
+    cpu: dict[int, list[float]] = {b: [0.0, 0.0] for b in bits}  # process CPU seconds: prefill, decode
+    for r in range(reps):
+        order = list(bits) if r % 2 == 0 else list(bits)[::-1]
+        for b in order:
+            m = models[b]
+            m.reset()
+            t0, c0 = time.perf_counter(), time.process_time()
+            m.eval_last(prompt)
+            pre[b].append(time.perf_counter() - t0)
+            cpu[b][0] += time.process_time() - c0
+        for b in order:
+            m = models[b]
+            m.reset()
+            t0, c0 = time.perf_counter(), time.process_time()
+            for tok in gen:
+                m.eval_last([tok])
+            dec[b].append(time.perf_counter() - t0)
+            cpu[b][1] += time.process_time() - c0
+    rows = [{"act_bits": models[b].act_bits, "isa": models[b].isa, "threads": threads,
+             "prefill_tok_s": len(prompt) / min(pre[b]), "decode_tok_s": len(gen) / min(dec[b]),
+             "prefill_s_all": pre[b], "decode_s_all": dec[b],
+             "prefill_cpu_s_mean": cpu[b][0] / reps, "decode_cpu_s_mean": cpu[b][1] / reps} for b in bits]
+    for m in models.values():
+        m.close()
+    return {"rows": rows}
+
+
+def run_ours(path: Path, prompt: list[int], gen: list[int], threads: Sequence[int], reps: int,
+             act_bits: Sequence[int] | None = None, isa: str | None = None) -> dict:
+    req = json.dumps({"file": str(path), "prompt": prompt, "gen": gen, "threads": list(threads), "reps": reps,
+                      "act_bits": list(act_bits) if act_bits else None})
+    env = dict(os.environ, **({"SQ_ISA": isa} if isa else {}))
+    r = subprocess.run([sys.executable, __file__, "--worker"], input=req, capture_output=True, text=True, env=env)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
@@ -73,6 +124,10 @@ def run_ours(path: Path, prompt: list[int], gen: list[int], threads: Sequence[in
 
 def _worker() -> int:
     req = json.load(sys.stdin)
+    if req.get("act_bits"):
+        print(json.dumps(_time_act_bits(req["file"], req["prompt"], req["gen"], req["threads"][0], req["reps"],
+                                        req["act_bits"])))
+        return 0
     print(json.dumps(_time_ours(req["file"], req["prompt"], req["gen"], req["threads"], req["reps"])))
     return 0
 
@@ -151,6 +206,119 @@ def format_table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# -- activation bits (issue 16) ---------------------------------------------------------------
+
+ISAS = ("scalar", "avx2", "avx512", "neon")
+
+
+def runnable_isas(probe: Path) -> list[str]:
+    """The kernel sets this machine runs (SQ_ISA=name loads), in the order of ISAS."""
+    from specquant_gguf.runtime import Model, UnsupportedError
+
+    out, old = [], os.environ.get("SQ_ISA")
+    try:
+        for isa in ISAS:
+            os.environ["SQ_ISA"] = isa
+            try:
+                Model(str(probe), n_ctx=16, n_threads=1).close()
+                out.append(isa)
+            except UnsupportedError:
+                pass
+    finally:
+        if old is None:
+            os.environ.pop("SQ_ISA", None)
+        else:
+            os.environ["SQ_ISA"] = old
+    return out
+
+
+def synthetic_8b(n_blocks: int, folder: Path) -> Path:
+    """n_blocks random blocks of Llama-3.1-8B's shape as an SQ4 file (cached by block count)."""
+    path = folder / f"synthetic-8b-shape-{n_blocks}blk.sq4.gguf"
+    if not path.is_file():
+        sys.path.insert(0, str(common.REPO / "tests"))
+        from oracle.synthetic import make_tiny_llama_gguf
+
+        folder.mkdir(parents=True, exist_ok=True)
+        make_tiny_llama_gguf(path, n_layers=n_blocks, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=300,
+                             group_size=64, act_bits=4, rotation="wht", context_length=1024, seed=16)
+    return path
+
+
+def run_act_bits(files: dict[str, Path], threads: int = 2, reps: int = 3, scalar_reps: int = 1,
+                 isas: Sequence[str] | None = None, log=sys.stderr) -> dict[str, Any]:
+    out: dict[str, Any] = {"machine": common.machine_info(),
+                           "settings": {"prompt_tokens": PROMPT_LEN, "gen_tokens": GEN_LEN, "threads": threads,
+                                        "reps": reps, "scalar_reps": scalar_reps,
+                                        "protocol": "pp512/tg128 from an empty cache, A4/A8 interleaved, best of reps"},
+                           "rows": []}
+    for name, path in files.items():
+        prompt, gen = bench_tokens(path)
+        for isa in runnable_isas(path):
+            if isas and isa not in isas:
+                continue
+            n = scalar_reps if isa == "scalar" else reps
+            print(f"[speed] {name} SQ_ISA={isa} A4/A8 x{n}", file=log, flush=True)
+            res = run_ours(path, prompt, gen, [threads], n, act_bits=(4, 8), isa=isa)
+            for r in res["rows"]:
+                out["rows"].append({"name": name, "file": str(path), **r})
+    return out
+
+
+KERNEL_LINE = r"^(\w+)\s+(sq4|q8_0)\s+(\d+) x (\d+)\s+(\d+)\s+(\d+)\s+([\d.]+) us\s+([\d.]+) GOPS"
+
+
+def run_kernels(binary: Path, isas: Sequence[str], log=sys.stderr) -> list[dict[str, Any]]:
+    """bench_kernels at -b 4 and -b 8 for each ISA on SmolLM2's and Llama-3.1-8B's shapes
+    (scalar: 64-token batches instead of 512, whose scalar runs take minutes)."""
+    import re
+
+    rows = []
+    for isa in isas:
+        ntok = "1,64" if isa == "scalar" else "1,512"
+        for shapes in ([], ["--8b"]):
+            for bits in (4, 8):
+                print(f"[speed] kernels {isa} A{bits} {' '.join(shapes) or 'smollm2'}", file=log, flush=True)
+                r = subprocess.run([str(binary), "-b", str(bits), "-i", isa, "-n", ntok, "--quick", *shapes],
+                                   capture_output=True, text=True, check=True)
+                for line in r.stdout.splitlines():
+                    m = re.match(KERNEL_LINE, line)
+                    if m and m.group(2) == "sq4":
+                        rows.append({"isa": isa, "act_bits": bits, "rows": int(m.group(3)), "k": int(m.group(4)),
+                                     "n_tok": int(m.group(6)), "us": float(m.group(7)), "gops": float(m.group(8)),
+                                     "shapes": "llama-3.1-8b" if shapes else "smollm2-135m"})
+    return rows
+
+
+def format_kernels(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'kernel (1 thread, CPU time)':<28}{'isa':>7}{'ntok':>5}{'A4 us':>11}{'A8 us':>11}{'A8/A4 time':>11}"]
+    keys = dict.fromkeys((r["shapes"], r["rows"], r["k"], r["isa"], r["n_tok"]) for r in rows)
+    for sh, rr, k, isa, nt in keys:
+        by = {r["act_bits"]: r for r in rows if (r["shapes"], r["rows"], r["k"], r["isa"], r["n_tok"]) == (sh, rr, k, isa, nt)}
+        if 4 in by and 8 in by:
+            lines.append(f"{sh[:12] + ' ' + str(rr) + 'x' + str(k):<28}{isa:>7}{nt:>5}{by[4]['us']:>11.1f}"
+                         f"{by[8]['us']:>11.1f}{by[8]['us'] / by[4]['us']:>11.2f}")
+    return "\n".join(lines)
+
+
+def format_act_bits(res: dict[str, Any]) -> str:
+    lines = [f"{'model':<26}{'isa':>8}{'thr':>4}{'A4 pp512':>10}{'A8 pp512':>10}{'A8/A4':>7}"
+             f"{'A4 tg128':>10}{'A8 tg128':>10}{'A8/A4':>7}"]
+    rows = res["rows"]
+    for name in dict.fromkeys(r["name"] for r in rows):
+        for isa in dict.fromkeys(r["isa"] for r in rows if r["name"] == name):
+            by = {r["act_bits"]: r for r in rows if r["name"] == name and r["isa"] == isa}
+            if 4 not in by or 8 not in by:
+                continue
+            a4, a8 = by[4], by[8]
+            lines.append(f"{name:<26}{isa:>8}{a4['threads']:>4}{a4['prefill_tok_s']:>10.1f}{a8['prefill_tok_s']:>10.1f}"
+                         f"{a8['prefill_tok_s'] / a4['prefill_tok_s']:>7.2f}{a4['decode_tok_s']:>10.1f}"
+                         f"{a8['decode_tok_s']:>10.1f}{a8['decode_tok_s'] / a4['decode_tok_s']:>7.2f}")
+    if res.get("kernels"):
+        lines += ["", format_kernels(res["kernels"])]
+    return "\n".join(lines)
+
+
 def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, Path]:
     out = {}
     for it in items or []:
@@ -182,7 +350,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-membw", action="store_true")
     ap.add_argument("--out", default=str(common.OUT_DIR / "speed.json"))
     ap.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    ap.add_argument("--act-bits", action="store_true",
+                    help="A4 vs A8 of our files for every ISA this CPU runs (bench/out/speed_act_bits.json)")
+    ap.add_argument("--synthetic-8b", type=int, default=0, metavar="N",
+                    help="with --act-bits: also N random blocks of Llama-3.1-8B's shape")
+    ap.add_argument("--scalar-reps", type=int, default=1, help="with --act-bits: reps of SQ_ISA=scalar [1]")
+    ap.add_argument("--kernels", metavar="BIN", help="with --act-bits: also time native/tools/bench_kernels BIN")
+    ap.add_argument("--isas", help="with --act-bits: only these kernel sets (comma-separated; default: all this CPU runs)")
     a = ap.parse_args(argv)
+    if a.act_bits:
+        ours = _pairs(a.ours, "--ours") if a.ours is not None else {
+            k: v for k, v in default_files()[0].items() if k == "specquant"}
+        if a.synthetic_8b > 0:
+            ours[f"8B-shape x{a.synthetic_8b} blocks"] = synthetic_8b(a.synthetic_8b, common.models_dir())
+        if not ours:
+            print("speed: no files (pass --ours NAME=FILE or --synthetic-8b N)", file=sys.stderr)
+            return 2
+        threads = [int(t) for t in a.threads.split(",") if t.strip()]
+        isas = [i for i in (a.isas or "").split(",") if i] or None
+        res = run_act_bits(ours, max(threads), a.reps, a.scalar_reps, isas)
+        if a.kernels:
+            res["kernels"] = run_kernels(Path(a.kernels), isas or runnable_isas(next(iter(ours.values()))))
+        out = Path(a.out) if a.out != str(common.OUT_DIR / "speed.json") else common.OUT_DIR / "speed_act_bits.json"
+        common.write_json(out, res)
+        common.report(res, format_act_bits(res), a.json)
+        print(f"wrote {out}", file=sys.stderr)
+        return 0
     ours, llama = _pairs(a.ours, "--ours"), _pairs(a.llama, "--llama")
     if a.ours is None and a.llama is None:
         ours, llama = default_files()

@@ -12,4 +12,4 @@ fi
 .venv/bin/python -m pip show torch >/dev/null 2>&1 || .venv/bin/python -m pip install -q "torch==2.13.0" || \
   .venv/bin/python -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 echo "[setup] building and installing specquant-gguf (native runtime through CMake)"
-.venv/bin/python -m pip install -q -e ".[convert,test,bench]"
+.venv/bin/python -m pip install -q -e ".[convert,test,bench,server]"

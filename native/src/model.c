@@ -37,7 +37,7 @@ _Static_assert(sizeof(((sq_layer *)0)->lin) == SQ_N_LINEAR * sizeof(sq_linear) &
 /* ---- parameters ------------------------------------------------------------------------------- */
 
 SQ_API sq_model_params sq_model_default_params(void) {
-    sq_model_params p = {0, 0, SQ_KV_F16, 1.0f, SQ_BACKEND_CPU};
+    sq_model_params p = {0, 0, SQ_KV_F16, 1.0f, SQ_BACKEND_CPU, 0};
     return p;
 }
 
@@ -51,6 +51,8 @@ static sq_status check_params(const sq_model_params *p) {
         return sq_set_error(SQ_ERR_ARG, "spectral_tau must be in (0, 1], got %g", (double)p->spectral_tau);
     if (p->backend != SQ_BACKEND_CPU && p->backend != SQ_BACKEND_CUDA && p->backend != SQ_BACKEND_AUTO)
         return sq_set_error(SQ_ERR_ARG, "backend must be 0 (cpu), 1 (cuda) or 2 (auto), got %d", p->backend);
+    if (p->act_bits != 0 && p->act_bits != 4 && p->act_bits != 8)
+        return sq_set_error(SQ_ERR_ARG, "act_bits must be 4, 8 or 0 (auto), got %d", p->act_bits);
 #ifndef SQ_HAVE_CUDA
     if (p->backend == SQ_BACKEND_CUDA)
         return sq_set_error(SQ_ERR_BACKEND, "this build has no CUDA backend (rebuild with -DSPECQUANT_CUDA=ON)");
@@ -409,7 +411,7 @@ static sq_status setup_exec(sq_model *m, int n_threads) {
     m->exec.n_threads = n_threads > 0 ? n_threads : sq_cpu_count();
     m->exec.pool = sq_pool_new(m->exec.n_threads);
     if (!m->exec.pool) return sq_last_status();
-    m->exec.act_bits = m->hp.act_bits;
+    m->exec.act_bits = sq_model_act_bits_for(m, 0); /* the CPU's; backend cuda sets its own (model_cuda.c) */
     m->exec.wht = m->hp.wht;
     m->exec.G = m->hp.group_size;
     m->exec.simd = strcmp(m->exec.kt->name, "scalar") != 0;
@@ -442,6 +444,8 @@ static sq_status load_model(sq_model *m, const sq_model_params *p) {
     for (int il = 0; il < m->hp.n_layer && !st; il++)
         for (int i = 0; i < SQ_N_LINEAR; i++) any_sq4 |= m->layers[il].lin[i].wtype == SQ_W_SQ4;
     if (!st && any_sq4) st = check_sq4_settings(m);
+    m->any_sq4 = any_sq4;
+    m->act_bits_req = p->act_bits;
     if (!st) st = build_bases(m);
     if (!st) st = load_rope(m);
     if (!st) st = setup_exec(m, p->n_threads);
@@ -529,6 +533,17 @@ SQ_API const char *sq_model_backend(const sq_model *m) {
     return !m ? "" : m->backend == SQ_BACKEND_CUDA ? "cuda" : "cpu";
 }
 
+/* Auto's choice (docs/RESULTS.md "Activation bits"): 4 only where the hardware multiplies int4 x int4
+ * (CUDA's int4 tensor-core path: twice the int8 rate); on every CPU ISA the kernels multiply 8-bit
+ * codes, decode runs alike and A8 is more accurate (AVX2's prefill kernels are ~1.35x faster at A4:
+ * `--act-bits 4` for them). */
+int sq_model_act_bits_for(const sq_model *m, int int4_mma) {
+    if (m->act_bits_req) return m->act_bits_req;
+    return int4_mma ? 4 : 8;
+}
+
+SQ_API int32_t sq_model_act_bits(const sq_model *m) { return m && m->any_sq4 ? m->exec.act_bits : 0; }
+
 SQ_API const char *sq_model_meta(const sq_model *m, const char *key) {
     if (!m || !key) return NULL;
     const sq_gguf_kv *kv = sq_gguf_find(&m->gguf, key);
@@ -614,10 +629,14 @@ static void forward_layer(sq_model *m, int il, int nb, int pos0) {
     float *qkv_out[3] = {m->q, m->k, m->v};
     int qkv_ld[3] = {qw, kvw, kvw};
     run_linears(m, m->xn, nb, qkv, qkv_out, qkv_ld, 3);
-    per_token(m, TOK_ROPE_STORE, il, nb, pos0, NULL, NULL, NULL);
-    sq_attn_args a = {&m->kv, il, m->q, m->att, nb, pos0, hp->n_head, 1.0f / sqrtf((float)hp->head_dim),
-                      m->exec.simd, m->attn_scratch, m->attn_scratch_floats};
-    sq_attention(m->exec.pool, &a);
+    if (m->seq_attn) /* batch.c: tokens of several sequences, each with its own cache and position */
+        m->seq_attn(m, il, nb);
+    else {
+        per_token(m, TOK_ROPE_STORE, il, nb, pos0, NULL, NULL, NULL);
+        sq_attn_args a = {&m->kv, il, m->q, m->att, nb, pos0, hp->n_head, 1.0f / sqrtf((float)hp->head_dim),
+                          m->exec.simd, m->attn_scratch, m->attn_scratch_floats};
+        sq_attention(m->exec.pool, &a);
+    }
     sq_linear *o[1] = {&L->o};
     float *o_out[1] = {m->tmp};
     int ld_d[1] = {D};
@@ -635,18 +654,27 @@ static void forward_layer(sq_model *m, int il, int nb, int pos0) {
     sq_add(m->x, m->tmp, nb * D);
 }
 
-/* Runs nb tokens at positions pos0.. and writes logits of the rows [first, nb) to logits. */
-static void forward_chunk(sq_model *m, const int32_t *tokens, int nb, int pos0, float *logits, int first) {
+/* Runs nb tokens at positions pos0.. (every layer; the hidden states end in m->x). */
+void sq_model_forward_body(sq_model *m, const int32_t *tokens, int nb, int pos0) {
     int D = m->hp.n_embd;
     for (int t = 0; t < nb; t++) sq_tensor_row(m->tok_embd, tokens[t], m->x + (size_t)t * D);
     for (int il = 0; il < m->hp.n_layer; il++) forward_layer(m, il, nb, pos0);
-    if (!logits) return;
-    int rows = nb - first;
+}
+
+/* Logits of the hidden states in m->x rows [first, first + rows): final norm and output head. */
+void sq_model_forward_head(sq_model *m, int first, int rows, float *logits) {
+    int D = m->hp.n_embd;
     per_token(m, TOK_NORM, -1, rows, 0, m->out_norm, m->x + (size_t)first * D, m->xn);
     sq_linear *head[1] = {&m->head};
     float *out[1] = {logits};
     int ld[1] = {m->hp.n_vocab};
     run_linears(m, m->xn, rows, head, out, ld, 1);
+}
+
+/* Runs nb tokens at positions pos0.. and writes logits of the rows [first, nb) to logits. */
+static void forward_chunk(sq_model *m, const int32_t *tokens, int nb, int pos0, float *logits, int first) {
+    sq_model_forward_body(m, tokens, nb, pos0);
+    if (logits) sq_model_forward_head(m, first, nb - first, logits);
 }
 
 SQ_API sq_status sq_model_eval(sq_model *m, const int32_t *tokens, int32_t n, float *logits, int32_t last_only) {

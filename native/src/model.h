@@ -39,7 +39,8 @@ typedef struct {
     int n_embd, n_layer, n_head, n_kv_head, head_dim, n_ff, n_vocab, n_ctx_train, n_rot;
     float eps, rope_base, rope_freq_scale;
     int group_size;   /* SQ4 G (0 = per row) */
-    int act_bits;     /* 4 or 8 */
+    int act_bits;     /* 4 or 8: what the file was calibrated for (specquant.act_bits); the run's
+                         bits are exec.act_bits (sq_model_params.act_bits, auto per backend) */
     int wht;          /* in-group Walsh–Hadamard on activations */
     int spec_axis;    /* SQ_SPEC_IN / SQ_SPEC_OUT */
 } sq_hparams;
@@ -67,7 +68,14 @@ struct sq_model {
     sq_lin_input in;
 
     int backend;              /* SQ_BACKEND_CPU or SQ_BACKEND_CUDA: where this model runs */
+    int act_bits_req;         /* sq_model_params.act_bits (0 = auto); what runs: exec.act_bits */
+    int any_sq4;              /* some linear is SQ4 (act_bits matters) */
     struct sq_model_gpu *gpu; /* CUDA state (model_cuda.c), NULL on the CPU */
+    /* batch.c (sq_batch_eval): set during a multi-sequence forward; does RoPE, the KV stores and
+     * attention of layer il for the nb tokens in m->q/k/v (each token its own sequence and
+     * position), writing m->att. NULL: the model's own cache, positions pos0.. */
+    void (*seq_attn)(struct sq_model *m, int il, int nb);
+    void *seq_ctx;
 
     sq_vocab *vocab;          /* NULL when the file has no tokenizer.ggml.model */
     char **meta_text;         /* sq_model_meta results, one per key, made on first request */
@@ -77,5 +85,14 @@ struct sq_model {
 /* Loads from a buffer that must outlive the model (not copied). */
 sq_model *sq_model_load_buffer(const void *data, size_t size, const sq_model_params *params);
 const sq_gguf *sq_model_gguf(const sq_model *m);
+/* The SQ4 activation bits the model runs: the requested ones, or auto's choice: 4 when int4_mma (the
+ * backend multiplies int4 x int4 at twice the int8 rate: CUDA's int4 tensor-core path), else 8 (CPUs,
+ * CUDA's int8 path on sm_90). */
+int sq_model_act_bits_for(const sq_model *m, int int4_mma);
+/* The forward pass in two halves (batch.c runs them with seq_attn set): every layer over nb
+ * tokens at positions pos0.. (hidden states end in m->x), then the logits of m->x's rows
+ * [first, first + rows) (final norm, output head). */
+void sq_model_forward_body(sq_model *m, const int32_t *tokens, int nb, int pos0);
+void sq_model_forward_head(sq_model *m, int first, int rows, float *logits);
 
 #endif

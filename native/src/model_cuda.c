@@ -48,6 +48,7 @@ struct sq_model_gpu {
     float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *logits;
     float *spec_in, *spec_out[3];
     int spec_stride;
+    int act_bits;           /* of the SQ4 activations: the requested ones, or 4 on the int4 path, 8 on int8 */
 };
 
 #define TRY(call)                   \
@@ -156,7 +157,8 @@ static sq_status alloc_activations(sq_model *m, struct sq_model_gpu *g) {
     if (m->head.spec && m->head.spec->k_used > spec_k) spec_k = m->head.spec->k_used;
     for (int w = 0; w < 2; w++) {
         int G = hp->group_size ? hp->group_size : width[w];
-        if (need[w][0]) TRY(sq_cuda_act_create(g->c, SQ_CUDA_ACT_SQ4, m->n_batch, width[w], G, hp->act_bits, &g->a_sq4[w]));
+        if (need[w][0])
+            TRY(sq_cuda_act_create(g->c, SQ_CUDA_ACT_SQ4, m->n_batch, width[w], G, g->act_bits, &g->a_sq4[w]));
         if (need[w][1]) TRY(sq_cuda_act_create(g->c, SQ_CUDA_ACT_Q8, m->n_batch, width[w], 0, 0, &g->a_q8[w]));
     }
     size_t B = (size_t)m->n_batch, D = hp->n_embd, kvw = (size_t)hp->n_kv_head * hp->head_dim, F = hp->n_ff;
@@ -182,6 +184,7 @@ static sq_status gpu_init(sq_model *m) {
     if (!g) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
     m->gpu = g;
     TRY(sq_cuda_create(0, &g->c));
+    g->act_bits = sq_model_act_bits_for(m, sq_cuda_path(g->c) == SQ_CUDA_PATH_INT4);
     TRY(upload_weights(m, g));
     TRY(alloc_activations(m, g));
     TRY(sq_cuda_kv_create(g->c, m->hp.n_layer, m->hp.n_kv_head, m->hp.head_dim, m->n_ctx, &g->kv));
@@ -249,6 +252,7 @@ sq_status sq_model_backend_select(sq_model *m, int requested) {
         return st;
     }
     m->backend = SQ_BACKEND_CUDA;
+    m->exec.act_bits = m->gpu->act_bits;
     return SQ_OK;
 }
 

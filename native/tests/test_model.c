@@ -4,7 +4,8 @@
  * threads, last_only = the last row of a full eval, a rewind with set_n_past = a fresh context,
  * prompts longer than one chunk, KV types (q8/q4 close to f16, f16 close to f32), spectral
  * truncation, every weight type; a qwen2 file in llama.cpp's layout (NEOX RoPE, q/k unpermuted)
- * against the same model stored as llama (q/k permuted, normal RoPE); SQ_ISA; then argument and
+ * against the same model stored as llama (q/k permuted, normal RoPE); SQ_ISA; act_bits (load-time
+ * activation bits: auto, A4 vs A8 files, ISAs); then argument and
  * file errors: each gives its code and a message (specquant.version, block_count, FIFOs, ...).
  * Parity with reference.py is tests/test_parity.py (Python).
  */
@@ -347,6 +348,86 @@ static void test_qwen2_neox(void) {
     free(buf);
 }
 
+/* Logits of buf run at act_bits (0 = auto), checking what sq_model_act_bits reports. */
+static float *run_bits(const uint8_t *buf, size_t size, int act_bits, int want) {
+    sq_model_params p = sq_model_default_params();
+    p.n_threads = 2;
+    p.act_bits = act_bits;
+    sq_model *m = sq_model_load_buffer(buf, size, &p);
+    CHECK(m != NULL, "act_bits %d: load", act_bits);
+    if (!m) return NULL;
+    CHECK(sq_model_act_bits(m) == want, "act_bits %d runs %d, expected %d", act_bits, sq_model_act_bits(m), want);
+    float *out = eval_all(m, k_toks, NTOK);
+    sq_model_free(m);
+    return out;
+}
+
+/* sq_model_params.act_bits: a load-time choice. auto = 8 on the CPU; a file calibrated for A4 run at
+ * A8 computes bit for bit what the same weights recorded as A8 compute (the file's specquant.act_bits
+ * is only its calibration record), and the other way round, on every ISA. Across ISAs the integer
+ * sums are identical in both modes (test_kernels: bits 4 and 8); logits agree closely, not bitwise
+ * (attention and norms use FMA on the SIMD ISAs). F16 files ignore act_bits; bad values are refused. */
+static void test_act_bits(void) {
+    tiny_cfg c = tiny_default(); /* specquant.act_bits = 4 */
+    c.seed = 16;                 /* both files: the same weights */
+    tiny_cfg c8 = c;
+    c8.act_bits = 8;
+    size_t size, size8;
+    uint8_t *buf = tiny_model_build(&c, &size), *buf8 = tiny_model_build(&c8, &size8);
+    const size_t n = (size_t)NTOK * 97;
+    const char *old = getenv("SQ_ISA");
+    char *saved = old ? strdup(old) : NULL;
+    float *first[2] = {NULL, NULL}; /* A4, A8 logits of the first ISA */
+    const char *isas[] = {"scalar", "auto"};
+    for (int ii = 0; ii < 2; ii++) {
+        setenv("SQ_ISA", isas[ii], 1);
+        float *a4 = run_bits(buf, size, 4, 4), *a8 = run_bits(buf, size, 0, 8); /* auto = 8 on the CPU */
+        float *b8 = run_bits(buf8, size8, 8, 8), *b4 = run_bits(buf8, size8, 4, 4);
+        if (a4 && a8 && b8 && b4) {
+            CHECK(!memcmp(a8, b8, n * sizeof(float)), "SQ_ISA=%s: an A4 file at act_bits 8 differs from the A8 file",
+                  isas[ii]);
+            CHECK(!memcmp(a4, b4, n * sizeof(float)), "SQ_ISA=%s: an A8 file at act_bits 4 differs from the A4 file",
+                  isas[ii]);
+            CHECK(memcmp(a4, a8, n * sizeof(float)) != 0, "SQ_ISA=%s: A4 and A8 give the same logits", isas[ii]);
+            if (!first[0]) {
+                first[0] = a4, first[1] = a8, a4 = a8 = NULL;
+            } else {
+                CHECK(rel_err(a4, first[0], n) < 5e-2 && rel_err(a8, first[1], n) < 5e-2,
+                      "SQ_ISA=%s vs scalar: A4 %g, A8 %g", isas[ii], rel_err(a4, first[0], n), rel_err(a8, first[1], n));
+            }
+        }
+        free(a4), free(a8), free(b8), free(b4);
+    }
+    if (saved) setenv("SQ_ISA", saved, 1);
+    else unsetenv("SQ_ISA");
+    free(saved);
+    free(first[0]), free(first[1]);
+    sq_model *m = sq_model_load_buffer(buf, size, NULL);
+    const char *rec = m ? sq_model_meta(m, "specquant.act_bits") : NULL;
+    CHECK(m && sq_model_act_bits(m) == 8 && rec && !strcmp(rec, "4"), "auto runs A8; the file still says 4 (%s)",
+          rec ? rec : "NULL");
+    sq_model_free(m);
+    int bad[] = {5, -1, 16, 2};
+    for (int i = 0; i < 4; i++) {
+        sq_model_params p = sq_model_default_params();
+        p.act_bits = bad[i];
+        expect_load_error(buf, size, &p, SQ_ERR_ARG, "act_bits");
+        CHECK(strstr(sq_last_error(), "act_bits must be 4, 8 or 0 (auto)") != NULL, "act_bits %d: message '%s'", bad[i],
+              sq_last_error());
+    }
+    /* no SQ4 layer: act_bits is accepted and changes nothing */
+    tiny_cfg f = tiny_default();
+    f.wtype = SQ_T_F16;
+    size_t fsize;
+    uint8_t *fbuf = tiny_model_build(&f, &fsize);
+    float *f4 = run_bits(fbuf, fsize, 4, 0), *f8 = run_bits(fbuf, fsize, 8, 0);
+    CHECK(f4 && f8 && !memcmp(f4, f8, n * sizeof(float)), "F16 file: act_bits changed the logits");
+    free(f4), free(f8);
+    free(fbuf);
+    free(buf);
+    free(buf8);
+}
+
 /* SQ_ISA: one parser (kernels/dispatch.c), read at each load. */
 static void test_isa_env(void) {
     tiny_cfg c = tiny_default();
@@ -423,6 +504,7 @@ int main(void) {
     test_model_errors();
     test_qwen2_neox();
     test_isa_env();
+    test_act_bits();
     test_file_limits();
     return test_finish("test_model");
 }

@@ -4,7 +4,9 @@
  * SQ_ERR_BACKEND ("rebuild with -DSPECQUANT_CUDA=ON"); with it but no device, SQ_ERR_BACKEND
  * ("no CUDA device"); auto runs on the CPU in both cases and sq_model_backend() says "cpu".
  * With a device: auto picks "cuda" for an SQ4 model, stays on the CPU for an F16 one or a q8 KV
- * cache, and backend cuda refuses those with SQ_ERR_BACKEND / SQ_ERR_ARG.
+ * cache, and backend cuda refuses those with SQ_ERR_BACKEND / SQ_ERR_ARG. act_bits auto: 8 on the
+ * CPU, 4 on the GPU's int4 path, 8 on its int8 path (sm_90); the parity runs set the same act_bits
+ * on both (also other than the file's).
  *
  * With a device: tiny random models (SQ4 with rotation, spectral branch axis in and out, qwen2
  * biases, 8-bit activations, both tensor-core paths, Q8_0 weights, an untied head) run on the GPU
@@ -69,13 +71,17 @@ static int argmax(const float *v, int n) {
     return best;
 }
 
-static sq_model *load(const uint8_t *buf, size_t size, int backend, int kv) {
+/* act_bits: sq_model_params.act_bits (0 = auto: 8 on the CPU, 4 on the GPU) */
+static sq_model *load_bits(const uint8_t *buf, size_t size, int backend, int kv, int act_bits) {
     sq_model_params p = sq_model_default_params();
     p.n_threads = 2;
     p.backend = backend;
     p.kv_type = kv;
+    p.act_bits = act_bits;
     return sq_model_load_buffer(buf, size, &p);
 }
+
+static sq_model *load(const uint8_t *buf, size_t size, int backend, int kv) { return load_bits(buf, size, backend, kv, 0); }
 
 static void expect_fail(const uint8_t *buf, size_t size, int backend, int kv, sq_status code, const char *words,
                         const char *what) {
@@ -86,10 +92,26 @@ static void expect_fail(const uint8_t *buf, size_t size, int backend, int kv, sq
     sq_model_free(m);
 }
 
+/* What act_bits auto runs on the GPU: 4 on the int4 tensor-core path (sm_80/86/89), 8 on the int8 one. */
+static int cuda_auto_bits(void) {
+#ifdef SQ_HAVE_CUDA
+    sq_cuda *c = NULL;
+    if (sq_cuda_create(0, &c) != SQ_OK) return -1;
+    int bits = sq_cuda_path(c) == SQ_CUDA_PATH_INT4 ? 4 : 8;
+    sq_cuda_destroy(c);
+    return bits;
+#else
+    return -1;
+#endif
+}
+
 static void expect_backend(const uint8_t *buf, size_t size, int backend, int kv, const char *want, const char *what) {
     sq_model *m = load(buf, size, backend, kv);
     CHECK(m && !strcmp(sq_model_backend(m), want), "%s: expected to run on %s, got %s", what, want,
           m ? sq_model_backend(m) : sq_last_error());
+    if (m && sq_model_act_bits(m)) /* auto: A8 on the CPU, A4 on the GPU's int4 tensor cores */
+        CHECK(sq_model_act_bits(m) == (strcmp(want, "cuda") ? 8 : cuda_auto_bits()), "%s: auto act_bits on %s: %d", what,
+              want, sq_model_act_bits(m));
     if (m) { /* it must also run there */
         float *logits = malloc(sizeof(float) * (size_t)sq_model_n_vocab(m));
         int32_t t[2] = {1, 2};
@@ -110,6 +132,9 @@ static void test_selection(int have_dev) {
     expect_backend(buf, size, SQ_BACKEND_AUTO, SQ_KV_Q8, "cpu", "auto with a q8 KV cache");
     expect_backend(fbuf, fsize, SQ_BACKEND_AUTO, SQ_KV_F16, "cpu", "auto with F16 weights");
     expect_fail(buf, size, 7, SQ_KV_F16, SQ_ERR_ARG, "backend must be", "backend 7");
+    sq_model *m = load(fbuf, fsize, SQ_BACKEND_AUTO, SQ_KV_F16);
+    CHECK(m && sq_model_act_bits(m) == 0, "F16 weights: act_bits %d (0 expected: no SQ4 layer)", sq_model_act_bits(m));
+    sq_model_free(m);
 #ifndef SQ_HAVE_CUDA
     expect_fail(buf, size, SQ_BACKEND_CUDA, SQ_KV_F16, SQ_ERR_BACKEND, "rebuild with -DSPECQUANT_CUDA=ON", "no CUDA build");
 #else
@@ -119,6 +144,13 @@ static void test_selection(int have_dev) {
         expect_fail(buf, size, SQ_BACKEND_CUDA, SQ_KV_F16, SQ_ERR_BACKEND, "no CUDA device", "cuda without a device");
     } else {
         expect_backend(buf, size, SQ_BACKEND_CUDA, SQ_KV_F16, "cuda", "backend cuda");
+        setenv("SQ_CUDA_PATH", "int8", 1); /* sm_90's path (no fast int4 mma): auto runs A8 there */
+        CHECK(cuda_auto_bits() == 8, "SQ_CUDA_PATH=int8: the int8 path");
+        expect_backend(buf, size, SQ_BACKEND_CUDA, SQ_KV_F16, "cuda", "backend cuda, int8 path");
+        setenv("SQ_CUDA_PATH", "int4", 1);
+        CHECK(cuda_auto_bits() == 4, "SQ_CUDA_PATH=int4: the int4 path");
+        expect_backend(buf, size, SQ_BACKEND_CUDA, SQ_KV_F16, "cuda", "backend cuda, int4 path");
+        unsetenv("SQ_CUDA_PATH");
         expect_fail(fbuf, fsize, SQ_BACKEND_CUDA, SQ_KV_F16, SQ_ERR_BACKEND, "F16", "cuda with F16 weights");
     }
 #endif
@@ -178,12 +210,18 @@ static void check_stats(const row_stats *st, const char *what) {
     printf("  %-36s %3d logit rows: %d beyond %.0e, worst %.2e\n", what, st->rows, st->over, TOL, st->worst);
 }
 
-static void test_parity(const char *what, tiny_cfg c, const char *path) {
+/* act_bits: what both run (0 = the file's specquant.act_bits) */
+static void test_parity(const char *what, tiny_cfg c, const char *path, int act_bits) {
     if (path) setenv("SQ_CUDA_PATH", path, 1); /* read when the context is created */
     size_t size;
     uint8_t *buf = tiny_model_build(&c, &size);
-    sq_model *cpu = load(buf, size, SQ_BACKEND_CPU, SQ_KV_F16), *gpu = load(buf, size, SQ_BACKEND_CUDA, SQ_KV_F16);
+    int bits = act_bits ? act_bits : c.act_bits;
+    sq_model *cpu = load_bits(buf, size, SQ_BACKEND_CPU, SQ_KV_F16, bits);
+    sq_model *gpu = load_bits(buf, size, SQ_BACKEND_CUDA, SQ_KV_F16, bits);
     CHECK(cpu && gpu, "%s: load failed", what);
+    if (cpu && gpu && c.wtype != SQ_T_Q8_0)
+        CHECK(sq_model_act_bits(cpu) == bits && sq_model_act_bits(gpu) == bits, "%s: act_bits %d / %d, asked %d", what,
+              sq_model_act_bits(cpu), sq_model_act_bits(gpu), bits);
     if (cpu && gpu) {
         int V = sq_model_n_vocab(cpu);
         int32_t prompt[20];
@@ -215,17 +253,24 @@ static void test_parity(const char *what, tiny_cfg c, const char *path) {
 static void test_tiny_models(void) {
     tiny_cfg c = tiny_default();
     c.n_ctx = 128; /* room for 20 prompt tokens + 64 decode steps */
-    test_parity("sq4 G32 wht (int4 path)", c, NULL);
-    test_parity("sq4 G32 wht (int8 path)", c, "int8");
+    test_parity("sq4 G32 wht (int4 path)", c, NULL, 0);
+    test_parity("sq4 G32 wht (int8 path)", c, "int8", 0);
     tiny_cfg s = c;
     s.arch = "qwen2", s.bias = 1, s.spectral_k = 4;
-    test_parity("qwen2 biases + spectral in", s, NULL);
+    test_parity("qwen2 biases + spectral in", s, NULL, 0);
     tiny_cfg o = c;
     o.spectral_k = 4, o.axis_out = 1, o.tied = 0, o.group = 64, o.act_bits = 8, o.wht = 0;
-    test_parity("spectral out, A8, G64, untied head", o, NULL);
+    test_parity("spectral out, A8, G64, untied head", o, NULL, 0);
     tiny_cfg q = c;
     q.wtype = SQ_T_Q8_0;
-    test_parity("Q8_0 weights", q, NULL);
+    test_parity("Q8_0 weights", q, NULL, 0);
+    /* act_bits other than the file's (last, with seeds of their own: the draws above stay as they were) */
+    tiny_cfg a = c;
+    a.seed = 5;
+    test_parity("A4 file run at A8 (act_bits 8)", a, NULL, 8);
+    test_parity("A4 file at A8, int8 path", a, "int8", 8);
+    o.seed = 5;
+    test_parity("A8 file run at A4 (act_bits 4)", o, NULL, 4);
 }
 
 #ifndef SQ_CUDA_EMU
@@ -233,6 +278,7 @@ static void test_tiny_models(void) {
 static void test_smollm2(const char *path) {
     sq_model_params p = sq_model_default_params();
     p.n_ctx = 256;
+    p.act_bits = 4; /* the same on both (auto would pick 8 on the CPU, 4 on the GPU) */
     sq_model *cpu = sq_model_load(path, &p);
     p.backend = SQ_BACKEND_CUDA;
     sq_model *gpu = sq_model_load(path, &p);

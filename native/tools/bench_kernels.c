@@ -1,6 +1,9 @@
 /* bench_kernels.c — timing of the matmul kernels on the SmolLM2-135M shapes (not a test).
  *
- *   bench_kernels [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot]
+ *   bench_kernels [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot] [--8b]
+ *
+ * --8b: the linear shapes of Llama-3.1-8B instead (q/o 4096 x 4096, k/v 1024 x 4096, gate/up
+ * 14336 x 4096, down 4096 x 14336). -b 4 / -b 8: the activation bits (A4 vs A8: bench/speed.py --act-bits).
  *
  * For each shape (rows × K) and token count it prints the time per call, GOPS (2·rows·K·n_tok / t)
  * and the effective weight bandwidth (weight bytes / t). "cold" cycles over copies of the matrix
@@ -169,7 +172,7 @@ static void bench_read_bw(void) {
 }
 
 int main(int argc, char **argv) {
-    int nth = 1, G = 64, bits = 4, quick = 0, hot = 0;
+    int nth = 1, G = 64, bits = 4, quick = 0, hot = 0, llama8b = 0;
     const char *isas = "scalar,avx2,avx512,neon", *ntoks = "1,512";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) nth = atoi(argv[++i]);
@@ -179,8 +182,10 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "-i") && i + 1 < argc) isas = argv[++i];
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--hot")) hot = 1;
+        else if (!strcmp(argv[i], "--8b")) llama8b = 1;
         else {
-            fprintf(stderr, "usage: %s [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot]\n", argv[0]);
+            fprintf(stderr, "usage: %s [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot] [--8b]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -189,7 +194,10 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (nth == 1) g_clock = CLOCK_THREAD_CPUTIME_ID;
-    static const int shapes[][3] = {{576, 576, 0}, {192, 576, 0}, {1536, 576, 0}, {576, 1536, 0}, {49152, 576, 1}};
+    static const int smol[][3] = {{576, 576, 0}, {192, 576, 0}, {1536, 576, 0}, {576, 1536, 0}, {49152, 576, 1}};
+    static const int l8b[][3] = {{4096, 4096, 0}, {1024, 4096, 0}, {14336, 4096, 0}, {4096, 14336, 0}};
+    const int(*shapes)[3] = llama8b ? l8b : smol;
+    const size_t n_shapes = llama8b ? sizeof l8b / sizeof l8b[0] : sizeof smol / sizeof smol[0];
     printf("threads %d (%s time), SQ4 G=%d, act bits %d, dispatch: %s\n", nth, nth == 1 ? "thread CPU" : "wall", G, bits,
            sq_isa_name());
     printf("isa     type    rows x K     G  ntok   time/call          GOPS   weight GB/s\n");
@@ -202,7 +210,7 @@ int main(int argc, char **argv) {
         for (char *ns = strtok_r(ntbuf, ",", &save); ns; ns = strtok_r(NULL, ",", &save)) {
             int nt = atoi(ns);
             if (nt < 1) continue;
-            for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            for (size_t s = 0; s < n_shapes; s++) {
                 if (shapes[s][1] % G && !shapes[s][2]) continue;
                 /* the scalar prefill of the head takes ~10 s: skip it in --quick */
                 if (quick && !strcmp(isa, "scalar") && nt > 1 && shapes[s][2]) continue;
@@ -212,7 +220,7 @@ int main(int argc, char **argv) {
     }
     snprintf(isabuf, sizeof isabuf, "%s", isas);
     for (char *isa = strtok(isabuf, ","); isa; isa = strtok(NULL, ","))
-        for (int k = 576; k <= 1536; k += 960) {
+        for (int k = llama8b ? 4096 : 576; k <= (llama8b ? 14336 : 1536); k += llama8b ? 10240 : 960) {
             bench_quantize(isa, k, G, bits, 1);
             bench_quantize(isa, k, G, bits, 512);
         }

@@ -48,7 +48,7 @@
 
 typedef struct {
     const char *model, *prompt, *prompt_file, *system, *tmpl;
-    int n_predict, n_ctx, n_threads, kv_type, backend, repeat_last_n;
+    int n_predict, n_ctx, n_threads, kv_type, backend, act_bits, repeat_last_n;
     float temp, top_p, min_p, repeat_penalty, spectral_tau;
     int top_k;
     uint64_t seed;
@@ -83,6 +83,8 @@ static void usage(FILE *f) {
             "  --backend cpu|cuda|auto compute backend: auto = the GPU when the build has CUDA, a device\n"
             "                          is there and the model runs on it, else the CPU [auto]\n"
             "  -ngl, --n-gpu-layers N  llama.cpp-style alias: N > 0 = --backend cuda (all layers), 0 = cpu\n"
+            "  --act-bits 4|8|auto     bits of the W4A4 layers' activations: auto = 8 on the CPU (decodes\n"
+            "                          as fast as 4, more accurate), 4 on CUDA int4 tensor cores [auto]\n"
             "  --chat-template NAME    force a chat format: %s\n"
             "  --raw                   no chat template: complete the prompt as plain text\n"
             "  --no-display-prompt     do not echo the prompt\n"
@@ -176,6 +178,11 @@ static int parse_valued(options *o, const char *a, const char *v) {
         else if (!strcmp(v, "cuda")) o->backend = SQ_BACKEND_CUDA;
         else if (!strcmp(v, "auto")) o->backend = SQ_BACKEND_AUTO;
         else BAD("--backend must be cpu, cuda or auto, got '%s'", v);
+    } else if (is_opt(a, NULL, "--act-bits")) {
+        if (!strcmp(v, "auto")) o->act_bits = 0;
+        else if (!strcmp(v, "4")) o->act_bits = 4;
+        else if (!strcmp(v, "8")) o->act_bits = 8;
+        else BAD("--act-bits must be 4, 8 or auto, got '%s'", v);
     } else if (is_opt(a, "-ngl", "--n-gpu-layers")) {
         int n; /* the whole model runs on one backend: any N > 0 means all of it on the GPU */
         if (!parse_int(v, 0, INT_MAX, &n)) BAD("-ngl must be an integer >= 0, got '%s'", v);
@@ -583,7 +590,10 @@ static int interactive(session *s) {
 static void print_timings(const session *s, double t_load) {
     double pf = s->t_prefill > 0 ? (double)s->n_prefill / s->t_prefill : 0;
     double dc = s->t_decode > 0 ? (double)s->n_decode / s->t_decode : 0;
-    fprintf(stderr, "\n%s: load    %8.2f ms (backend %s)\n", g_prog, t_load * 1e3, sq_model_backend(s->m));
+    int bits = sq_model_act_bits(s->m);
+    char acts[32] = "";
+    if (bits) snprintf(acts, sizeof acts, ", activations %d-bit", bits);
+    fprintf(stderr, "\n%s: load    %8.2f ms (backend %s%s)\n", g_prog, t_load * 1e3, sq_model_backend(s->m), acts);
     fprintf(stderr, "%s: prefill %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_prefill * 1e3, s->n_prefill, pf);
     fprintf(stderr, "%s: decode  %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_decode * 1e3, s->n_decode, dc);
 }
@@ -614,6 +624,7 @@ static int run(const options *o, const char *prompt, size_t prompt_len) {
     mp.kv_type = o->kv_type;
     mp.spectral_tau = o->spectral_tau;
     mp.backend = o->backend;
+    mp.act_bits = o->act_bits;
     double t0 = now_s();
     sq_model *m = sq_model_load(o->model, &mp);
     if (!m) return error_msg(1, "cannot load '%s': %s", o->model, sq_last_error());

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ppl": ("specquant_gguf.cli.ppl", "perplexity of a model file on a text file"),
     "zeroshot": ("specquant_gguf.cli.zeroshot", "zero-shot accuracy (piqa, arc_easy, hellaswag, ...)"),
     "chat": ("specquant_gguf.cli.chat", "chat with a model file (Python twin of sq-chat)"),
+    "serve": ("specquant_gguf.cli.serve", "an OpenAI-compatible HTTP server and chat page for a model file"),
 }
 
 

@@ -12,6 +12,7 @@ import time
 from ..errors import SpecQuantError, UsageError
 from ..runtime import UnsupportedError
 from ..runtime.generate import TEMPLATES, Sampling, Timings, chat, check_messages, generate
+from ._options import add_act_bits
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=-1, help="random seed (-1 = random) [-1]")
     p.add_argument("--kv-type", choices=("f16", "q8", "q4"), default="f16", help="KV cache type [f16]")
     p.add_argument("--spectral-tau", type=float, default=1.0, help="spectral energy kept, (0, 1] [1.0]")
+    add_act_bits(p)
     p.add_argument("--chat-template", choices=TEMPLATES, help="force a chat format")
     p.add_argument("--raw", action="store_true", help="no template: complete the prompt as plain text")
     p.add_argument("--no-display-prompt", action="store_true", help="do not echo the prompt")
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from ..runtime.model import Model
     t0 = time.perf_counter()
     model = Model(args.model, n_ctx=args.ctx_size or None, n_threads=args.threads, kv_type=args.kv_type,
-                  spectral_tau=args.spectral_tau)
+                  spectral_tau=args.spectral_tau, act_bits=args.act_bits)
     t_load = time.perf_counter() - t0
     chatting = args.interactive or prompt is None
     rc = 0
@@ -198,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
                 rc = 130 if not args.interactive else 0
         if rc == 0 and chatting:
             _interactive(session)
-        print(f"\nspecquant chat: load    {t_load * 1e3:8.2f} ms", file=sys.stderr)
+        acts = f", activations {model.act_bits}-bit" if model.act_bits else ""
+        print(f"\nspecquant chat: load    {t_load * 1e3:8.2f} ms (backend {model.backend}{acts})", file=sys.stderr)
         for line in session.timings.lines():
             print(line, file=sys.stderr)
     finally:

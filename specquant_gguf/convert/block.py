@@ -7,7 +7,9 @@ residual, and int4 groups by GPTQ (or RTN) with a clipping search.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +22,9 @@ from .recipe import Recipe
 from .rotation import rotate_hessian, rotate_weight, wht_groups
 from .smooth import GROUPS, fold, group_scales_for
 from .sources import Block
+
+if TYPE_CHECKING:
+    from ..progress import StageClock
 
 # smoothing order: the groups whose λ folds into another group's weights (v rows, up rows) go first
 SMOOTH_ORDER = ("attn_out", "ffn_down", "attn", "ffn")
@@ -43,12 +48,15 @@ def scaled_stats(st: PointStats, lam: torch.Tensor) -> PointStats:
                       samples=[s / lam for s in st.samples])
 
 
-def quantize_group(ws: dict[str, torch.Tensor], st: PointStats | None, r: Recipe, fast: bool = False) -> dict[str, QLinear]:
+def quantize_group(ws: dict[str, torch.Tensor], st: PointStats | None, r: Recipe, fast: bool = False,
+                   ratios: tuple[float, ...] | None = None) -> dict[str, QLinear]:
     """Smoothed linear weights that read one input (q/k/v, gate/up, or a single one) -> QLinears.
 
     Each weight gets its own spectral split; the rotated residuals are stacked by rows and quantized
     together (GPTQ rows are independent given the shared Hessian, so this is one GPTQ instead of
-    three). fast: round-to-nearest instead of GPTQ (the α search's proxy)."""
+    three). fast: round-to-nearest instead of GPTQ (the α search's proxy). ratios: the clipping
+    ratios (None: the recipe's)."""
+    ratios = ratios or r.ratios
     parts: dict[str, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = {}
     c_in = next(iter(ws.values())).shape[1]
     g = r.group_for(c_in)
@@ -66,9 +74,9 @@ def quantize_group(ws: dict[str, torch.Tensor], st: PointStats | None, r: Recipe
     stacked = torch.cat([p[0] for p in parts.values()])
     if r.gptq and (not fast or r.search_gptq):
         hess = rotate_hessian(st.hess, g) if r.rotation == "wht" else st.hess
-        q, d = gptq(stacked, hess, g, r.ratios, r.damp, r.act_order)
+        q, d = gptq(stacked, hess, g, ratios, r.damp, r.act_order)
     else:
-        q, d = rtn(stacked, g, r.ratios)
+        q, d = rtn(stacked, g, ratios)
     out: dict[str, QLinear] = {}
     row = 0
     for name, (resid, coef, ks) in parts.items():
@@ -102,10 +110,20 @@ def group_error(group: str, blk: Block, st: PointStats, lam: torch.Tensor, r: Re
     g = r.group_for(xs.shape[1])
     xq = quant_act(xs, g, r)
     sst = scaled_stats(st, lam) if (r.search_gptq or r.spectral_k) else st
-    qls = quantize_group({n: blk[n] * lam.unsqueeze(0) for n in names}, sst, r, fast=True)
+    ratios = r.search_ratios if r.search_ratios is not None and r.clip else None
+    qls = quantize_group({n: blk[n] * lam.unsqueeze(0) for n in names}, sst, r, fast=True, ratios=ratios)
     y_ref = y_ref or {n: x @ blk[n].t() for n in names}
     err = sum(layer_error(qls[n], xs, xq, y_ref[n]) for n in names)
     return err / len(names)
+
+
+def search_rows(w: torch.Tensor, r: Recipe) -> torch.Tensor:
+    """The output rows the α search measures a linear on: all, or r.search_rows evenly spaced ones
+    (not with an output-axis spectral branch, whose split runs along the rows)."""
+    n = w.shape[0]
+    if r.search_rows <= 0 or n <= r.search_rows or (r.spectral_k and r.spectral_axis == "out"):
+        return w
+    return w[torch.linspace(0, n - 1, r.search_rows).round().long()]
 
 
 def search_alpha(group: str, blk: Block, st: PointStats, cfg: ModelConfig, r: Recipe) -> tuple[float, float]:
@@ -113,14 +131,15 @@ def search_alpha(group: str, blk: Block, st: PointStats, cfg: ModelConfig, r: Re
 
     Coarse to fine: every other grid point first, then the unevaluated neighbours of the best one
     (the error is unimodal in α in practice), which finds the grid minimum in about 5 of 8 tries."""
-    y_ref = {n: st.sample @ blk[n].t() for n in GROUPS[group]}  # the float outputs do not depend on α
+    sub = {n: search_rows(blk[n], r) for n in GROUPS[group]}  # λ below still reads the whole weights
+    y_ref = {n: st.sample @ sub[n].t() for n in GROUPS[group]}  # the float outputs do not depend on α
     grid = sorted(r.alpha_grid)
     errors: dict[int, float] = {}
 
     def error_at(i: int) -> float:
         if i not in errors:
             lam = group_scales_for(group, st.absmax, blk, grid[i], cfg)
-            errors[i] = group_error(group, blk, st, lam, r, y_ref)
+            errors[i] = group_error(group, sub, st, lam, r, y_ref)
         return errors[i]
 
     coarse = list(range(0, len(grid), 2))
@@ -134,14 +153,28 @@ def search_alpha(group: str, blk: Block, st: PointStats, cfg: ModelConfig, r: Re
     return grid[best], errors[best]
 
 
-def quantize_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r: Recipe) -> QBlock:
-    """The block as the file stores it. blk is not modified."""
+def _stage(clock: "StageClock | None", name: str):
+    return clock.stage(name) if clock is not None else contextlib.nullcontext()
+
+
+def quantize_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r: Recipe,
+                   clock: "StageClock | None" = None) -> QBlock:
+    """The block as the file stores it. blk is not modified. clock: times the α search and the
+    weight quantization as two stages."""
     blk = {k: v.clone() for k, v in blk.items()}
     if not r.quantized:
         return float_block(blk, r)
     stats = dict(stats)
     alphas: dict[str, float] = {}
     errors: dict[str, float] = {}
+    with _stage(clock, "alpha search"):
+        _smooth_block(blk, stats, cfg, r, alphas, errors)
+    with _stage(clock, "GPTQ" if r.gptq else "RTN"):
+        return _quantize_smoothed(blk, stats, r, alphas, errors)
+
+
+def _smooth_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r: Recipe,
+                  alphas: dict[str, float], errors: dict[str, float]) -> None:
     if r.smoothing:
         for group in SMOOTH_ORDER:
             st = stats[group]
@@ -154,6 +187,10 @@ def quantize_block(blk: Block, stats: dict[str, PointStats], cfg: ModelConfig, r
             fold(blk, group, lam, cfg)
             stats[group] = scaled_stats(st, lam)
             alphas[group] = a
+
+
+def _quantize_smoothed(blk: Block, stats: dict[str, PointStats], r: Recipe, alphas: dict[str, float],
+                       errors: dict[str, float]) -> QBlock:
     linears: dict[str, QLinear] = {}
     for group in ("attn", "attn_out", "ffn", "ffn_down"):
         linears.update(quantize_group({n: blk[n] for n in GROUPS[group]}, stats.get(group), r))

@@ -142,24 +142,48 @@ def windows_from_texts(encode: Callable[[str], list[int]], texts: list[str], n: 
 
 # -------------------------------------------------------------------------------- self-generated
 
+BIG_MODEL_PARAMS = 1.5e9  # linear parameters above which the self-generation keeps weights in bfloat16
+
+
+def linear_params(cfg: ModelConfig) -> int:
+    return cfg.n_layer * sum(a * b for a, b in cfg.linear_shapes().values())
+
+
+def model_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The dtype generate_windows holds the model's weights in by default."""
+    return torch.bfloat16 if linear_params(cfg) > BIG_MODEL_PARAMS else torch.float32
+
+
+def generation_block(source: ModelSource, i: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Block i as generate_windows holds it: in 16-bit a source that can map its weights without a
+    copy (HF safetensors: HFSource.block_view) hands out views of the file, so an 8 B model runs from
+    the page cache within a 10 GiB limit; otherwise a copy in dtype."""
+    view = getattr(source, "block_view", None)
+    if dtype != torch.float32 and view is not None:
+        return {k: v if v.dtype == dtype else v.to(dtype) for k, v in view(i).items()}
+    return {k: v.to(dtype) for k, v in source.block(i).items()}
+
+
 def generate_windows(source: ModelSource, n: int, length: int, seed: int, temperature: float = 1.0,
                      batch: int = 32, segments: int = 1,
-                     progress: Callable[[int], None] | None = None) -> Calibration:
+                     progress: Callable[[int], None] | None = None,
+                     dtype: torch.dtype | None = None) -> Calibration:
     """The model writes its own calibration text: n windows of `length` tokens, sampled.
 
     segments > 1: each window is `segments` independently generated texts of length/segments tokens
     joined end to end, like windows cut from a stream of joined documents (C4-style calibration).
     Decoding is one step per token for a whole batch, so shorter texts in a wider batch give the
     same number of tokens in fewer, better-filled steps.
-    Needs the whole model for autoregressive decoding; blocks are kept in bfloat16 when the model is
-    large (over 1.5 B parameters) so that an 8 B model still fits in 24 GB."""
+    Needs the whole model for autoregressive decoding; dtype None: blocks are kept in bfloat16 when
+    the model is large (over BIG_MODEL_PARAMS linear parameters, see model_dtype) so that an 8 B
+    model still fits in 24 GB, float32 otherwise; tests pass bfloat16 to run that path on a tiny model."""
     if segments > 1 and length % segments == 0:
-        part = generate_windows(source, n * segments, length // segments, seed, temperature, batch, 1, progress)
+        part = generate_windows(source, n * segments, length // segments, seed, temperature, batch, 1, progress,
+                                dtype)
         return Calibration(part.tokens.reshape(n, length), part.source)
     cfg = source.config
-    big = cfg.n_layer * sum(a * b for a, b in cfg.linear_shapes().values()) > 1.5e9
-    dtype = torch.bfloat16 if big else torch.float32
-    blocks = [{k: v.to(dtype) for k, v in source.block(i).items()} for i in range(cfg.n_layer)]
+    dtype = model_dtype(cfg) if dtype is None else dtype
+    blocks = [generation_block(source, i, dtype) for i in range(cfg.n_layer)]
     emb = source.token_embd()
     head = source.output()
     head = (emb if head is None else head).to(dtype)

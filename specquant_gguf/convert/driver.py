@@ -8,6 +8,10 @@ and the (already quantized) output.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -22,9 +26,10 @@ from ..arch import ARCHS, LINEARS, ModelConfig
 from ..errors import SpecQuantError, UsageError
 from ..gguf.constants import FORMAT_VERSION, SQ4_TYPE_ID
 from ..paths import inside, writable_output
-from ..progress import Progress
+from ..progress import Progress, StageClock
 from .block import QBlock, quantize_block
-from .calibrate import (Calibration, block_stats, cache_path, generate_windows, load_cached, read_texts, sample_plan,
+from . import calibrate
+from .calibrate import (Calibration, linear_params, block_stats, cache_path, generate_windows, load_cached, read_texts, sample_plan,
                         save_cached, windows_from_texts)
 from .forward import block_forward
 from .qlinear import QLinear, SimLinear, sim_linear_fn
@@ -38,12 +43,20 @@ DEFAULT_CALIB_LEN = 512
 # self-generated windows are joined from this many texts (see calibrate.generate_windows): the same
 # tokens in half the decoding steps
 CALIB_SEGMENTS = 2
+# Models over calibrate.BIG_MODEL_PARAMS linear parameters (8B: 7e9): self-generated calibration is
+# 16 windows of 256 tokens, each 8 texts of 32 tokens, decoded as one batch of 128 (31 steps through
+# the whole model instead of 255): generating through a 32-block 8B model costs ~30 s of 2-core CPU per
+# step, so the text must come from few, wide steps; 4096 tokens also halve the per-block statistics.
+BIG_CALIB_WINDOWS = 16
+BIG_CALIB_LEN = 256
+BIG_CALIB_SEGMENTS = 8
 
 
 # ------------------------------------------------------------------------------------ the driver
 
 def embed(tokens: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    return emb[tokens]
+    """Rows of the embedding (kept in the source's precision) as float32."""
+    return emb[tokens].float()
 
 
 def sim_block(qb: QBlock, r: Recipe) -> tuple[dict[str, torch.Tensor], Callable]:
@@ -63,27 +76,166 @@ def next_hidden(qb: QBlock, r: Recipe, cfg: ModelConfig, x: torch.Tensor, x_floa
 
 
 def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, emb: torch.Tensor,
-                   seed: int = 0, on_block: Callable[[int], None] | None = None) -> Iterator[tuple[int, QBlock]]:
-    """Yields each converted block in order, holding one source block at a time."""
+                   seed: int = 0, on_block: Callable[[int], None] | None = None,
+                   clock: StageClock | None = None, work: "WorkDir | None" = None) -> Iterator[tuple[int, QBlock]]:
+    """Yields each converted block in order, holding one source block at a time. clock: times the
+    stages; work: a work folder where each finished block (and the hidden states after it) is kept,
+    so that a conversion interrupted after block i restarts at block i + 1."""
     cfg = source.config
+    clock = clock or StageClock()
+    x = None
+    start = 0
+    if work is not None:
+        start, x = work.resume_point(need_hidden=r.quantized and calib is not None)
+        for i in range(start):
+            with clock.stage("resumed blocks"):
+                qb = work.load_block(i)
+            if on_block:
+                on_block(i)
+            yield i, qb
     if not r.quantized or calib is None:
-        for i in range(cfg.n_layer):
-            qb = quantize_block(source.block(i), {}, cfg, r)
+        for i in range(start, cfg.n_layer):
+            with clock.stage("read block"):
+                blk = source.block(i)
+            with clock.stage("f16/q8 rounding" if not r.quantized else "RTN"):
+                qb = quantize_block(blk, {}, cfg, r)
+            del blk
+            if work is not None:
+                with clock.stage("work folder"):
+                    work.save_block(i, qb, None)
             if on_block:
                 on_block(i)
             yield i, qb
         return
-    x = embed(calib.tokens, emb)
+    if x is None:
+        x = embed(calib.tokens, emb)
     mask = sample_plan(*calib.tokens.shape, r.search_tokens, seed)
-    for i in range(cfg.n_layer):
-        blk = source.block(i)
-        stats, x_float = block_stats(x, blk, cfg, mask)
-        qb = quantize_block(blk, stats, cfg, r)
+    for i in range(start, cfg.n_layer):
+        with clock.stage("read block"):
+            blk = source.block(i)
+        with clock.stage("block statistics"):
+            stats, x_float = block_stats(x, blk, cfg, mask)
+        qb = quantize_block(blk, stats, cfg, r, clock)
         del blk, stats
-        x = next_hidden(qb, r, cfg, x, x_float)
+        if r.propagate == "quant":
+            with clock.stage("quantized propagation"):
+                x = next_hidden(qb, r, cfg, x, x_float)
+        else:
+            x = x_float
+        del x_float
+        if work is not None:
+            with clock.stage("work folder"):
+                work.save_block(i, qb, x)
         if on_block:
             on_block(i)
         yield i, qb
+
+
+# ------------------------------------------------------------------------- resumable conversion
+
+def _pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    u = q.to(torch.uint8) & 0x0F
+    return u[:, 0::2] | (u[:, 1::2] << 4)
+
+
+def _unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
+    lo = (p & 0x0F).to(torch.int8)
+    hi = (p >> 4).to(torch.int8)
+    lo, hi = (lo ^ 8) - 8, (hi ^ 8) - 8
+    return torch.stack((lo, hi), -1).reshape(p.shape[0], -1)
+
+
+def _qblock_state(qb: QBlock) -> dict[str, Any]:
+    lins = {}
+    for name, ql in qb.linears.items():
+        d = {"kind": ql.kind, "shape": list(ql.shape), "group": ql.group, "axis": ql.axis}
+        for key in ("d", "weight", "coef", "ks", "bias"):
+            v = getattr(ql, key)
+            if v is not None:
+                d[key] = v
+        if ql.q is not None:
+            d["q4"] = _pack_nibbles(ql.q)  # int4 values two to a byte: half the disk of int8
+        lins[name] = d
+    return {"norms": qb.norms, "linears": lins, "alphas": qb.alphas, "errors": qb.errors}
+
+
+def _qblock_from_state(st: dict[str, Any]) -> QBlock:
+    lins = {}
+    for name, d in st["linears"].items():
+        ql = QLinear(d["kind"], tuple(d["shape"]), group=d["group"], axis=d["axis"],
+                     **{k: d[k] for k in ("d", "weight", "coef", "ks", "bias") if k in d})
+        if "q4" in d:
+            ql.q = _unpack_nibbles(d["q4"])
+        lins[name] = ql
+    return QBlock(dict(st["norms"]), lins, dict(st["alphas"]), dict(st["errors"]))
+
+
+def source_identity(source: ModelSource) -> list[Any]:
+    """What names a model's weights on disk: path, and each weights file's name, size and mtime."""
+    where = getattr(source, "path", None) or getattr(source, "folder", None)
+    if where is None:
+        return [source.description, id(source)]  # in-memory sources never resume
+    where = Path(where).resolve()
+    files = [where] if where.is_file() else sorted(where.glob("*.safetensors"))
+    return [str(where)] + [(f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+
+
+class WorkDir:
+    """Results of the finished blocks of one conversion, in a hidden folder next to the output:
+    .FILE.work-KEY/, KEY = hash of the source files, the recipe, the calibration and the converter
+    version (another model or recipe never picks up these results). Removed when the file is written."""
+
+    def __init__(self, out: str | Path, key_parts: list[Any]) -> None:
+        key = hashlib.sha1(json.dumps(key_parts, default=repr).encode()).hexdigest()[:16]
+        out = Path(out)
+        self.path = out.parent / f".{out.name}.work-{key}"
+
+    def _save(self, obj: Any, name: str) -> None:
+        self.path.mkdir(exist_ok=True)
+        tmp = self.path / f"{name}.tmp{os.getpid()}"
+        torch.save(obj, tmp)
+        os.replace(tmp, self.path / name)
+
+    def _load(self, name: str) -> Any:
+        try:
+            return torch.load(self.path / name, weights_only=True)
+        except Exception:  # noqa: BLE001  (absent or damaged: the work is redone)
+            return None
+
+    def save_calibration(self, calib: Calibration) -> None:
+        self._save({"tokens": calib.tokens, "source": calib.source}, "calibration.pt")
+
+    def load_calibration(self) -> Calibration | None:
+        st = self._load("calibration.pt")
+        return None if st is None else Calibration(st["tokens"], st["source"])
+
+    def save_block(self, i: int, qb: QBlock, hidden: torch.Tensor | None) -> None:
+        self._save(_qblock_state(qb), f"block{i}.pt")
+        if hidden is not None:  # only the latest hidden states are kept
+            self._save({"after": i, "x": hidden}, "hidden.pt")
+
+    def load_block(self, i: int) -> QBlock:
+        st = self._load(f"block{i}.pt")
+        if st is None:
+            raise SpecQuantError(f"{self.path}: block {i} is unreadable; remove the folder and convert again")
+        return _qblock_from_state(st)
+
+    def resume_point(self, need_hidden: bool) -> tuple[int, torch.Tensor | None]:
+        """(the first block still to convert, the hidden states entering it or None)."""
+        if not self.path.is_dir():
+            return 0, None
+        done = 0
+        while (self.path / f"block{done}.pt").is_file():
+            done += 1
+        if not need_hidden:
+            return done, None
+        h = self._load("hidden.pt")
+        if h is None or not 0 <= int(h["after"]) < done:
+            return 0, None
+        return int(h["after"]) + 1, h["x"]
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
 
 
 def check_output(out: str | Path, source_path: Path) -> None:
@@ -130,11 +282,24 @@ class Summary:
     linear_weights: int = 0
 
 
+HEAD_CHUNK_ROWS = 8192  # rows of the embedding/head converted to float32 at a time
+
+
 def _head_payload(w: torch.Tensor, head_type: str) -> Any:
+    """Q8_0 or F16 of the embedding/head, converted in row chunks from the source's precision (a
+    128256 x 4096 bf16 matrix is never copied whole to float32; Q8_0 and F16 are row-wise, so the
+    bytes are those of converting it at once)."""
     from ..gguf import Q8_0Weight
 
-    arr = np.ascontiguousarray(w.float().numpy())
-    return Q8_0Weight.from_float(arr) if head_type == "q8_0" else arr.astype(np.float16)
+    rows = w.shape[0]
+    if head_type == "q8_0":
+        raws = [Q8_0Weight.from_float(np.ascontiguousarray(w[r:r + HEAD_CHUNK_ROWS].float().numpy())).raw
+                for r in range(0, rows, HEAD_CHUNK_ROWS)]
+        return Q8_0Weight(np.concatenate(raws) if len(raws) > 1 else raws[0], tuple(w.shape))
+    out = np.empty(tuple(w.shape), np.float16)
+    for r in range(0, rows, HEAD_CHUNK_ROWS):
+        out[r:r + HEAD_CHUNK_ROWS] = w[r:r + HEAD_CHUNK_ROWS].float().numpy()
+    return out
 
 
 def _linear_payloads(prefix: str, ql: QLinear) -> list[tuple[str, Any]]:
@@ -175,6 +340,9 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
         w.add_kv(f"{a}.attention.key_length", c.head_dim)
         w.add_kv(f"{a}.attention.value_length", c.head_dim)
     w.add_kv(f"{a}.rope.freq_base", float(c.rope_base))
+    if c.rope_scale != 1.0:  # linear RoPE scaling, as llama.cpp writes it
+        w.add_kv(f"{a}.rope.scaling.type", "linear")
+        w.add_kv(f"{a}.rope.scaling.factor", float(c.rope_scale))
     w.add_kv(f"{a}.attention.layer_norm_rms_epsilon", float(c.rms_eps))
     for key, (value, vtype) in source.tokenizer_kv().items():
         if isinstance(value, (list, tuple)) and len(value) == 0:
@@ -221,86 +389,154 @@ class CalibOptions:
     """Where calibration text comes from: a file (text or .jsonl), else the model itself."""
 
     file: str | None = None
-    windows: int = DEFAULT_CALIB_WINDOWS
-    length: int = DEFAULT_CALIB_LEN
+    windows: int | None = None  # None: DEFAULT_CALIB_WINDOWS, or BIG_CALIB_WINDOWS (see calib_shape)
+    length: int | None = None
     use_cache: bool = True  # reuse self-generated text of the same model from the cache folder
+    large: bool | None = None  # the large-model plan (see calib_shape); None: by size
+
+
+def calib_shape(cfg: ModelConfig, opts: CalibOptions) -> tuple[int, int, int]:
+    """(windows, tokens per window, texts per window) of the calibration: the options, with the
+    defaults of the model's size where not given (self-generated text of a large model: shorter)."""
+    large = opts.large if opts.large is not None else linear_params(cfg) > calibrate.BIG_MODEL_PARAMS
+    big = opts.file is None and large
+    n = opts.windows or (BIG_CALIB_WINDOWS if big else DEFAULT_CALIB_WINDOWS)
+    length = opts.length or (BIG_CALIB_LEN if big else DEFAULT_CALIB_LEN)
+    segments = BIG_CALIB_SEGMENTS if big else CALIB_SEGMENTS
+    return n, length, segments if length % segments == 0 else 1
 
 
 def make_calibration(source: ModelSource, calib_file: str | None, n: int, length: int, seed: int,
-                     use_cache: bool = True, quiet: bool = False) -> Calibration:
+                     use_cache: bool = True, quiet: bool = False, segments: int | None = None,
+                     large: bool | None = None) -> Calibration:
     """Calibration windows: from calib_file, else text the model writes itself (cached on disk
-    when use_cache, so converting the same model again skips the generation)."""
+    when use_cache, so converting the same model again skips the generation). segments: texts per
+    self-generated window (None: CALIB_SEGMENTS), all decoded in one batch for large models."""
     if calib_file is not None:
         texts = read_texts(calib_file)
         return windows_from_texts(source.encoder(), texts, n, length, seed, Path(calib_file).name)
-    segments = CALIB_SEGMENTS if length % CALIB_SEGMENTS == 0 else 1
+    segments = segments or CALIB_SEGMENTS
+    segments = segments if length % segments == 0 else 1
+    big = large if large is not None else linear_params(source.config) > calibrate.BIG_MODEL_PARAMS
     cached = cache_path(source, n, length, seed, segments) if use_cache else None
     tokens = load_cached(cached, (n, length), source.config.vocab_size)
     if tokens is not None:
         log(f"calibration text: self-generated earlier, reused from {cached}", quiet)
         return Calibration(tokens, "self-generated")
     with Progress(n * (length - segments), "calibration text (self-generated)", quiet, unit="tok") as bar:
-        calib = generate_windows(source, n, length, seed, segments=segments, progress=bar.update)
+        calib = generate_windows(source, n, length, seed, segments=segments, progress=bar.update,
+                                 batch=n * segments if big else 32, dtype=torch.bfloat16 if big else None)
     if cached is not None:
         save_cached(calib.tokens, cached)
     return calib
 
 
 def write_blocks(source: ModelSource, r: Recipe, calib: Calibration | None, out: str | Path,
-                 blocks: Iterable[tuple[int, QBlock]], emb: torch.Tensor | None = None) -> Summary:
-    """Writes the file from converted blocks (atomically: nothing is left behind on error)."""
+                 blocks: Iterable[tuple[int, QBlock]], emb: torch.Tensor | None = None,
+                 clock: StageClock | None = None) -> Summary:
+    """Writes the file from converted blocks (atomically: nothing is left behind on error). Each
+    tensor goes to the writer's spool file as soon as its block is done (nothing is held)."""
     from ..gguf import ModelWriter
 
+    clock = clock or StageClock()
     emb = source.token_embd() if emb is None else emb
-    head = source.output()
     summary = Summary(alphas=[])
-    with torch.no_grad(), ModelWriter(out, arch=ARCHS[source.config.arch].written_as) as w:
-        w.add_tensor("token_embd.weight", _head_payload(emb, r.head_type))
-        for i, qb in blocks:
-            w.add_tensor(f"blk.{i}.attn_norm.weight", np.ascontiguousarray(qb.norms["attn_norm"].numpy()))
-            w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ascontiguousarray(qb.norms["ffn_norm"].numpy()))
-            for name in LINEARS:
-                ql = qb.linears[name]
-                for tname, payload in _linear_payloads(f"blk.{i}.{name}", ql):
-                    w.add_tensor(tname, payload)
-                summary.k_max = max(summary.k_max, ql.k_max)
-                summary.int4_bytes += ql.int4_bytes()
-                summary.linear_bytes += ql.nbytes()
-                summary.linear_weights += ql.shape[0] * ql.shape[1]
-            summary.alphas += [qb.alphas[k] for k in sorted(qb.alphas)]
-        w.add_tensor("output_norm.weight", np.ascontiguousarray(source.output_norm().float().numpy()))
-        if head is not None:
-            w.add_tensor("output.weight", _head_payload(head, r.head_type))
-        write_metadata(w, source, r, calib, summary)
+    w = ModelWriter(out, arch=ARCHS[source.config.arch].written_as)
+    try:
+        _write_tensors(w, source, r, calib, blocks, emb, clock, summary)
+    except BaseException:
+        w.abort()
+        raise
+    with clock.stage("finish file"):
+        w.finish()
     return summary
 
 
+def _write_tensors(w: Any, source: ModelSource, r: Recipe, calib: Calibration | None,
+                   blocks: Iterable[tuple[int, QBlock]], emb: torch.Tensor, clock: StageClock, summary: Summary) -> None:
+    with torch.no_grad():
+        with clock.stage("embeddings"):
+            w.add_tensor("token_embd.weight", _head_payload(emb, r.head_type))
+        for i, qb in blocks:
+            with clock.stage("write blocks"):
+                w.add_tensor(f"blk.{i}.attn_norm.weight", np.ascontiguousarray(qb.norms["attn_norm"].numpy()))
+                w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ascontiguousarray(qb.norms["ffn_norm"].numpy()))
+                for name in LINEARS:
+                    ql = qb.linears[name]
+                    for tname, payload in _linear_payloads(f"blk.{i}.{name}", ql):
+                        w.add_tensor(tname, payload)
+                    summary.k_max = max(summary.k_max, ql.k_max)
+                    summary.int4_bytes += ql.int4_bytes()
+                    summary.linear_bytes += ql.nbytes()
+                    summary.linear_weights += ql.shape[0] * ql.shape[1]
+                summary.alphas += [qb.alphas[k] for k in sorted(qb.alphas)]
+            del qb
+        with clock.stage("output head"):
+            w.add_tensor("output_norm.weight", np.ascontiguousarray(source.output_norm().float().numpy()))
+            head = source.output()
+            if head is not None:
+                w.add_tensor("output.weight", _head_payload(head, r.head_type))
+            del head
+            if source.config.rope_freqs is not None:  # Llama-3.1 RoPE scaling, llama.cpp's tensor
+                w.add_tensor("rope_freqs.weight", np.asarray(source.config.rope_freqs, dtype=np.float32))
+            write_metadata(w, source, r, calib, summary)
+
+
 def write_converted(source: ModelSource, r: Recipe, calib: Calibration | None, out: str | Path, seed: int = 0,
-                    quiet: bool = True) -> Summary:
-    """Converts every block and writes the file, with a progress bar over the blocks."""
+                    quiet: bool = True, clock: StageClock | None = None, work: WorkDir | None = None) -> Summary:
+    """Converts every block and writes the file, with a progress bar over the blocks (ETA)."""
     emb = source.token_embd()
     with Progress(source.config.n_layer, f"{r.method} blocks", quiet, unit="blk") as bar:
-        blocks = convert_blocks(source, calib, r, emb, seed, on_block=lambda _: bar.update())
-        return write_blocks(source, r, calib, out, blocks, emb)
+        blocks = convert_blocks(source, calib, r, emb, seed, on_block=lambda _: bar.update(), clock=clock, work=work)
+        return write_blocks(source, r, calib, out, blocks, emb, clock)
 
 
 def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = CalibOptions(), seed: int = 0,
-            threads: int | None = None, quiet: bool = True) -> Summary:
-    """The whole conversion of MODEL (folder, GGUF file or short name) into `out`."""
+            threads: int | None = None, quiet: bool = True, resume: bool = True,
+            clock: StageClock | None = None, pre_tokenizer: str | None = None) -> Summary:
+    """The whole conversion of MODEL (folder, GGUF file, short name or HF repo id) into `out`.
+    pre_tokenizer: force tokenizer.ggml.pre of an HF folder (--pre-tokenizer).
+
+    resume: finished blocks are kept in a work folder next to `out` (WorkDir) and reused when the
+    same conversion is started again after an interruption; the folder is removed on success.
+    clock: receives the time and peak memory of each stage (printed at the end unless quiet)."""
     t0 = time.time()
+    clock = clock if clock is not None else StageClock()
     check_output(out, resolve(model))
     if threads:  # None or 0: torch's default, every core
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    source = open_source(model)
+    with clock.stage("open model"):
+        source = open_source(model, pre_tokenizer)
+        source.tokenizer_kv()  # a tokenizer problem is said now, not after the whole conversion
     cfg = source.config
-    check_model(cfg, r, calib_opts.length)
+    n_calib, calib_len, segments = calib_shape(cfg, calib_opts)
+    check_model(cfg, r, calib_len)
     log(f"{source.description}: {cfg.arch}, {cfg.n_layer} blocks, hidden {cfg.n_embd}, "
         f"{cfg.n_head}/{cfg.n_head_kv} heads, vocab {cfg.vocab_size}", quiet)
+    work = None
+    if resume and (getattr(source, "path", None) or getattr(source, "folder", None)):
+        calib_id = None
+        if calib_opts.file is not None:
+            f = Path(calib_opts.file)
+            calib_id = [str(f.resolve()), f.stat().st_size, int(f.stat().st_mtime)] if f.is_file() else str(f)
+        work = WorkDir(out, [CONVERTER_VERSION, source_identity(source), repr(r), calib_id, n_calib, calib_len,
+                             segments, seed])
+        if work.path.is_dir():
+            log(f"resuming from {work.path}", quiet)
     calib = None
     if r.needs_calibration:
-        calib = make_calibration(source, calib_opts.file, calib_opts.windows, calib_opts.length, seed,
-                                 calib_opts.use_cache, quiet)
+        with clock.stage("calibration text"):
+            calib = work.load_calibration() if work is not None else None
+            if calib is None:
+                calib = make_calibration(source, calib_opts.file, n_calib, calib_len, seed,
+                                         calib_opts.use_cache, quiet, segments, calib_opts.large)
+                if work is not None:
+                    work.save_calibration(calib)
         log(f"calibration: {calib.source}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens "
             f"({time.time() - t0:.0f} s)", quiet)
-    return write_converted(source, r, calib, out, seed, quiet)
+    summary = write_converted(source, r, calib, out, seed, quiet, clock, work)
+    if work is not None:
+        work.remove()
+    log("stages:\n" + clock.table(), quiet)
+    return summary

@@ -24,8 +24,13 @@ def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
-    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float, freqs: tuple[float, ...] | None = None,
+                scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin of the RoPE angles; freqs (rope_freqs, per-pair divisors) and scale (linear factor)
+    are the model's RoPE scaling, as the runtime applies them."""
+    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim) / scale
+    if freqs is not None:
+        inv = inv / torch.tensor(freqs, dtype=torch.float64)
     ang = positions.to(torch.float64).unsqueeze(-1) * inv
     return torch.cos(ang).float(), torch.sin(ang).float()
 
@@ -74,7 +79,9 @@ def block_forward(x: torch.Tensor, blk: Block, cfg: ModelConfig, lin: LinearFn |
     q = lin("attn_q", h).reshape(b, t, cfg.n_head, cfg.head_dim)
     k = lin("attn_k", h).reshape(b, t, cfg.n_head_kv, cfg.head_dim)
     v = lin("attn_v", h).reshape(b, t, cfg.n_head_kv, cfg.head_dim)
-    cos, sin = rope_tables(torch.arange(pos0, pos0 + t), cfg.head_dim, cfg.rope_base)
+    cos, sin = rope_tables(torch.arange(pos0, pos0 + t), cfg.head_dim, cfg.rope_base, cfg.rope_freqs, cfg.rope_scale)
+    if q.dtype != cos.dtype:  # bf16/f16 blocks: the tables follow (float32 promotes nothing: unchanged)
+        cos, sin = cos.to(q.dtype), sin.to(q.dtype)
     q, k = rope_interleaved(q, cos, sin), rope_interleaved(k, cos, sin)
     if cache is not None:
         k, v = cache.append(k, v)

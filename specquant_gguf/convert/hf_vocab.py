@@ -10,35 +10,127 @@ from ..arch import ModelConfig
 from ..errors import SpecQuantError
 
 
-def _pre_tokenizer_name(folder: Path, config: ModelConfig) -> str:
-    """tokenizer.ggml.pre for the BPE pre-tokenizers our runtime and llama.cpp know."""
-    name = folder.name.lower() + " " + config.name.lower()
-    if config.arch == "qwen2":
-        return "qwen2"
-    for key, pre in (("smollm", "smollm"), ("llama-3", "llama-bpe"), ("llama3", "llama-bpe"), ("mistral", "tekken")):
-        if key in name:
-            return pre
-    return "default"
+# The pre-tokenizer regexes of tokenizer.json files, by the tokenizer.ggml.pre name llama.cpp gives
+# them (and our runtime runs: native/src/pretokenize.c).
+_GPT2_RE = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+_LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_RE = _LLAMA3_RE.replace(r"\p{N}{1,3}", r"\p{N}")
+# Mistral's "tekken" splits on letter case (\p{Lu}/\p{Ll}), which the runtime does not implement
+_TEKKEN_MARK = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
+
+# names --pre-tokenizer accepts: those the runtime runs (tokenizer.c), one per behaviour
+PRE_TOKENIZERS = ("gpt2", "llama-bpe", "qwen2", "smollm")
 
 
-def hf_tokenizer_kv(folder: Path, config: ModelConfig) -> dict[str, tuple[Any, Any]]:
-    """tokenizer.* GGUF keys of an HF folder, built with gguf.vocab's helpers (like llama.cpp's converter)."""
+def _steps(pre: Any) -> list[Any]:
+    if not isinstance(pre, dict):
+        return [pre]
+    if pre.get("type") == "Sequence":
+        return [s for p in pre.get("pretokenizers") or [] for s in _steps(p)]
+    return [pre]
+
+
+def _signature(pre: Any) -> tuple:
+    """The behaviour of a tokenizer.json pre_tokenizer, as a tuple independent of offsets options."""
+    sig = []
+    for st in _steps(pre):
+        kind = st.get("type") if isinstance(st, dict) else None
+        if kind == "ByteLevel":
+            sig.append(("bytelevel", bool(st.get("use_regex", True)), bool(st.get("add_prefix_space", False))))
+        elif kind == "Split":
+            pat = st.get("pattern") or {}
+            sig.append(("split", pat.get("Regex", pat.get("String")), st.get("behavior"), bool(st.get("invert"))))
+        elif kind == "Digits":
+            sig.append(("digits", bool(st.get("individual_digits"))))
+        else:
+            sig.append((str(kind),))
+    return tuple(sig)
+
+
+_KNOWN: dict[tuple, str] = {
+    (("bytelevel", True, False),): "gpt2",
+    (("digits", True), ("bytelevel", True, False)): "smollm",
+    (("split", _LLAMA3_RE, "Isolated", False), ("bytelevel", False, False)): "llama-bpe",
+    (("split", _QWEN2_RE, "Isolated", False), ("bytelevel", False, False)): "qwen2",
+}
+
+
+def pre_tokenizer_name(tokenizer_json: dict, where: str) -> str:
+    """tokenizer.ggml.pre from what the tokenizer does (its pre_tokenizer in tokenizer.json), never
+    from a folder name: a Hugging Face snapshot folder is named by a commit hash."""
+    sig = _signature(tokenizer_json.get("pre_tokenizer"))
+    name = _KNOWN.get(sig)
+    if name is not None:
+        return name
+    if any(_TEKKEN_MARK in str(part) for step in sig for part in step):
+        raise SpecQuantError(f"{where}: Mistral's 'tekken' pre-tokenizer is not supported by the runtime "
+                             f"(--pre-tokenizer NAME forces one of {', '.join(PRE_TOKENIZERS)}, at your risk)")
+    raise SpecQuantError(f"{where}: unknown pre-tokenizer {json.dumps(tokenizer_json.get('pre_tokenizer'))[:120]}; "
+                         f"pass --pre-tokenizer NAME to force one of {', '.join(PRE_TOKENIZERS)}")
+
+
+def _is_tiktoken(path: Path) -> bool:
+    """A tiktoken BPE file (lines "base64-token rank", Llama 3's tokenizer.model), not SentencePiece."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return False
+    line = head.split(b"\n", 1)[0].split(b" ")
+    return len(line) == 2 and line[1].strip().isdigit() and all(32 < c < 127 for c in line[0])
+
+
+def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None = None) -> dict[str, tuple[Any, Any]]:
+    """tokenizer.* GGUF keys of an HF folder, built with gguf.vocab's helpers (like llama.cpp's converter).
+    pre_tokenizer: force tokenizer.ggml.pre (--pre-tokenizer) instead of identifying it."""
     import gguf
 
     out: dict[str, tuple[Any, Any]] = {}
-    if (folder / "tokenizer.model").is_file():  # SentencePiece (llama-2, mistral v0.1, tinyllama)
-        vocab: Any = gguf.vocab.SentencePieceVocab(folder)
+    spm, tjson = folder / "tokenizer.model", folder / "tokenizer.json"
+    tiktoken = spm.is_file() and _is_tiktoken(spm)
+    if spm.is_file() and not tiktoken:
+        vocab: Any = gguf.vocab.SentencePieceVocab(folder)  # SentencePiece (llama-2, mistral v0.1, tinyllama)
         model, pre = "llama", "default"
-    elif (folder / "tokenizer.json").is_file():
+    elif tjson.is_file():
+        try:
+            tj = json.loads(tjson.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SpecQuantError(f"{tjson}: unreadable ({exc})") from None
+        if (tj.get("model") or {}).get("type") != "BPE":
+            raise SpecQuantError(f"{tjson}: a {(tj.get('model') or {}).get('type')} tokenizer without tokenizer.model "
+                                 f"is not supported (byte-level BPE or SentencePiece)")
+        pre = pre_tokenizer or pre_tokenizer_name(tj, str(tjson))
+        if pre_tokenizer and pre_tokenizer not in PRE_TOKENIZERS:
+            raise SpecQuantError(f"--pre-tokenizer {pre_tokenizer}: not one of {', '.join(PRE_TOKENIZERS)}")
         vocab = gguf.vocab.BpeVocab(folder)
-        model, pre = "gpt2", _pre_tokenizer_name(folder, config)
+        model = "gpt2"
+    elif tiktoken:
+        raise SpecQuantError(f"{spm}: a tiktoken vocabulary, not SentencePiece; the folder needs its tokenizer.json")
     else:
-        raise SpecQuantError(f"{folder}: no tokenizer.model or tokenizer.json")
+        raise SpecQuantError(f"{folder}: no tokenizer (tokenizer.json or tokenizer.model); "
+                             f"copy the model's tokenizer files into the folder")
     toks, scores, types = [], [], []
     for text, score, ttype in vocab.all_tokens():
         toks.append(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text)
         scores.append(float(score))
         types.append(int(ttype))
+    if model == "gpt2":
+        # tokenizer.json's added tokens (gguf's BpeVocab misses them when a vocab.json sits beside it,
+        # as in Qwen2.5 repos): special ones are CONTROL, the others USER_DEFINED, as llama.cpp writes them
+        for added in tj.get("added_tokens") or []:
+            tid, text = added.get("id"), added.get("content")
+            if not isinstance(tid, int) or not isinstance(text, str) or tid < 0:
+                continue
+            while len(toks) <= tid:
+                toks.append(f"[PAD{len(toks)}]")
+                scores.append(-1000.0)
+                types.append(int(gguf.TokenType.UNUSED))
+            toks[tid], scores[tid] = text, 0.0
+            types[tid] = int(gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED)
+    if len(toks) > config.vocab_size:
+        raise SpecQuantError(f"{folder}: the tokenizer has {len(toks)} tokens but the model only {config.vocab_size} "
+                             f"embedding rows (vocab_size); the tokenizer does not belong to this model")
     # Pad to the model's vocab size like llama.cpp does, so token ids and embedding rows line up.
     for i in range(len(toks), config.vocab_size):
         toks.append(f"[PAD{i}]")

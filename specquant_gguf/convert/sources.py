@@ -46,7 +46,7 @@ class ModelSource:
     config: ModelConfig
     description: str
 
-    def token_embd(self) -> torch.Tensor:  # (vocab, n_embd)
+    def token_embd(self) -> torch.Tensor:  # (vocab, n_embd), float32 or the source's 16-bit type
         raise NotImplementedError
 
     def output_norm(self) -> torch.Tensor:
@@ -133,8 +133,14 @@ class GGUFSource(ModelSource):
         rope_dim = int(self._field(f"{arch}.rope.dimension_count", head_dim))
         if rope_dim != head_dim:
             raise SpecQuantError(f"{self.path}: partial RoPE (rope dim {rope_dim} != head dim {head_dim}) is not supported")
-        if self._field(f"{arch}.rope.scaling.type", "none") not in ("none", None):
-            raise SpecQuantError(f"{self.path}: RoPE scaling is not supported")
+        scaling = self._field(f"{arch}.rope.scaling.type", "none")
+        if scaling not in ("none", "linear", None):
+            raise SpecQuantError(f"{self.path}: RoPE scaling '{scaling}' is not supported (supported: linear, llama3)")
+        rope_scale = float(self._field(f"{arch}.rope.scaling.factor", 1.0) if scaling == "linear"
+                           else self._field(f"{arch}.rope.scale_linear", 1.0))
+        rope_freqs = None
+        if "rope_freqs.weight" in self.tensors:  # Llama-3.1 scaling, kept as it is
+            rope_freqs = tuple(float(x) for x in self._tensor("rope_freqs.weight").reshape(-1))
         if "token_embd.weight" not in self.tensors:
             raise SpecQuantError(f"{self.path}: no token_embd.weight tensor")
         vocab = int(self.tensors["token_embd.weight"].shape[1])
@@ -148,6 +154,7 @@ class GGUFSource(ModelSource):
             vocab_size=vocab, ctx_len=int(self._field(f"{arch}.context_length", 2048)),
             tied="output.weight" not in self.tensors,
             qkv_bias="blk.0.attn_q.bias" in self.tensors,
+            rope_freqs=rope_freqs, rope_scale=rope_scale,
         )
 
     def _tensor(self, name: str) -> torch.Tensor:
@@ -176,15 +183,26 @@ class GGUFSource(ModelSource):
         return None if self.config.tied else self._tensor("output.weight")
 
     def block(self, i: int) -> Block:
+        c = self.config
         names = {n: f"blk.{i}.{n}.weight" for n in (*LINEARS, *NORMS)}
         if self.config.qkv_bias:
             names.update({f"{n}_bias": f"blk.{i}.{n}.bias" for n in ("attn_q", "attn_k", "attn_v")})
-        blk = {k: self._tensor(v) for k, v in names.items()}
-        if archs.ARCHS[self.config.arch].rope == "neox":  # llama.cpp keeps it in NeoX order; we store interleaved pairs
-            c = self.config
+        blk = {}
+        if archs.ARCHS[c.arch].fused:  # llama.cpp phi3: attn_qkv = [q; k; v], ffn_up = [gate; up]
+            qkv, up = self._tensor(f"blk.{i}.attn_qkv.weight"), self._tensor(f"blk.{i}.ffn_up.weight")
+            if tuple(qkv.shape) != (c.q_dim + 2 * c.kv_dim, c.n_embd) or tuple(up.shape) != (2 * c.n_ff, c.n_embd):
+                raise SpecQuantError(f"{self.path}: blk.{i}.attn_qkv / ffn_up have shapes {tuple(qkv.shape)} / "
+                                     f"{tuple(up.shape)}, which do not match the metadata")
+            blk["attn_q"], blk["attn_k"], blk["attn_v"] = (t.contiguous() for t in qkv.split([c.q_dim, c.kv_dim, c.kv_dim]))
+            blk["ffn_gate"], blk["ffn_up"] = (t.contiguous() for t in up.split([c.n_ff, c.n_ff]))
+            for n in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"):
+                del names[n]
+        blk.update({k: self._tensor(v) for k, v in names.items()})
+        if archs.ARCHS[c.arch].rope == "neox":  # llama.cpp keeps it in NeoX order; we store interleaved pairs
             for n, heads in (("attn_q", c.n_head), ("attn_k", c.n_head_kv)):
                 blk[n] = permute_for_rope(blk[n], heads)
-                blk[f"{n}_bias"] = permute_for_rope(blk[f"{n}_bias"], heads)
+                if c.qkv_bias:
+                    blk[f"{n}_bias"] = permute_for_rope(blk[f"{n}_bias"], heads)
         return self.check_block(blk, i)
 
     def tokenizer_kv(self) -> dict[str, tuple[Any, Any]]:
@@ -223,6 +241,60 @@ class GGUFSource(ModelSource):
 
 # ----------------------------------------------------------------------------------- HF folders
 
+# config.json RoPE defaults of transformers' own config classes when rope_theta is absent
+HF_DEFAULT_THETA = 10000.0
+
+
+def hf_rope(c: dict, where: str, head_dim: int) -> tuple[float, tuple[float, ...] | None, float]:
+    """(rope_theta, rope_freqs, linear scale) of an HF config.json, in either layout:
+    transformers <= 4 writes rope_theta and rope_scaling at the top level; transformers 5 writes both
+    under "rope_parameters" ({"rope_type", "rope_theta", "factor", ...}). Nothing is defaulted silently:
+    a missing theta is said on stderr, an unknown or contradictory setting is an error."""
+    import sys
+
+    params = c.get("rope_parameters")
+    top = c.get("rope_scaling")
+    if params is not None and not isinstance(params, dict) or top is not None and not isinstance(top, dict):
+        raise SpecQuantError(f"{where}: rope_parameters / rope_scaling is not an object")
+    params, top = params or {}, top or {}
+    if any(isinstance(v, dict) for v in params.values()):
+        raise SpecQuantError(f"{where}: per-layer-type RoPE parameters ({', '.join(params)}) are not supported")
+    thetas = {float(v) for v in (c.get("rope_theta"), params.get("rope_theta")) if v is not None}
+    if len(thetas) > 1:
+        raise SpecQuantError(f"{where}: rope_theta {c.get('rope_theta')} and rope_parameters.rope_theta "
+                             f"{params.get('rope_theta')} disagree")
+    if thetas:
+        theta = thetas.pop()
+    else:
+        theta = HF_DEFAULT_THETA
+        print(f"[convert] {where}: no rope_theta; using transformers' default {theta:g}", file=sys.stderr)
+    scaling = {k: v for k, v in {**top, **params}.items() if k != "rope_theta"}
+    for layout in (top, params):  # a key given in both layouts must agree
+        for k, v in layout.items():
+            if k in scaling and scaling[k] != v and k != "rope_theta":
+                raise SpecQuantError(f"{where}: rope_scaling.{k} = {v!r} and rope_parameters.{k} = {scaling[k]!r} disagree")
+    kind = scaling.get("rope_type", scaling.get("type", "default")) or "default"
+    partial = float(scaling.get("partial_rotary_factor", c.get("partial_rotary_factor", 1.0)) or 1.0)
+    if partial != 1.0:
+        raise SpecQuantError(f"{where}: partial rotary embeddings (partial_rotary_factor {partial:g}) are not supported")
+
+    def num(key: str, default: float | None = None) -> float:
+        v = scaling.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise SpecQuantError(f"{where}: RoPE scaling '{kind}' needs a positive {key} (got {v!r})")
+        return float(v)
+
+    if kind == "default":
+        return theta, None, 1.0
+    if kind == "linear":
+        return theta, None, num("factor")
+    if kind == "llama3":
+        factors = archs.llama3_rope_freqs(theta, head_dim, num("factor"), num("low_freq_factor"),
+                                          num("high_freq_factor"), num("original_max_position_embeddings"))
+        return theta, factors, 1.0
+    raise SpecQuantError(f"{where}: RoPE scaling '{kind}' is not supported (supported: linear, llama3)")
+
+
 class HFSource(ModelSource):
     """A local Hugging Face folder: config.json, *.safetensors (optionally sharded), tokenizer files."""
 
@@ -234,8 +306,9 @@ class HFSource(ModelSource):
                 "ffn_norm": "post_attention_layernorm.weight", "attn_q_bias": "self_attn.q_proj.bias",
                 "attn_k_bias": "self_attn.k_proj.bias", "attn_v_bias": "self_attn.v_proj.bias"}
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, pre_tokenizer: str | None = None):
         self.folder = Path(folder)
+        self.pre_tokenizer = pre_tokenizer
         self.description = self.folder.name
         cfg_path = self.folder / "config.json"
         if not cfg_path.is_file():
@@ -256,19 +329,25 @@ class HFSource(ModelSource):
         for key in ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"):
             if key in c and (isinstance(c[key], bool) or not isinstance(c[key], int)):
                 raise SpecQuantError(f"{self.folder}/config.json: {key} = {c[key]!r} is not an integer")
-        if c.get("rope_scaling"):
-            raise SpecQuantError(f"{self.folder}: RoPE scaling {c['rope_scaling']} is not supported")
         try:
             n_embd, n_head = int(c["hidden_size"]), int(c["num_attention_heads"])
             head_dim = int(c.get("head_dim") or (n_embd // n_head if n_head > 0 else 0))  # validate() reports 0
+            theta, rope_freqs, rope_scale = hf_rope(c, f"{self.folder}/config.json", head_dim)
+            window, ctx = c.get("sliding_window"), int(c.get("max_position_embeddings", 2048))
+            if isinstance(window, int) and 0 < window < ctx and c.get("use_sliding_window") is not False:
+                import sys
+
+                print(f"[convert] {self.folder}: sliding_window {window} is not applied by the runtime: "
+                      f"outputs are exact up to {window} tokens of context", file=sys.stderr)
             return ModelConfig(
                 arch=family.name,
                 name=str(c.get("_name_or_path") or self.folder.name).split("/")[-1] or self.folder.name,
                 n_layer=int(c["num_hidden_layers"]), n_embd=n_embd, n_ff=int(c["intermediate_size"]),
                 n_head=n_head, n_head_kv=int(c.get("num_key_value_heads") or n_head), head_dim=head_dim,
-                rope_base=float(c.get("rope_theta", 10000.0)), rms_eps=float(c.get("rms_norm_eps", 1e-6)),
+                rope_base=theta, rms_eps=float(c.get("rms_norm_eps", 1e-6)),
                 vocab_size=int(c["vocab_size"]), ctx_len=int(c.get("max_position_embeddings", 2048)),
                 tied=bool(c.get("tie_word_embeddings", False)), qkv_bias=family.qkv_bias,
+                rope_freqs=rope_freqs, rope_scale=rope_scale,
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise SpecQuantError(f"{self.folder}/config.json: missing or bad field ({type(exc).__name__}: {exc})") from None
@@ -297,12 +376,18 @@ class HFSource(ModelSource):
                 raise SpecQuantError(f"{f}: unreadable safetensors file ({_first_line(exc)})") from None
         return out
 
-    def _tensor(self, name: str) -> torch.Tensor:
+    def _tensor(self, name: str, keep_dtype: bool = False) -> torch.Tensor:
+        """A tensor read from its memory-mapped shard, as float32 (keep_dtype: in the file's own
+        precision, e.g. the bf16 embeddings of an 8B model, 1 GB instead of 2)."""
         from safetensors import safe_open
 
         path = self._index.get(name)
         if path is None:
             raise SpecQuantError(f"{self.folder}: tensor {name} is missing")
+        if getattr(self, "_as_views", False):
+            view = self._mapped(path, name)
+            if view is not None:
+                return view
         if path not in self._open:
             try:
                 self._open[path] = safe_open(str(regular_file(path, "weights file")), framework="pt")
@@ -314,10 +399,12 @@ class HFSource(ModelSource):
             t = self._open[path].get_tensor(name)
         except Exception as exc:  # a shard index naming a tensor its file lacks, a truncated file
             raise SpecQuantError(f"{path}: cannot read tensor {name} ({_first_line(exc)})") from None
+        if keep_dtype and t.dtype in (torch.float32, torch.float16, torch.bfloat16):
+            return t.contiguous()
         return t.to(torch.float32).contiguous()
 
-    def token_embd(self) -> torch.Tensor:
-        return self._tensor("model.embed_tokens.weight")
+    def token_embd(self) -> torch.Tensor:  # in the file's precision: callers take .float() of what they use
+        return self._tensor("model.embed_tokens.weight", keep_dtype=True)
 
     def output_norm(self) -> torch.Tensor:
         return self._tensor("model.norm.weight")
@@ -325,18 +412,65 @@ class HFSource(ModelSource):
     def output(self) -> torch.Tensor | None:
         if self.config.tied or "lm_head.weight" not in self._index:
             return None
-        return self._tensor("lm_head.weight")
+        return self._tensor("lm_head.weight", keep_dtype=True)
 
     def block(self, i: int) -> Block:
         c = self.config
         prefix = self.HF_PREFIX.format(i=i)
-        names = [n for n in (*LINEARS, *NORMS)] + (list(QKV_BIASES) if c.qkv_bias else [])
-        blk = {n: self._tensor(prefix + self.HF_NAMES[n]) for n in names}
+        if archs.ARCHS[c.arch].fused:  # phi3: qkv_proj = [q; k; v] rows, gate_up_proj = [gate; up] rows
+            qkv = self._tensor(prefix + "self_attn.qkv_proj.weight")
+            gate_up = self._tensor(prefix + "mlp.gate_up_proj.weight")
+            if tuple(qkv.shape) != (c.q_dim + 2 * c.kv_dim, c.n_embd) or tuple(gate_up.shape) != (2 * c.n_ff, c.n_embd):
+                raise SpecQuantError(f"{self.folder}: layer {i} fused qkv_proj {tuple(qkv.shape)} / gate_up_proj "
+                                     f"{tuple(gate_up.shape)} do not match the config")
+            blk = dict(zip(("attn_q", "attn_k", "attn_v"), (t.contiguous() for t in qkv.split(
+                [c.q_dim, c.kv_dim, c.kv_dim]))))
+            blk["ffn_gate"], blk["ffn_up"] = (t.contiguous() for t in gate_up.split([c.n_ff, c.n_ff]))
+            names = ["attn_output", "ffn_down", *NORMS]
+        else:
+            blk = {}
+            names = [n for n in (*LINEARS, *NORMS)] + (list(QKV_BIASES) if c.qkv_bias else [])
+        blk.update({n: self._tensor(prefix + self.HF_NAMES[n]) for n in names})
         for n, heads in (("attn_q", c.n_head), ("attn_k", c.n_head_kv)):
             blk[n] = permute_for_rope(blk[n], heads)
             if c.qkv_bias:
                 blk[f"{n}_bias"] = permute_for_rope(blk[f"{n}_bias"], heads)
         return self.check_block(blk, i)
+
+    def block_view(self, i: int) -> Block:
+        """Block i without copying its weights: read-only views of the memory-mapped shards in the
+        file's own 16/32-bit type (file pages, which the kernel may drop and re-read, so a model
+        larger than RAM can still be run token by token); only re-ordered tensors (q/k) are copies.
+        For the self-generated calibration text of large models."""
+        self._as_views = True
+        try:
+            return self.block(i)
+        finally:
+            self._as_views = False
+
+    def _mapped(self, path: Path, name: str) -> torch.Tensor | None:
+        """A zero-copy view of one safetensors tensor, or None (other dtypes, unreadable header)."""
+        import warnings
+
+        maps = self.__dict__.setdefault("_maps", {})
+        if path not in maps:
+            try:
+                with open(regular_file(path, "weights file"), "rb") as fh:
+                    n = int.from_bytes(fh.read(8), "little")
+                    header = json.loads(fh.read(n))
+                maps[path] = (8 + n, header, np.memmap(path, dtype=np.uint8, mode="r"))
+            except (OSError, ValueError):
+                return None
+        base, header, mm = maps[path]
+        info = header.get(name) or {}
+        dtype = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}.get(info.get("dtype"))
+        if dtype is None:
+            return None
+        start, end = info["data_offsets"]
+        with warnings.catch_warnings():  # read-only on purpose: nothing writes to these weights
+            warnings.simplefilter("ignore")
+            t = torch.frombuffer(mm[base + start:base + end], dtype=dtype)
+        return t.reshape(info["shape"])
 
     @property
     def bos_id(self) -> int | None:
@@ -356,13 +490,17 @@ class HFSource(ModelSource):
         return lambda text: list(tok(text, add_special_tokens=False)["input_ids"])
 
     def tokenizer_kv(self) -> dict[str, tuple[Any, Any]]:
-        return hf_tokenizer_kv(self.folder, self.config)
+        if getattr(self, "_tokenizer_kv", None) is None:  # built once (the driver asks before converting)
+            self._tokenizer_kv = hf_tokenizer_kv(self.folder, self.config, self.pre_tokenizer)
+        return self._tokenizer_kv
 
 
-def open_source(model: str) -> ModelSource:
+def open_source(model: str, pre_tokenizer: str | None = None) -> ModelSource:
+    """MODEL (folder, GGUF file, short name or HF repo id) -> its source. pre_tokenizer forces
+    tokenizer.ggml.pre of an HF folder (--pre-tokenizer)."""
     path = resolve(model)
     if path.is_dir():
-        return HFSource(path)
+        return HFSource(path, pre_tokenizer)
     regular_file(path, "model")
     with open(path, "rb") as fh:
         magic = fh.read(4)

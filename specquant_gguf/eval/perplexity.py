@@ -118,6 +118,7 @@ class PplResult:
     file: str = ""
     data: str = ""
     window_ppl: list[float] | None = None
+    act_bits: int | None = None  # SQ4 activation bits the native runtime ran (None: no SQ4 layer / not native)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -142,15 +143,16 @@ def perplexity(model: ScoringModel, windows: Sequence[Sequence[int]], progress: 
 
 def evaluate_ppl(path: str | os.PathLike[str], data: str | os.PathLike[str], ctx: int = 512,
                  windows: int | None = None, model: ScoringModel | None = None, threads: int | None = None,
-                 text_mode: str = "auto", progress: bool = True) -> PplResult:
+                 text_mode: str = "auto", progress: bool = True, act_bits: int | None = None) -> PplResult:
     """The whole protocol of this module's docstring for one model file and one text file.
-    model: any ScoringModel (default: the native runtime on `path`)."""
+    model: any ScoringModel (default: the native runtime on `path`, its SQ4 activations at act_bits:
+    4, 8 or None = the runtime's auto)."""
     check_ctx(ctx, windows)
     text = load_eval_text(data, text_mode)
     if model is None:
         if not Path(path).is_file():
             raise UsageError(f"model file {str(path)!r} does not exist")
-        model = NativeScorer(path, n_ctx=ctx, threads=threads)
+        model = NativeScorer(path, n_ctx=ctx, threads=threads, act_bits=act_bits)
     t0 = time.perf_counter()
     ids = model.tokenize(text)
     bos = model.bos_id if model.add_bos else None
@@ -160,4 +162,5 @@ def evaluate_ppl(path: str | os.PathLike[str], data: str | os.PathLike[str], ctx
     ppl, nll, count, per = perplexity(model, wins, progress=progress, desc=f"ppl {Path(path).name}")
     return PplResult(ppl=ppl, nll=nll, tokens=count, ctx=ctx, windows=len(wins), backend=model.name,
                      seconds=time.perf_counter() - t0, text_tokens=len(ids), add_bos=model.add_bos,
-                     file=str(path), data=str(data), window_ppl=per)
+                     file=str(path), data=str(data), window_ppl=per,
+                     act_bits=getattr(getattr(model, "model", None), "act_bits", None))

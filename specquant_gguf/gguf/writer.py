@@ -1,9 +1,15 @@
 """The only code that writes GGUF files: ModelWriter (atomic: temp file + rename).
 
-Writing goes through the `gguf` package's GGUFWriter; our SQ4 type (id 0x5130) is unknown to it, so
-an SQ4 tensor is handed to GGUFWriter as its raw bytes (an int8 array of the byte shape) and the
+The header, metadata and tensor table go through the `gguf` package's GGUFWriter; our SQ4 type (id
+0x5130) is unknown to it, so an SQ4 tensor is registered as its raw bytes (an int8 vector) and the
 tensor-info entry (type id and element shape) is patched before the header is written. That patch
 touches GGUFWriter's tensor-info records, so pyproject.toml pins the gguf versions it was checked on.
+
+Tensor data is streamed: add_tensor writes each tensor's bytes (aligned) to a spool file next to the
+output at once and keeps only its name, type and shape, so the writer never holds the payloads of a
+model (the 8B conversion must fit in 10 GiB). finish() writes the header and the tensor table to the
+temporary output and appends the spooled data in kernel space (copy_file_range); the bytes are the
+ones GGUFWriter itself would write for the same tensors.
 """
 from __future__ import annotations
 
@@ -111,9 +117,10 @@ class ModelWriter:
             w.add_kv("specquant.group_size", 64)
             w.add_tensor("blk.0.attn_q.weight", SQ4Weight(q, d, 64))
 
-    Nothing is written before the `with` block ends without an exception (or finish() is called);
-    on any error the temporary file is removed, so an interrupted conversion leaves nothing.
-    Tensors are written in the order they were added; payloads are held (not copied) until then.
+    The output appears only when the `with` block ends without an exception (or finish() is called);
+    on any error the temporary files are removed, so an interrupted conversion leaves nothing.
+    Tensors are written in the order they were added, each to the spool file when added (the
+    payload is not kept).
     """
 
     def __init__(self, path: str | os.PathLike[str], arch: str = "llama") -> None:
@@ -129,6 +136,8 @@ class ModelWriter:
         self._keys: set[str] = {"general.architecture", "general.alignment"}
         self._sq4_group_sizes: dict[str, int] = {}
         self._done = False
+        self._spool: Any = None  # data of the tensors added so far (aligned), in the output folder
+        self.data_bytes = 0  # bytes of tensor data (with alignment padding) written so far
 
     # -- metadata ---------------------------------------------------------------------------
     def add_kv(self, key: str, value: Any, vtype: GGUFValueType | int | None = None,
@@ -195,7 +204,9 @@ class ModelWriter:
                 raise FormatError(f"tensor {name!r}: cannot store a {payload.ndim}-D {payload.dtype} array "
                                   "(use float32/float16/int8/int16/int32, 1-4 dims)")
             self._check_shape(name, payload.shape)
-            self._write_call(name, lambda: self._writer.add_tensor(name, np.ascontiguousarray(payload)))
+            arr = np.ascontiguousarray(payload, dtype=dtype)  # little-endian, as the file stores it
+            self._write_call(name, lambda: self._writer.add_tensor_info(name, arr.shape, arr.dtype, arr.nbytes))
+            self._spool_write(arr)
         else:
             raise FormatError(f"tensor {name!r}: unsupported payload {type(payload).__name__}")
 
@@ -231,10 +242,36 @@ class ModelWriter:
         # GGUFWriter knows only ggml types: hand it the bytes as an I8 vector, then patch the
         # tensor-info entry (written later by write_ti_data_to_file) to the real type and shape.
         data = raw.reshape(-1).view(np.int8)
-        self._write_call(name, lambda: self._writer.add_tensor(name, data))
+        self._write_call(name, lambda: self._writer.add_tensor_info(name, data.shape, data.dtype, data.nbytes))
         info = self._writer.tensors[-1][name]
         info.shape = tuple(int(s) for s in shape)  # numpy order; GGUFWriter reverses it into ne
         info.dtype = type_id  # type: ignore[assignment]  # packed with struct "I", any int works
+        self._spool_write(data)
+
+    def _spool_write(self, arr: np.ndarray) -> None:
+        """The tensor's bytes (little-endian, as GGUFWriter writes them) and the alignment padding."""
+        if self._done:
+            raise FormatError("the file is already finished")
+        if self._spool is None:
+            try:
+                self._spool = tempfile.NamedTemporaryFile(prefix=self.path.name + ".data-",
+                                                          dir=self.path.parent or ".", delete=False)
+            except OSError as exc:
+                raise FormatError(f"cannot write next to {str(self.path)!r}: {exc.strerror or exc}") from None
+        try:
+            self._spool.write(memoryview(np.ascontiguousarray(arr)).cast("B"))
+            pad = _pad(arr.nbytes) - arr.nbytes
+            if pad:
+                self._spool.write(bytes(pad))
+        except OSError as exc:
+            raise FormatError(f"cannot write next to {str(self.path)!r}: {exc.strerror or exc}") from None
+        self.data_bytes += arr.nbytes + pad
+
+    def _drop_spool(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            Path(self._spool.name).unlink(missing_ok=True)
+            self._spool = None
 
     # -- finishing --------------------------------------------------------------------------
     def _check_group_size(self) -> None:
@@ -254,11 +291,16 @@ class ModelWriter:
         """Writes the file (temp file + rename). Called by __exit__ when no exception occurred."""
         if self._done:
             return self.path
-        self._check_group_size()
+        try:
+            self._check_group_size()
+        except BaseException:
+            self.abort()
+            raise
         try:
             fd, tmp_name = tempfile.mkstemp(prefix=self.path.name + ".tmp-", dir=self.path.parent or ".")
         except OSError as exc:
             self._writer.close()
+            self._drop_spool()
             self._done = True
             raise FormatError(f"cannot write {str(self.path)!r}: {exc.strerror or exc}") from None
         os.close(fd)
@@ -268,26 +310,33 @@ class ModelWriter:
             w.open_output_file(tmp)
             w.write_header_to_file()
             w.write_kv_data_to_file()
-            w.write_tensors_to_file()
-            assert w.fout is not None
-            for f in w.fout:
-                f.flush()
-                os.fsync(f.fileno())
+            w.write_ti_data_to_file()
+            assert w.fout is not None and len(w.fout) == 1
+            f = w.fout[0]
+            w.write_padding(f, f.tell())
+            f.flush()
+            if self._spool is not None:
+                self._spool.flush()
+                _append_file(self._spool.fileno(), f.fileno(), self.data_bytes)
+            os.fsync(f.fileno())
             w.close()
             os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual mode
             os.replace(tmp, self.path)
         except BaseException as exc:
             self._writer.close()
             tmp.unlink(missing_ok=True)
+            self._drop_spool()
             if isinstance(exc, OSError):
                 raise FormatError(f"cannot write {str(self.path)!r}: {exc.strerror or exc}") from None
             raise
         finally:
             self._done = True
+        self._drop_spool()
         return self.path
 
     def abort(self) -> None:
         self._writer.close()
+        self._drop_spool()
         self._done = True
 
     def __enter__(self) -> "ModelWriter":
@@ -298,6 +347,30 @@ class ModelWriter:
             self.finish()
         else:
             self.abort()
+
+
+def _pad(n: int) -> int:
+    return (n + ALIGNMENT - 1) // ALIGNMENT * ALIGNMENT
+
+
+def _append_file(src_fd: int, dst_fd: int, nbytes: int) -> None:
+    """Appends the first nbytes of src to dst (at dst's position), in kernel space where possible."""
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    left = nbytes
+    while left > 0:
+        try:
+            n = os.copy_file_range(src_fd, dst_fd, min(left, 1 << 30))
+        except (AttributeError, OSError):  # no copy_file_range (other OS, other file systems)
+            n = -1
+        if n <= 0:
+            break
+        left -= n
+    while left > 0:
+        chunk = os.read(src_fd, min(left, 1 << 24))
+        if not chunk:
+            raise OSError(f"spool file ended {left} bytes early")
+        os.write(dst_fd, chunk)
+        left -= len(chunk)
 
 
 def _current_umask() -> int:

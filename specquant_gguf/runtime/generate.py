@@ -190,11 +190,15 @@ def _held_back(text: str, stops: list[str]) -> int:
     return keep
 
 
-def _pieces(model, ids: list[int], s: Sampling, timings: Timings) -> Iterator[str]:
+def _pieces(model, ids: list[int], s: Sampling, timings: Timings, result: dict | None = None) -> Iterator[str]:
     """The generation loop: yields decoded text pieces; stops at end of turn, max_tokens, a stop
     string or a full context. The stream owns the model's KV cache from its first piece to its
     end: a second stream on the same model raises, and so does resuming this one after someone
-    else changed the cache (never silently wrong text)."""
+    else changed the cache (never silently wrong text). result (a dict, optional) receives
+    prompt_tokens, completion_tokens and finish_reason ("stop": end of turn or a stop string,
+    "length": max_tokens or a full context) as the stream goes (what runtime.completions reports)."""
+    info: dict = result if result is not None else {}
+    info.update(prompt_tokens=len(ids), completion_tokens=0, finish_reason="length")
     owner = object()
     model.acquire_kv(owner)
     sampler = _Sampler(s)
@@ -207,12 +211,15 @@ def _pieces(model, ids: list[int], s: Sampling, timings: Timings) -> Iterator[st
         while s.max_tokens < 0 or n < s.max_tokens:
             t = sampler.sample(logits)
             if model.is_eog(t):
+                info["finish_reason"] = "stop"
                 break
             sampler.accept(t)
             n += 1
+            info["completion_tokens"] = n
             text += decoder.decode(model.token_to_piece(t))
             cut = min((i for i in (text.find(x, max(0, shown - len(x))) for x in s.stop) if i >= 0), default=-1)
             if cut >= 0:
+                info["finish_reason"] = "stop"
                 if cut > shown:
                     yield text[shown:cut]
                 return

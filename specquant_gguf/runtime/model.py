@@ -50,18 +50,27 @@ def _int_arg(name: str, v: Any) -> int:
 class Model:
     """A loaded model file (mmap) with its KV cache; eval() continues from the current position.
 
-    n_ctx: context of this instance (None = min(2048, the model's context length)); n_threads: None
+    n_seq: > 0 adds `batch`, n_seq more sequences with caches of their own decoded together in one
+    forward pass (runtime.batch.Batch). n_ctx: context of this instance (None = min(2048, the model's context length)); n_threads: None
     or 0 = every online core; kv_type: "f16" | "q8" | "q4"; spectral_tau: energy fraction of the
     spectral branch kept at load (1.0 = all); backend: "auto" (the GPU when the library has the CUDA
     backend, a device is there and the model can run on it, else the CPU) | "cpu" | "cuda" (an error,
     BackendError with the reason, when the GPU cannot be used). `backend` then reports where the model
-    actually runs ("cpu" or "cuda"), `requested_backend` what was asked for.
+    actually runs ("cpu" or "cuda"), `requested_backend` what was asked for. act_bits: bits of the
+    W4A4 (SQ4) layers' activations at run time, 4 or 8, or None = auto: 8 on the CPU (every CPU
+    dot-product instruction multiplies 8-bit codes: decode runs alike and A8 is more accurate), 4 on
+    CUDA GPUs with int4 tensor cores (sm_80/86/89; 8 on sm_90, whose path is int8). The file's
+    specquant.act_bits only records what it was calibrated for; `act_bits` then says what runs (None
+    for files without SQ4 layers: f16, q8).
     Calls from several threads are serialised by a lock (one KV cache: one conversation at a time).
     """
 
     def __init__(self, path: str | os.PathLike[str], n_ctx: int | None = None, n_threads: int | None = None,
-                 kv_type: str = "f16", spectral_tau: float = 1.0, backend: str = "auto") -> None:
+                 kv_type: str = "f16", spectral_tau: float = 1.0, backend: str = "auto", n_seq: int = 0,
+                 act_bits: int | None = None) -> None:
         self._m = None
+        self._batches: list = []  # runtime.batch.Batch objects on this model (freed first by close)
+        self.batch = None
         self._lock = threading.RLock()
         self._tokens: list[int] = []  # what the KV cache holds, position by position
         self._stream: object | None = None  # the generation stream that owns the KV cache now
@@ -70,6 +79,8 @@ class Model:
             raise ArgumentError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {kv_type!r}")
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise ArgumentError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if act_bits is not None and (isinstance(act_bits, bool) or act_bits not in (4, 8)):
+            raise ArgumentError(f"act_bits must be 4, 8 or None (auto), got {act_bits!r}")
         p = lib().sq_model_default_params()
         if n_ctx is not None and _int_arg("n_ctx", n_ctx) <= 0:
             raise ArgumentError(f"n_ctx must be >= 1 (None = min(2048, the model's)), got {n_ctx}")
@@ -78,12 +89,20 @@ class Model:
         p.kv_type = KV_TYPES[kv_type]
         p.spectral_tau = float(spectral_tau)
         p.backend = BACKENDS[backend]
+        p.act_bits = 0 if act_bits is None else int(act_bits)
         params = ffi().new("sq_model_params *", p)
         m = lib().sq_model_load(self.path.encode("utf-8", errors="surrogateescape"), params)
         if m == ffi().NULL:
             raise_last()
         self._m = m
         self.kv_type, self.spectral_tau, self.requested_backend = kv_type, float(spectral_tau), backend
+        if n_seq:  # n_seq sequences decoded together: self.batch (runtime.batch.Batch)
+            from .batch import Batch
+            try:
+                self.batch = Batch(self, n_seq)
+            except BaseException:
+                self.close()
+                raise
 
     # -- lifetime ---------------------------------------------------------------------------------
     def close(self) -> None:
@@ -94,6 +113,8 @@ class Model:
         with lock:
             m, self._m = self._m, None
             self._tokens = []
+            for b in getattr(self, "_batches", ()):
+                b._free()  # a batch lives on the model's weights and scratch: it goes first
             if m is not None:
                 lib().sq_model_free(m)
 
@@ -157,6 +178,12 @@ class Model:
     def backend(self) -> str:
         """Where this model runs: "cpu" or "cuda" (what backend="auto" chose)."""
         return ffi().string(self._call(lib().sq_model_backend)).decode()
+
+    @property
+    def act_bits(self) -> int | None:
+        """Bits of the SQ4 layers' activations this model runs (4 or 8: the act_bits asked for, or
+        auto's choice for the backend); None when no layer is SQ4."""
+        return int(self._call(lib().sq_model_act_bits)) or None
 
     def metadata(self, key: str) -> str | None:
         """A metadata value as text (numbers printed, arrays as [a, b, ...]); None when absent."""
@@ -319,3 +346,16 @@ class Model:
         """Chat completion with the model's template; see specquant_gguf.runtime.generate.chat."""
         from .generate import chat
         return chat(self, messages, **kw)
+
+    # -- OpenAI-shaped completions, llama-cpp-python's API (runtime.completions) ------------------------
+    def create_completion(self, prompt: str | Sequence[int], **kw: Any):
+        """An OpenAI "text_completion" dict (stream=True: an iterator of chunks); see
+        specquant_gguf.runtime.completions.create_completion for the options."""
+        from .completions import create_completion
+        return create_completion(self, prompt, **kw)
+
+    def create_chat_completion(self, messages: Sequence[dict], **kw: Any):
+        """An OpenAI "chat.completion" dict (stream=True: an iterator of "chat.completion.chunk"s);
+        see specquant_gguf.runtime.completions.create_chat_completion for the options."""
+        from .completions import create_chat_completion
+        return create_chat_completion(self, messages, **kw)

@@ -20,16 +20,26 @@ from .synthetic import tiny_vocab, write_tiny_tokenizer
 VOCAB = 300
 
 
+# Llama-3.1's RoPE scaling with a short original context, so that it changes a 64-token input
+LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 16}
+
+
 def tiny_hf_model(model_type: str, seed: int = 0, layers: int = 2, hidden: int = 64, heads: int = 4,
-                  kv_heads: int = 2, ffn: int = 128, qk_scale: float = 6.0, tied: bool = False):
-    """A transformers CausalLM of the family, random weights, float32, eval mode."""
+                  kv_heads: int = 2, ffn: int = 128, qk_scale: float = 6.0, tied: bool = False,
+                  round_to: torch.dtype | None = None, **config):
+    """A transformers CausalLM of the family, random weights, float32, eval mode.
+    round_to: weights rounded to that precision (the file's), so a file of it holds them exactly.
+    config: more config fields (rope_parameters, ...)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     cfg = AutoConfig.for_model(model_type, vocab_size=VOCAB, hidden_size=hidden, intermediate_size=ffn,
                                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                               max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=tied)
+                               max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+                               bos_token_id=1, eos_token_id=2, pad_token_id=0, **config)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32).eval()
+    hd = hidden // heads
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * (0.5 if p.ndim == 1 and "bias" in name else hidden ** -0.5))
@@ -37,7 +47,42 @@ def tiny_hf_model(model_type: str, seed: int = 0, layers: int = 2, hidden: int =
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
             if "q_proj.weight" in name or "k_proj.weight" in name:
                 p.mul_(qk_scale)
+            if "qkv_proj.weight" in name:  # phi3: the q and k rows of the fused projection
+                p[:(heads + kv_heads) * hd].mul_(qk_scale)
+            if round_to is not None:
+                p.copy_(p.to(round_to).float())
     return model
+
+
+def save_hf_folder(model, folder: Path, layout: str = "t5") -> Path:
+    """The model as a Hugging Face folder (save_pretrained, safetensors) with a tiny byte-level BPE
+    tokenizer.json. layout "t4": config.json rewritten as transformers <= 4 writes it (rope_theta
+    and rope_scaling at the top level); "t5": as transformers 5 saves it (under rope_parameters)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    model.save_pretrained(str(folder))
+    cfg_path = folder / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    if layout == "t4":
+        params = dict(cfg.pop("rope_parameters", None) or {})
+        cfg["rope_theta"] = params.pop("rope_theta", 10000.0)
+        params.pop("partial_rotary_factor", None)
+        if params.get("rope_type", "default") != "default":
+            cfg["rope_scaling"] = {**params, "type": params["rope_type"]}
+        cfg["transformers_version"] = "4.46.0"
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+    else:
+        assert "rope_parameters" in cfg and "rope_theta" not in cfg, "transformers 5 layout expected"
+    toks, _types, merges = tiny_vocab(model.config.vocab_size)
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(toks)}, merges=[tuple(m.split(" ")) for m in merges]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({"bos_token": toks[1], "eos_token": toks[2],
+                                                              "tokenizer_class": "PreTrainedTokenizerFast"}))
+    return folder
 
 
 def hf_logits(model, ids: list[int]) -> np.ndarray:
@@ -49,6 +94,26 @@ def _permute_for_normal_rope(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's permute: HF half-split rows -> interleaved pairs, per head."""
     rows = w.shape[0]
     return w.reshape(n_head, 2, rows // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _llamacpp_rope_factors(base: float, dim: int, rs: dict) -> np.ndarray:
+    import math
+
+    freqs = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    factor, low, high = rs.get("factor", 8.0), rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+    old_ctx = rs.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    out = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / freq
+        if wavelen < high_wavelen:
+            out.append(1)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(torch.tensor(out, dtype=torch.float32).numpy(), dtype=np.float32)
 
 
 def write_llamacpp_gguf(model, path: Path) -> Path:
@@ -70,6 +135,12 @@ def write_llamacpp_gguf(model, path: Path) -> Path:
             w.add_kv(f"{a}.{key}", int(value))
         w.add_kv(f"{a}.rope.freq_base", float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
         w.add_kv(f"{a}.attention.layer_norm_rms_epsilon", float(cfg.rms_norm_eps))
+        rope = dict(getattr(cfg, "rope_parameters", None) or {})
+        if rope.get("rope_type") == "linear":
+            w.add_kv(f"{a}.rope.scaling.type", "linear")
+            w.add_kv(f"{a}.rope.scaling.factor", float(rope["factor"]))
+        if rope.get("rope_type") == "llama3":  # llama.cpp's LlamaModel.generate_extra_tensors
+            w.add_tensor("rope_freqs.weight", _llamacpp_rope_factors(float(rope["rope_theta"]), head_dim, rope))
         write_tiny_tokenizer(w, tokens, types, merges)
         w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
         for i in range(cfg.num_hidden_layers):
@@ -77,6 +148,9 @@ def write_llamacpp_gguf(model, path: Path) -> Path:
             names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                      "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
                      "ffn_down": "mlp.down_proj"}
+            if arch.fused:  # phi3: llama.cpp keeps the fused tensors (attn_qkv; ffn_up = [gate; up])
+                names = {"attn_qkv": "self_attn.qkv_proj", "attn_output": "self_attn.o_proj",
+                         "ffn_up": "mlp.gate_up_proj", "ffn_down": "mlp.down_proj"}
             w.add_tensor(f"blk.{i}.attn_norm.weight", sd[p + "input_layernorm.weight"])
             w.add_tensor(f"blk.{i}.ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
             for ours, hf in names.items():

