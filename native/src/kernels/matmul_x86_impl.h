@@ -47,7 +47,10 @@
 #define SUBK_U4 256         /* prefill sub-block, u4 acts: lane ≤ 60·256 */
 #define SUBK_U8 32          /* prefill sub-block, u8 acts: lane ≤ 2040·16 */
 #endif
-#define PREFILL_MIN_TOK 3
+#ifndef PREFILL_MIN_TOK
+#define PREFILL_MIN_TOK 5   /* from this many tokens on the tiled prefill; 2..4: decode_rows_nt (measured: bench_kernels -n 2,3,4,8) */
+#endif
+#define NT_MAX 4            /* tokens that share one unpack of a weight chunk (registers: 2 per token) */
 
 /* ---- small helpers -------------------------------------------------------------------------- */
 
@@ -183,6 +186,95 @@ SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t
         else ys += (float)s * (fp16_load(blk) * dt[g]);
     }
     if (!acc) *y = ys;
+}
+
+/* ---- few tokens (a decode step of several sequences): one row, up to NT_MAX tokens -----------
+ * group_dot for nt tokens at once: each 32-byte chunk of nibbles is unpacked once and multiplied
+ * with every token's activations, so the weights are read once per step instead of once per token.
+ * Per token the integer sums and the float terms are exactly row_decode's (same bits). */
+SQ_INLINE void group_dot_nt(const uint8_t *nib, const uint8_t *const qx[NT_MAX], int G, const int nt,
+                            __m256i out[NT_MAX]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
+    const int h = G / 2;
+    __m256i acc[NT_MAX], p[NT_MAX];
+    for (int t = 0; t < nt; t++) acc[t] = p[t] = _mm256_setzero_si256();
+    int o = 0, n = 0;
+    for (; o + 32 <= h; o += 32) {
+        __m256i v = _mm256_loadu_si256((const __m256i *)(nib + o));
+        __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+        __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        for (int t = 0; t < nt; t++) {
+            p[t] = DOT_ACC(p[t], _mm256_loadu_si256((const __m256i *)(qx[t] + o)), lo);
+            p[t] = DOT_ACC(p[t], _mm256_loadu_si256((const __m256i *)(qx[t] + h + o)), hi);
+        }
+        n += 2;
+        if (n == SUB_MAX / 32) {
+            for (int t = 0; t < nt; t++) {
+                acc[t] = _mm256_add_epi32(acc[t], WIDEN(p[t]));
+                p[t] = _mm256_setzero_si256();
+            }
+            n = 0;
+        }
+    }
+    if (o < h) { /* as in group_dot: the last 16 bytes */
+        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o)));
+        v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+        for (int t = 0; t < nt; t++) {
+            __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qx[t] + o))),
+                                                _mm_loadu_si128((const __m128i *)(qx[t] + h + o)), 1);
+            p[t] = DOT_ACC(p[t], a, wv);
+        }
+    }
+    for (int t = 0; t < nt; t++) out[t] = _mm256_add_epi32(acc[t], WIDEN(p[t]));
+}
+
+/* Row r for tokens t0 .. t0 + nt - 1 (nt <= NT_MAX): y[t * ldy] for each (y: row r of token t0). */
+SQ_INLINE void row_decode_nt(const sq_sq4_matrix *w, const sq_qact *x, int r, int t0, int nt, float *y, int ldy,
+                             const int G) {
+    const int K = w->K, ng = K / G, bs = 2 + G / 2;
+    const uint8_t *row = w->data + (size_t)r * bs * ng;
+    const int32_t *ws = w->wsum + (size_t)r * ng;
+    const uint8_t *qx[NT_MAX];
+    float ys[NT_MAX];
+    for (int t = 0; t < nt; t++) {
+        qx[t] = x->q + (size_t)(t0 + t) * K;
+        ys[t] = 0.0f;
+    }
+    int g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        __m256i v[NT_MAX][8], o[NT_MAX];
+        const uint8_t *q[NT_MAX];
+        for (int j = 0; j < 8; j++) {
+            for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)(g + j) * G;
+            group_dot_nt(row + (size_t)(g + j) * bs + 2, q, G, nt, o);
+            for (int t = 0; t < nt; t++) v[t][j] = o[t];
+        }
+        __m256 dw = load_scales8(row + (size_t)g * bs, bs);
+        __m256i wsv = _mm256_loadu_si256((const __m256i *)(ws + g));
+        for (int t = 0; t < nt; t++) {
+            const size_t tg = (size_t)(t0 + t) * ng + g;
+            __m256i s = _mm256_sub_epi32(reduce8(v[t]),
+                                         _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(x->z + tg)), wsv));
+            __m256 sc = _mm256_mul_ps(dw, _mm256_loadu_ps(x->d + tg));
+            float term[8];
+            _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
+            for (int j = 0; j < 8; j++) ys[t] += term[j];
+        }
+    }
+    for (; g < ng; g++) {
+        const uint8_t *blk = row + (size_t)g * bs;
+        __m256i o[NT_MAX];
+        const uint8_t *q[NT_MAX];
+        for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)g * G;
+        group_dot_nt(blk + 2, q, G, nt, o);
+        for (int t = 0; t < nt; t++) {
+            const size_t tg = (size_t)(t0 + t) * ng + g;
+            int32_t s = hsum_epi32(o[t]) - x->z[tg] * ws[g];
+            ys[t] += (float)s * (fp16_load(blk) * x->d[tg]);
+        }
+    }
+    for (int t = 0; t < nt; t++) y[(size_t)t * ldy] = ys[t];
 }
 
 /* ---- prefill: 16 rows × 4 tokens per tile over pre-unpacked, row-interleaved weights ---------
@@ -432,6 +524,36 @@ static void decode_rows(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
     }
 }
 
+/* rows [r0, r1) of 2..PREFILL_MIN_TOK-1 tokens: per row, tokens in chunks of NT_MAX (the row stays in L1 between
+ * chunks, so it is read from memory once). y: row 0 of token 0's output. */
+#define DEF_DECODE_NT(NAME, GEXPR)                                                                       \
+    static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {     \
+        for (int r = r0; r < r1; r++)                                                                   \
+            for (int t0 = 0; t0 < x->n_tok; t0 += NT_MAX) {                                             \
+                const int nt = x->n_tok - t0 < NT_MAX ? x->n_tok - t0 : NT_MAX;                         \
+                float *yr = y + (size_t)t0 * ldy + r;                                                   \
+                switch (nt) { /* constant nt: the token loops unroll */                                 \
+                case 1: row_decode_nt(w, x, r, t0, 1, yr, ldy, GEXPR); break;                           \
+                case 2: row_decode_nt(w, x, r, t0, 2, yr, ldy, GEXPR); break;                           \
+                case 3: row_decode_nt(w, x, r, t0, 3, yr, ldy, GEXPR); break;                           \
+                default: row_decode_nt(w, x, r, t0, 4, yr, ldy, GEXPR); break;                          \
+                }                                                                                       \
+            }                                                                                           \
+    }
+DEF_DECODE_NT(decode_nt_32, 32)
+DEF_DECODE_NT(decode_nt_64, 64)
+DEF_DECODE_NT(decode_nt_128, 128)
+DEF_DECODE_NT(decode_nt_any, w->G)
+
+static void decode_rows_nt(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {
+    switch (w->G) {
+    case 32: decode_nt_32(w, x, r0, r1, y, ldy); break;
+    case 64: decode_nt_64(w, x, r0, r1, y, ldy); break;
+    case 128: decode_nt_128(w, x, r0, r1, y, ldy); break;
+    default: decode_nt_any(w, x, r0, r1, y, ldy); break;
+    }
+}
+
 static int use_prefill(const sq_sq4_matrix *w, const sq_qact *x) {
     return x->n_tok >= PREFILL_MIN_TOK && w->G <= SEG_MAX;
 }
@@ -441,7 +563,10 @@ static void matmul_sq4_x86(const sq_sq4_matrix *w, const sq_qact *x, int r0, int
         sq4_prefill(w, x, r0, r1, y, ldy, NULL);
         return;
     }
-    for (int t = 0; t < x->n_tok; t++) decode_rows(w, x, r0, r1, t, y + (size_t)t * ldy, NULL);
+    if (x->n_tok == 1)
+        decode_rows(w, x, r0, r1, 0, y, NULL);
+    else
+        decode_rows_nt(w, x, r0, r1, y, ldy);
 }
 
 static void group_sums_sq4_x86(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int32_t *acc) {
