@@ -102,6 +102,7 @@ def test_hf_folder_f16_matches_transformers(tmp_path: Path, family: str, layout:
         got = m.eval(IDS)
     assert _rel(got, want) < 1e-3, f"{family}/{layout}: runtime vs transformers {_rel(got, want):.2e}"
     ref = ReferenceModel(out).forward(IDS)
+    print(f"\n{family}/{layout} f16: runtime vs transformers {_rel(got, want):.1e}, oracle {_rel(ref, want):.1e}")
     assert _rel(ref, want) < 1e-3, f"{family}/{layout}: oracle vs transformers {_rel(ref, want):.2e}"
     assert _native_greedy(out, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
 
@@ -149,6 +150,7 @@ def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
     ref = ReferenceModel(out).forward(IDS)
     with Model(out, n_ctx=128, n_threads=1, kv_type="f32", act_bits=4) as m:  # the file's bits, as the oracle
         got = m.eval(IDS)
+    print(f"\n{family} W4A4: runtime vs oracle {_rel(got, ref):.1e}")
     assert _rel(got, ref) < 1e-3, f"{family}: runtime vs oracle {_rel(got, ref):.2e}"
     assert np.array_equal(got.argmax(-1), ref.argmax(-1))
 
