@@ -122,17 +122,22 @@ def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, .
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    h += torch.eye(n, dtype=h.dtype, device=dev) * (damp * torch.diag(h).mean())
+    h.diagonal().add_(damp * torch.diag(h).mean())  # in place: an n x n identity is 1.6 GB at n = 14336
     scales = torch.zeros(rows, n // group, dtype=torch.float32, device=dev)
     perm = torch.arange(n, device=dev)
     if act_order:
         scales = group_scales(w.reshape(rows, n // group, group), ratios)
         perm = torch.argsort(torch.diag(h), descending=True)
         w, h = w[:, perm], h[perm][:, perm]
-    try:
-        hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    try:  # the upper Cholesky factor of h⁻¹; each step replaces h, so at most two n x n float64
+        # matrices live at once (8B's down_proj: n = 14336, 1.6 GB each), not four
+        h = torch.linalg.cholesky(h)
+        h = torch.cholesky_inverse(h)
+        h = torch.linalg.cholesky(h, upper=True)
     except torch.linalg.LinAlgError:  # numerically singular even after damping: fall back to RTN
         return rtn(w[:, torch.argsort(perm)].cpu(), group, ratios)
+    hinv = h.float()
+    del h
     block = max(group, (block // group) * group) if not act_order else block
     q_out = torch.zeros(rows, n, dtype=torch.float32, device=dev)
     order = perm.tolist()
