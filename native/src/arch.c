@@ -7,9 +7,12 @@
 #include "rope.h"
 
 static const sq_arch k_archs[] = {
-    {"llama", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL},
-    {"mistral", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL}, /* = llama */
-    {"qwen2", SQ_ROPE_NEOX, SQ_BIAS_REQUIRED},
+    {"llama", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL, .act = SQ_ACT_SILU},
+    {"mistral", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL, .act = SQ_ACT_SILU}, /* = llama */
+    {"qwen2", SQ_ROPE_NEOX, SQ_BIAS_REQUIRED, .act = SQ_ACT_SILU},
+    /* Gemma 2: llama.cpp's layout (NEOX, unpermuted q/k); even layers local (llama.cpp's pattern 2) */
+    {"gemma2", SQ_ROPE_NEOX, SQ_BIAS_NONE, .post_norms = 1, .act = SQ_ACT_GELU_TANH, .embd_scale = 1, .softcap = 1,
+     .swa_pattern = 2},
 };
 #define N_ARCHS (sizeof k_archs / sizeof k_archs[0])
 

@@ -6,7 +6,11 @@
  *
  * RoPE: llama.cpp stores llama / mistral q/k rows permuted for interleaved pairs (SQ_ROPE_NORMAL)
  * and qwen2 rows unpermuted, as Hugging Face has them, with NEOX (half-split) pairs. Our converter
- * writes every model as "llama" with permuted q/k, so its qwen2 files run in normal mode.
+ * writes the llama family as "llama" with permuted q/k, so its qwen2 files run in normal mode;
+ * gemma2 files (ours and llama.cpp's alike) keep NEOX order and carry Gemma 2's extra parts:
+ * post-norms on both branch outputs, GELU-tanh, embeddings times sqrt(n_embd), tanh soft-capping of
+ * attention scores and logits, and a sliding window on every other layer. Norm weights are stored
+ * with Gemma's +1 already added, so every norm is the plain RMSNorm.
  */
 #ifndef SQ_ARCH_H
 #define SQ_ARCH_H
@@ -16,10 +20,19 @@
 /* q/k/v bias tensors (blk.N.attn_{q,k,v}.bias) */
 typedef enum { SQ_BIAS_NONE = 0, SQ_BIAS_OPTIONAL = 1, SQ_BIAS_REQUIRED = 2 } sq_bias_rule;
 
+/* the gated MLP's activation: act(gate) · up */
+typedef enum { SQ_ACT_SILU = 0, SQ_ACT_GELU_TANH = 1 } sq_act;
+
 typedef struct {
     const char *name;   /* general.architecture, and the prefix of its metadata keys */
     int rope_mode;      /* SQ_ROPE_NORMAL or SQ_ROPE_NEOX (rope.h) */
     sq_bias_rule qkv_bias;
+    /* Gemma 2 (0 elsewhere) */
+    int post_norms;     /* blk.N.post_attention_norm / post_ffw_norm on each branch's output */
+    sq_act act;
+    int embd_scale;     /* embeddings times sqrt(n_embd) */
+    int softcap;        /* <arch>.attn_logit_softcapping / final_logit_softcapping / attention.scale keys */
+    int swa_pattern;    /* layers il % p < p - 1 attend within <arch>.attention.sliding_window (0: none) */
 } sq_arch;
 
 /* The row for a general.architecture value (len bytes, not NUL-terminated); NULL when unknown. */

@@ -1,4 +1,6 @@
 /* attention.c — causal GQA: softmax(q·Kᵀ·scale)·V per head, K/V read from the cache as floats.
+ * Optionally (Gemma 2) the scores are soft-capped and a query sees only a sliding window of
+ * positions; without those both kernels run exactly the plain path.
  *
  * Tasks: (KV head, block of queries): the head's K/V rows are converted once and serve every
  * query head of the group; for decode (few tokens) on more threads than KV heads, one task per
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include "dotf.h"
+#include "norm.h"
 
 #define QBLOCK 64 /* queries per task: each task loads (and transposes) its KV head once */
 #define MAXQ 4 /* query heads that share one pass over K/V in the AVX2 kernel */
@@ -45,10 +48,12 @@ static float softmax_unnormalized(float *scores, int n) {
     return 1.0f / sum;
 }
 
-/* One query row against positions [0, n_pos); K and V row-major. */
-static void attend_generic(const float *q, const float *K, const float *V, int n_pos, int hd, float scale,
-                           float *scores, float *out) {
+/* One query row against positions [lo, n_pos); K and V row-major from position 0. */
+static void attend_generic(const float *q, const float *K, const float *V, int lo, int n_pos, int hd, float scale,
+                           float cap, float *scores, float *out) {
+    K += (size_t)lo * hd, V += (size_t)lo * hd, n_pos -= lo;
     for (int p = 0; p < n_pos; p++) scores[p] = sq_dotf(q, K + (size_t)p * hd, hd) * scale;
+    if (cap > 0) sq_softcap(scores, n_pos, cap);
     float inv = softmax_unnormalized(scores, n_pos);
     memset(out, 0, (size_t)hd * sizeof *out);
     for (int p = 0; p < n_pos; p++) {
@@ -210,18 +215,31 @@ __attribute__((target("avx2,fma"))) static void pv_avx2(float *const *s, const f
     }
 }
 
-/* nq query rows (same KV head, same position) against positions [0, n_pos). */
-static void attend_avx2(const float *const *q, int nq, const float *Kt, const float *V, int n_pos, int hd, float scale,
-                        float *scores, size_t score_stride, float *const *out) {
-    float *s[MAXQ], inv[MAXQ];
-    for (int i = 0; i < nq; i++) s[i] = scores + (size_t)i * score_stride;
-    scores_avx2(q, nq, Kt, (n_pos + 7) / 8, hd, scale, s);
-    for (int i = 0; i < nq; i++) inv[i] = softmax_avx2(s[i], n_pos);
-    pv_avx2(s, inv, nq, V, n_pos, hd, out);
+/* nq query rows (same KV head, same position) against positions [lo, n_pos): scores from lo's block
+ * of 8 on (the positions of that block before lo masked to -inf), P·V from lo. lo = 0 and no cap:
+ * the plain path, unchanged. */
+static void attend_avx2(const float *const *q, int nq, const float *Kt, const float *V, int lo, int n_pos, int hd,
+                        float scale, float cap, float *scores, size_t score_stride, float *const *out) {
+    const int b0 = lo / 8, p0 = 8 * b0;
+    float *s[MAXQ], *sv[MAXQ], inv[MAXQ];
+    for (int i = 0; i < nq; i++) s[i] = scores + (size_t)i * score_stride + p0, sv[i] = s[i] + (lo - p0);
+    scores_avx2(q, nq, Kt + (size_t)b0 * hd * 8, (n_pos + 7) / 8 - b0, hd, scale, s);
+    for (int i = 0; i < nq; i++) {
+        if (cap > 0) sq_softcap(sv[i], n_pos - lo, cap);
+        for (int p = 0; p < lo - p0; p++) s[i][p] = -INFINITY;
+        inv[i] = softmax_avx2(s[i], n_pos - p0);
+    }
+    pv_avx2(sv, inv, nq, V + (size_t)lo * hd, n_pos - lo, hd, out);
 }
 #endif
 
 /* ---- tasks ----------------------------------------------------------------------------------- */
+
+/* The first position query t sees: 0, or the start of its sliding window. */
+static int first_visible(const sq_attn_args *a, int t) {
+    int lo = a->window > 0 ? a->pos0 + t - a->window + 1 : 0;
+    return lo > 0 ? lo : 0;
+}
 
 static void attn_task(void *ctx, int task, int thread) {
     const attn_job *j = ctx;
@@ -249,7 +267,8 @@ static void attn_task(void *ctx, int task, int thread) {
                     qs[i] = a->q + (size_t)t * width + (size_t)(h + i) * hd;
                     outs[i] = a->out + (size_t)t * width + (size_t)(h + i) * hd;
                 }
-                attend_avx2(qs, nq, Kt, V, a->pos0 + t + 1, hd, a->scale, scores, round32(kv->n_ctx), outs);
+                attend_avx2(qs, nq, Kt, V, first_visible(a, t), a->pos0 + t + 1, hd, a->scale, a->softcap, scores,
+                            round32(kv->n_ctx), outs);
             }
         return;
     }
@@ -258,8 +277,8 @@ static void attn_task(void *ctx, int task, int thread) {
     sq_kv_load_v(kv, a->layer, kvh, 0, n_pos, V);
     for (int t = t0; t < t1; t++)
         for (int h = h0; h < h1; h++)
-            attend_generic(a->q + (size_t)t * width + (size_t)h * hd, Kt, V, a->pos0 + t + 1, hd, a->scale, scores,
-                           a->out + (size_t)t * width + (size_t)h * hd);
+            attend_generic(a->q + (size_t)t * width + (size_t)h * hd, Kt, V, first_visible(a, t), a->pos0 + t + 1, hd,
+                           a->scale, a->softcap, scores, a->out + (size_t)t * width + (size_t)h * hd);
 }
 
 /* One task per query head only when there are more threads than KV heads to keep busy:

@@ -132,9 +132,10 @@ static void seq_attention(sq_model *m, int il, int nb) {
     for (int t0 = 0; t0 < nb;) {
         int t1 = t0 + 1;
         while (t1 < nb && b->seq[t1] == b->seq[t0] && b->pos[t1] == b->pos[t1 - 1] + 1) t1++;
-        sq_attn_args a = {&b->kv[b->seq[t0]], il, m->q + (size_t)t0 * qw, m->att + (size_t)t0 * qw, t1 - t0, b->pos[t0],
-                          hp->n_head, 1.0f / sqrtf((float)hp->head_dim), m->exec.simd, m->attn_scratch,
-                          m->attn_scratch_floats};
+        sq_attn_args a = {.kv = &b->kv[b->seq[t0]], .layer = il, .q = m->q + (size_t)t0 * qw,
+                          .out = m->att + (size_t)t0 * qw, .n_tok = t1 - t0, .pos0 = b->pos[t0], .n_head = hp->n_head,
+                          .simd = m->exec.simd, .scratch = m->attn_scratch, .scratch_floats = m->attn_scratch_floats};
+        sq_model_attn_layer(m, il, &a);
         b->runs[n_runs++] = a;
         t0 = t1;
     }

@@ -182,6 +182,36 @@ static sq_status check_sq4_settings(const sq_model *m) {
     return SQ_OK;
 }
 
+/* head_dim: <arch>.attention.key_length (Gemma 2: 256, not n_embd / n_head), else n_embd / n_head. */
+static sq_status read_head_dim(const meta_reader *r, sq_hparams *hp) {
+    char key[128];
+    snprintf(key, sizeof key, "%s.attention.key_length", r->arch);
+    if (hp->n_embd % hp->n_head && !sq_gguf_find(r->g, key))
+        return sq_set_error(SQ_ERR_FORMAT, "embedding length %d is not a multiple of the head count %d and there is no "
+                            "%s", hp->n_embd, hp->n_head, key);
+    int vlen = 0;
+    sq_status st = arch_u32(r, "attention.key_length", hp->n_embd / hp->n_head, 2, MAX_EMBD, &hp->head_dim);
+    if (!st) st = arch_u32(r, "attention.value_length", hp->head_dim, 1, MAX_EMBD, &vlen);
+    if (st) return st;
+    if (vlen != hp->head_dim)
+        return sq_set_error(SQ_ERR_UNSUPPORTED, "%s.attention.value_length %d differs from key_length %d", r->arch, vlen,
+                            hp->head_dim);
+    if (hp->head_dim % 2) return sq_set_error(SQ_ERR_FORMAT, "head dimension %d is odd", hp->head_dim);
+    return SQ_OK;
+}
+
+/* Gemma 2's keys, with llama.cpp's defaults where absent (its loader's: caps 50 and 30, window 4096,
+ * and the score scale by model size, 1/sqrt(n_embd / n_head) for the 46-layer 27B). 0 turns a cap or
+ * the window off (our converter writes 0 for a config whose cap is null). */
+static sq_status read_gemma2_keys(const meta_reader *r, sq_hparams *hp) {
+    float def_scale = 1.0f / sqrtf((float)(hp->n_layer == 46 ? hp->n_embd / hp->n_head : hp->head_dim));
+    sq_status st = arch_f32(r, "attn_logit_softcapping", 50.0f, 0.0f, 1e6f, &hp->attn_softcap);
+    if (!st) st = arch_f32(r, "final_logit_softcapping", 30.0f, 0.0f, 1e6f, &hp->final_softcap);
+    if (!st) st = arch_u32(r, "attention.sliding_window", 4096, 0, MAX_CTX, &hp->n_swa);
+    if (!st) st = arch_f32(r, "attention.scale", def_scale, 1e-6f, 1e3f, &hp->attn_scale);
+    return st;
+}
+
 static sq_status read_hparams(sq_model *m) {
     meta_reader r = {&m->gguf, ""};
     sq_hparams *hp = &m->hp;
@@ -193,18 +223,17 @@ static sq_status read_hparams(sq_model *m) {
     if (!st) st = arch_u32(&r, "attention.head_count_kv", hp->n_head, 1, MAX_HEADS, &hp->n_kv_head);
     if (!st) st = arch_u32(&r, "context_length", -1, 1, MAX_CTX, &hp->n_ctx_train);
     if (st) return st;
-    if (hp->n_embd % hp->n_head)
-        return sq_set_error(SQ_ERR_FORMAT, "embedding length %d is not a multiple of the head count %d", hp->n_embd, hp->n_head);
     if (hp->n_head % hp->n_kv_head)
         return sq_set_error(SQ_ERR_FORMAT, "head count %d is not a multiple of the KV head count %d", hp->n_head,
                             hp->n_kv_head);
-    hp->head_dim = hp->n_embd / hp->n_head;
-    if (hp->head_dim % 2) return sq_set_error(SQ_ERR_FORMAT, "head dimension %d is odd", hp->head_dim);
-    st = arch_u32(&r, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot);
+    st = read_head_dim(&r, hp);
+    if (!st) st = arch_u32(&r, "rope.dimension_count", hp->head_dim, 2, hp->head_dim, &hp->n_rot);
     if (!st && hp->n_rot % 2) st = sq_set_error(SQ_ERR_FORMAT, "rope.dimension_count %d is odd", hp->n_rot);
     if (!st) st = arch_f32(&r, "attention.layer_norm_rms_epsilon", 1e-5f, 1e-12f, 0.5f, &hp->eps);
     if (!st) st = arch_f32(&r, "rope.freq_base", 10000.0f, 1e-3f, 1e12f, &hp->rope_base);
     if (!st) st = read_rope_scaling(m, &r);
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
+    if (!st && hp->arch->softcap) st = read_gemma2_keys(&r, hp);
     if (!st) st = read_specquant_keys(m);
     return st;
 }
@@ -302,6 +331,12 @@ static sq_status load_layer(sq_model *m, int il) {
     sq_status st = norm_tensor(g, name, D, &L->attn_norm);
     snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", il);
     if (!st) st = norm_tensor(g, name, D, &L->ffn_norm);
+    if (!st && hp->arch->post_norms) {
+        snprintf(name, sizeof name, "blk.%d.post_attention_norm.weight", il);
+        st = norm_tensor(g, name, D, &L->post_attn_norm);
+        snprintf(name, sizeof name, "blk.%d.post_ffw_norm.weight", il);
+        if (!st) st = norm_tensor(g, name, D, &L->post_ffn_norm);
+    }
     return st;
 }
 
@@ -572,7 +607,7 @@ SQ_API sq_status sq_model_set_n_past(sq_model *m, int32_t n_past) {
 
 /* ---- forward ---------------------------------------------------------------------------------- */
 
-/* Per-token work (norms, RoPE, SiLU) split over the pool by token ranges. */
+/* Per-token work (norms, RoPE, SiLU / GELU) split over the pool by token ranges. */
 typedef struct {
     sq_model *m;
     int layer, nb, pos0, n_chunks, what;
@@ -594,7 +629,10 @@ static void tok_task(void *ctx, int task, int thread) {
         case TOK_SILU:
             /* libm expf, not a faster vector exp: a 2-ulp exp here measurably changed SmolLM2
              * W4A4's greedy tokens vs reference.py (activation rounding flips downstream). */
-            sq_silu_mul(m->gate + (size_t)t * hp->n_ff, m->up + (size_t)t * hp->n_ff, hp->n_ff);
+            if (hp->arch->act == SQ_ACT_GELU_TANH)
+                sq_gelu_tanh_mul(m->gate + (size_t)t * hp->n_ff, m->up + (size_t)t * hp->n_ff, hp->n_ff);
+            else
+                sq_silu_mul(m->gate + (size_t)t * hp->n_ff, m->up + (size_t)t * hp->n_ff, hp->n_ff);
             break;
         case TOK_ROPE_STORE: {
             int pos = j->pos0 + t;
@@ -633,14 +671,17 @@ static void forward_layer(sq_model *m, int il, int nb, int pos0) {
         m->seq_attn(m, il, nb);
     else {
         per_token(m, TOK_ROPE_STORE, il, nb, pos0, NULL, NULL, NULL);
-        sq_attn_args a = {&m->kv, il, m->q, m->att, nb, pos0, hp->n_head, 1.0f / sqrtf((float)hp->head_dim),
-                          m->exec.simd, m->attn_scratch, m->attn_scratch_floats};
+        sq_attn_args a = {.kv = &m->kv, .layer = il, .q = m->q, .out = m->att, .n_tok = nb, .pos0 = pos0,
+                          .n_head = hp->n_head, .simd = m->exec.simd, .scratch = m->attn_scratch,
+                          .scratch_floats = m->attn_scratch_floats};
+        sq_model_attn_layer(m, il, &a);
         sq_attention(m->exec.pool, &a);
     }
     sq_linear *o[1] = {&L->o};
     float *o_out[1] = {m->tmp};
     int ld_d[1] = {D};
     run_linears(m, m->att, nb, o, o_out, ld_d, 1);
+    if (L->post_attn_norm) per_token(m, TOK_NORM, il, nb, pos0, L->post_attn_norm, m->tmp, m->tmp);
     sq_add(m->x, m->tmp, nb * D);
 
     per_token(m, TOK_NORM, il, nb, pos0, L->ffn_norm, m->x, m->xn);
@@ -651,13 +692,26 @@ static void forward_layer(sq_model *m, int il, int nb, int pos0) {
     per_token(m, TOK_SILU, il, nb, pos0, NULL, NULL, NULL);
     sq_linear *down[1] = {&L->down};
     run_linears(m, m->gate, nb, down, o_out, ld_d, 1);
+    if (L->post_ffn_norm) per_token(m, TOK_NORM, il, nb, pos0, L->post_ffn_norm, m->tmp, m->tmp);
     sq_add(m->x, m->tmp, nb * D);
+}
+
+void sq_model_attn_layer(const sq_model *m, int il, sq_attn_args *a) {
+    const sq_hparams *hp = &m->hp;
+    const int p = hp->arch->swa_pattern;
+    a->scale = hp->attn_scale;
+    a->softcap = hp->attn_softcap;
+    a->window = p && il % p < p - 1 ? hp->n_swa : 0;
 }
 
 /* Runs nb tokens at positions pos0.. (every layer; the hidden states end in m->x). */
 void sq_model_forward_body(sq_model *m, const int32_t *tokens, int nb, int pos0) {
     int D = m->hp.n_embd;
     for (int t = 0; t < nb; t++) sq_tensor_row(m->tok_embd, tokens[t], m->x + (size_t)t * D);
+    if (m->hp.arch->embd_scale) { /* Gemma: embeddings times sqrt(n_embd), rounded to f32 as transformers does */
+        const float sc = sqrtf((float)D);
+        for (size_t i = 0; i < (size_t)nb * D; i++) m->x[i] *= sc;
+    }
     for (int il = 0; il < m->hp.n_layer; il++) forward_layer(m, il, nb, pos0);
 }
 
@@ -669,6 +723,8 @@ void sq_model_forward_head(sq_model *m, int first, int rows, float *logits) {
     float *out[1] = {logits};
     int ld[1] = {m->hp.n_vocab};
     run_linears(m, m->xn, rows, head, out, ld, 1);
+    if (m->hp.final_softcap > 0) /* Gemma 2 */
+        for (int r = 0; r < rows; r++) sq_softcap(logits + (size_t)r * m->hp.n_vocab, m->hp.n_vocab, m->hp.final_softcap);
 }
 
 /* Runs nb tokens at positions pos0.. and writes logits of the rows [first, nb) to logits. */

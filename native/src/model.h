@@ -13,6 +13,7 @@
 #include <stddef.h>
 
 #include "arch.h"
+#include "attention.h"
 #include "gguf.h"
 #include "kvcache.h"
 #include "linear.h"
@@ -26,6 +27,7 @@
 
 typedef struct {
     const float *attn_norm, *ffn_norm;
+    const float *post_attn_norm, *post_ffn_norm; /* Gemma 2's branch-output norms; NULL elsewhere */
     union { /* by name, or lin[i] in sq_linear_names order (arch.h) */
         struct {
             sq_linear q, k, v, o, gate, up, down;
@@ -38,6 +40,9 @@ typedef struct {
     const sq_arch *arch; /* its row of the architecture table (arch.h) */
     int n_embd, n_layer, n_head, n_kv_head, head_dim, n_ff, n_vocab, n_ctx_train, n_rot;
     float eps, rope_base, rope_freq_scale;
+    float attn_scale;                 /* score scale: 1/sqrt(head_dim), or the file's (Gemma 2) */
+    float attn_softcap, final_softcap; /* Gemma 2's tanh caps (0 = none) */
+    int n_swa;                        /* Gemma 2's sliding window of the local layers (0 = none) */
     int group_size;   /* SQ4 G (0 = per row) */
     int act_bits;     /* 4 or 8: what the file was calibrated for (specquant.act_bits); the run's
                          bits are exec.act_bits (sq_model_params.act_bits, auto per backend) */
@@ -92,6 +97,8 @@ int sq_model_act_bits_for(const sq_model *m, int int4_mma);
 /* The forward pass in two halves (batch.c runs them with seq_attn set): every layer over nb
  * tokens at positions pos0.. (hidden states end in m->x), then the logits of m->x's rows
  * [first, first + rows) (final norm, output head). */
+/* The attention settings of layer il (scale, soft-cap, sliding window) into a. */
+void sq_model_attn_layer(const sq_model *m, int il, sq_attn_args *a);
 void sq_model_forward_body(sq_model *m, const int32_t *tokens, int nb, int pos0);
 void sq_model_forward_head(sq_model *m, int first, int rows, float *logits);
 

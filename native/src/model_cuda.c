@@ -12,7 +12,8 @@
  * (parallel reductions), so logits match the CPU engine closely but not bitwise.
  *
  * Not on the GPU (backend cuda refuses with a clear message, auto stays on the CPU): F16/F32
- * linear weights, KV types other than f16, head_dim outside 8..256 or not a multiple of 8.
+ * linear weights, KV types other than f16, head_dim outside 8..256 or not a multiple of 8 or not
+ * n_embd / n_head, gemma2 files (arch.h's Gemma 2 parts).
  */
 #include "model_cuda.h"
 
@@ -67,6 +68,17 @@ static const char *wtype_name(int wtype) {
 static const char *gpu_unsupported(const sq_model *m) {
     static __thread char why[160];
     const sq_hparams *hp = &m->hp;
+    /* Gemma 2's block parts (post-norms, GELU-tanh, soft-capping, sliding window, embedding scale)
+     * and a head_dim other than n_embd / n_head are not in the GPU forward: refused, never run wrong */
+    if (hp->arch->post_norms || hp->arch->act != SQ_ACT_SILU || hp->arch->embd_scale || hp->arch->softcap ||
+        hp->arch->swa_pattern) {
+        snprintf(why, sizeof why, "architecture %s runs on the CPU backend only", hp->arch->name);
+        return why;
+    }
+    if (hp->n_head * hp->head_dim != hp->n_embd) {
+        snprintf(why, sizeof why, "head_dim %d x %d heads != embedding length %d", hp->head_dim, hp->n_head, hp->n_embd);
+        return why;
+    }
     for (int il = 0; il < hp->n_layer; il++)
         for (int i = 0; i < SQ_N_LINEAR; i++) {
             int wt = m->layers[il].lin[i].wtype;

@@ -476,7 +476,7 @@ static void test_file_limits(void) {
     c.arch = "gpt2";
     buf = tiny_model_build(&c, &size);
     expect_load_message(buf, size, SQ_ERR_UNSUPPORTED, "unknown architecture", "'gpt2' is not supported",
-                        "(llama, mistral, qwen2)");
+                        "(llama, mistral, qwen2, gemma2)");
     free(buf);
     /* a directory and a FIFO as the model path: a clear error, never a hang in open() */
     CHECK(sq_model_load("/tmp", NULL) == NULL && sq_last_status() == SQ_ERR_IO && strstr(sq_last_error(), "is a directory"),
