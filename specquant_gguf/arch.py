@@ -8,8 +8,12 @@ Terms:
 - rope "normal": RoPE rotates pairs (2i, 2i+1) of each head. llama.cpp stores llama/mistral q/k rows
   permuted into that order. rope "neox": pairs (i, i + d/2), the order of Hugging Face weights;
   llama.cpp stores qwen2 unpermuted with NEOX RoPE.
-- Our converter always writes q/k in the normal (interleaved) order, so every file it writes is a
-  `written_as` = "llama" file; qwen2's q/k/v biases are optional tensors there.
+- Our converter writes q/k in the row order of the family it writes (`written_as`): llama, mistral,
+  qwen2 and phi3 become "llama" files (normal RoPE, q/k permuted; qwen2's q/k/v biases are optional
+  tensors there); gemma2 stays a "gemma2" file laid out as llama.cpp's (NEOX, unpermuted), because
+  its extra block parts (post-norms, soft-capping, sliding window) have no place in a llama file.
+- Gemma's RMSNorm multiplies by (1 + w); GGUF files (llama.cpp's and ours) store w + 1, so every
+  runtime norm is the plain x / rms(x) * w (`norm_offset` is what is added at reading HF weights).
 """
 from __future__ import annotations
 
@@ -20,6 +24,9 @@ from .errors import SpecQuantError
 # The seven linear weights of a decoder block, in GGUF names and in file order.
 LINEARS: tuple[str, ...] = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 NORMS: tuple[str, ...] = ("attn_norm", "ffn_norm")
+# Gemma 2's norms of the attention output and of the feed-forward output (before each residual add),
+# llama.cpp's names (blk.N.post_attention_norm.weight, blk.N.post_ffw_norm.weight)
+POST_NORMS: tuple[str, ...] = ("post_attention_norm", "post_ffw_norm")
 QKV_BIASES: tuple[str, ...] = ("attn_q_bias", "attn_k_bias", "attn_v_bias")
 # Linears that read one input (one activation quantization, one smoothing λ), keyed by that input.
 LINEAR_GROUPS: dict[str, tuple[str, ...]] = {
@@ -42,6 +49,14 @@ class Arch:
     written_as: str = "llama"  # general.architecture of the files our converter writes
     runtime: bool = True  # the native runtime loads the family's own llama.cpp files (a row in arch.c)
     fused: bool = False  # q/k/v and gate/up are fused tensors in the source (phi3); split on reading
+    # Gemma 2's block (all False/0 for the llama family): post-attention / post-feed-forward norms,
+    # GELU-tanh instead of SiLU in the gated MLP, embeddings scaled by sqrt(n_embd), HF norm weights
+    # offset by norm_offset, sliding-window attention on layers il % swa_pattern < swa_pattern - 1
+    post_norms: bool = False
+    gelu: bool = False
+    embd_scale: bool = False
+    norm_offset: float = 0.0
+    swa_pattern: int = 0
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in (
@@ -51,7 +66,16 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     # Phi-3: a llama block with fused qkv_proj / gate_up_proj, split into the seven linears on reading
     # (FORMAT.md); written as "llama". llama.cpp's own phi3 files are a convert source, not run directly.
     Arch("phi3", ("phi3",), rope="neox", qkv_bias=False, runtime=False, fused=True),
+    # Gemma 2: its own file layout (llama.cpp's gemma2: NEOX q/k unpermuted, norms stored as w + 1)
+    Arch("gemma2", ("gemma2",), rope="neox", qkv_bias=False, written_as="gemma2", post_norms=True, gelu=True,
+         embd_scale=True, norm_offset=1.0, swa_pattern=2),
 )}
+
+
+def stored_rope(name: str) -> str:
+    """The q/k row order of the files the converter writes for source family `name` (the RoPE mode
+    of its written_as family): "normal" (interleaved pairs) or "neox"."""
+    return ARCHS[ARCHS[name].written_as].rope
 
 
 def supported() -> str:
@@ -96,6 +120,27 @@ class ModelConfig:
     # the rope_freqs.weight tensor; Llama-3.1 "llama3" scaling); rope_scale = linear factor (positions / it)
     rope_freqs: tuple[float, ...] | None = None
     rope_scale: float = 1.0
+    # Gemma 2 (0 = off): tanh soft-capping of attention scores and of the final logits (cap·tanh(x/cap)),
+    # the sliding window of the local layers (Arch.swa_pattern), and the attention scale
+    # (query_pre_attn_scalar^-0.5; 0 = head_dim^-0.5)
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    sliding_window: int = 0
+    attn_scale: float = 0.0
+
+    @property
+    def family(self) -> Arch:
+        return ARCHS[self.arch]
+
+    @property
+    def scale(self) -> float:
+        """The attention score scale."""
+        return self.attn_scale or self.head_dim ** -0.5
+
+    def window(self, layer: int) -> int:
+        """Positions a query of this layer sees (itself included); 0 = all (a global layer)."""
+        p = self.family.swa_pattern
+        return self.sliding_window if p and self.sliding_window and layer % p < p - 1 else 0
 
     @property
     def q_dim(self) -> int:

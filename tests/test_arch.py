@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oracle.hf_models import LLAMA3_SCALING, hf_logits, save_hf_folder, tiny_hf_model, write_llamacpp_gguf
+from oracle.hf_models import (GEMMA2, LLAMA3_SCALING, hf_logits, save_hf_folder, tiny_gemma2, tiny_hf_model,
+                              write_llamacpp_gguf)
 from oracle.reference import ReferenceModel
 from specquant_gguf.arch import ARCHS
 from specquant_gguf.runtime import Model
@@ -79,6 +80,7 @@ FAMILIES = {  # name -> (model_type, config fields)
     "mistral": ("mistral", {}),
     "qwen2": ("qwen2", {}),
     "phi3": ("phi3", {}),
+    "gemma2": ("gemma2", GEMMA2),  # 4 layers, tied, head_dim 32, caps 5 / 3, window 4, scalar 20
 }
 
 
@@ -136,7 +138,7 @@ def test_llamacpp_llama31_file_keeps_rope_freqs(tmp_path: Path) -> None:
     assert _rel(got, want) < 1e-3
 
 
-@pytest.mark.parametrize("family", ["llama3.1", "phi3"])
+@pytest.mark.parametrize("family", ["llama3.1", "phi3", "gemma2"])
 def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
     """The default W4A4 conversion of a tiny HF model of the family: runtime vs oracle as test_parity."""
     from specquant_gguf.cli import main
@@ -153,6 +155,61 @@ def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
     print(f"\n{family} W4A4: runtime vs oracle {_rel(got, ref):.1e}")
     assert _rel(got, ref) < 1e-3, f"{family}: runtime vs oracle {_rel(got, ref):.2e}"
     assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+
+
+# ------------------------------------------------------------------------------------------- Gemma 2
+
+def test_llamacpp_gemma2_matches_transformers(tmp_path: Path) -> None:
+    """A llama.cpp gemma2 file (NEOX q/k unpermuted, norms stored + 1, head_dim 32 != 64 / 4, no
+    attention.scale key: query_pre_attn_scalar = head_dim as in the released 2B / 9B) runs in the
+    runtime and the oracle at transformers' logits; as a convert source it gives an f16 file with the
+    same logits, which keeps the gemma2 layout."""
+    import torch
+
+    from specquant_gguf.cli import main
+    from specquant_gguf.gguf import read_model
+
+    hf = tiny_gemma2(seed=3, round_to=torch.float16, query_pre_attn_scalar=32)
+    src = write_llamacpp_gguf(hf, tmp_path / "gemma2.gguf")
+    want = hf_logits(hf, IDS)
+    with Model(src, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = m.eval(IDS)
+    assert _rel(got, want) < 1e-3, f"runtime vs transformers {_rel(got, want):.2e}"
+    ref = ReferenceModel(src).forward(IDS)
+    assert _rel(ref, want) < 1e-3, f"oracle vs transformers {_rel(ref, want):.2e}"
+    out = tmp_path / "re.f16.gguf"
+    assert main(["convert", str(src), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    md = read_model(out).metadata
+    assert md["general.architecture"] == "gemma2" and md["gemma2.attention.sliding_window"] == 4
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = m.eval(IDS)
+    assert _rel(got, want) < 1e-3, f"re-converted: runtime vs transformers {_rel(got, want):.2e}"
+
+
+@pytest.mark.parametrize("change", ["attn_logit_softcapping", "final_logit_softcapping", "sliding_window",
+                                    "query_pre_attn_scalar"])
+def test_gemma2_parts_are_not_no_ops(change: str) -> None:
+    """On the tiny Gemma 2 each of its own parts changes the logits (else the tests above could not
+    see one missing): no caps, a window as long as the input, the plain 1/sqrt(head_dim) scale."""
+    other = {"attn_logit_softcapping": None, "final_logit_softcapping": None, "sliding_window": 64,
+             "query_pre_attn_scalar": GEMMA2["head_dim"]}[change]
+    a = hf_logits(tiny_gemma2(seed=3), IDS)
+    b = hf_logits(tiny_gemma2(seed=3, **{change: other}), IDS)
+    assert _rel(a, b) > 0.05, f"{change}: {_rel(a, b):.2e}"
+
+
+def test_gemma2_batch_matches_single_sequence(tmp_path: Path) -> None:
+    """batch.c's attention hook applies the sliding window and the caps like a single sequence."""
+    from specquant_gguf.cli import main
+
+    folder = save_hf_folder(tiny_gemma2(seed=4), tmp_path / "hf")
+    out = tmp_path / "f16.gguf"
+    assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        want = m.eval(IDS[:20])
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32", n_seq=2) as m:
+        got = m.batch.eval([0] * 20 + [1] * 12, IDS[:20] + IDS[20:32], want="all")
+    assert np.array_equal(np.asarray(got)[:20], want)
 
 
 def test_llamacpp_phi3_file_as_convert_source(tmp_path: Path) -> None:

@@ -55,15 +55,15 @@ def test_gated_missing_and_offline_say_what_to_do(tmp_path: Path, tiny_repo: Pat
     gemma = tmp_path / "gemma"
     shutil.copytree(tiny_repo, gemma)
     (gemma / "config.json").write_text(json.dumps({**json.loads((tiny_repo / "config.json").read_text()),
-                                                  "model_type": "gemma2"}))
-    repos = {"acme/tiny-llama": tiny_repo, "google/gemma-2-2b-it": gemma}
+                                                  "model_type": "gemma3_text"}))
+    repos = {"acme/tiny-llama": tiny_repo, "google/gemma-3-1b-it": gemma}
     with FakeHub(repos, gated=("meta-llama/Llama-3.2-1B",)) as hub:
         env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf")}
         r = _convert("llama3.2-1b", tmp_path / "g.gguf", env)
         assert r.returncode != 0 and "accept its licence" in r.stderr and "HF_TOKEN" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
-        r = _convert("gemma-2-2b-it", tmp_path / "g2.gguf", env)  # refused before any weights are fetched
-        assert r.returncode != 0 and "model_type 'gemma2' is not supported" in r.stderr, r.stderr
+        r = _convert("google/gemma-3-1b-it", tmp_path / "g3.gguf", env)  # refused before any weights are fetched
+        assert r.returncode != 0 and "model_type 'gemma3_text' is not supported" in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not any("safetensors" in q for q in hub.requests)
         r = _convert("acme/no-such-model", tmp_path / "m.gguf", env)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..arch import LINEARS, ModelConfig
+from ..arch import LINEARS, NORMS, POST_NORMS, ModelConfig
 from . import spectral
 from .calibrate import PointStats
 from .qlinear import QLinear
@@ -197,8 +197,13 @@ def _quantize_smoothed(blk: Block, stats: dict[str, PointStats], r: Recipe, alph
     for name in LINEARS:
         linears[name].bias = blk.get(f"{name}_bias")
     linears = {n: linears[n] for n in LINEARS}
-    norms = {"attn_norm": blk["attn_norm"], "ffn_norm": blk["ffn_norm"]}
-    return QBlock(norms, linears, alphas, errors)
+    return QBlock(block_norms(blk), linears, alphas, errors)
+
+
+def block_norms(blk: Block) -> dict[str, torch.Tensor]:
+    """The block's norm weights the file stores: attn_norm, ffn_norm and (Gemma 2) the post-norms,
+    which smoothing never touches (they scale the outputs of attn_output / ffn_down, not an input)."""
+    return {n: blk[n] for n in (*NORMS, *POST_NORMS) if n in blk}
 
 
 def float_block(blk: Block, r: Recipe) -> QBlock:
@@ -211,4 +216,4 @@ def float_block(blk: Block, r: Recipe) -> QBlock:
         else:
             linears[name] = QLinear("f16", tuple(w.shape), weight=w.to(torch.float16).float())
         linears[name].bias = blk.get(f"{name}_bias")
-    return QBlock({"attn_norm": blk["attn_norm"], "ffn_norm": blk["ffn_norm"]}, linears)
+    return QBlock(block_norms(blk), linears)

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from ..errors import SpecQuantError, UsageError
-from .forward import KVCache, block_forward, head_logits
+from .forward import KVCache, block_forward, embed_tokens, head_logits
 from ..arch import LINEAR_GROUPS, ModelConfig
 from .sources import Block, ModelSource
 
@@ -199,10 +199,10 @@ def generate_windows(source: ModelSource, n: int, length: int, seed: int, temper
         seq = [tok]
         caches = [KVCache(nb, length, cfg.n_head_kv, cfg.head_dim, dtype) for _ in blocks]
         for pos in range(length - 1):
-            x = emb[tok]
-            for blk, cache in zip(blocks, caches):
-                x = block_forward(x, blk, cfg, pos0=pos, cache=cache)
-            logits = head_logits(x[:, -1], norm, head, cfg.rms_eps).float()
+            x = embed_tokens(tok, emb, cfg).to(dtype)
+            for i, (blk, cache) in enumerate(zip(blocks, caches)):
+                x = block_forward(x, blk, cfg, pos0=pos, cache=cache, layer=i)
+            logits = head_logits(x[:, -1], norm, head, cfg.rms_eps, cfg.final_softcap).float()
             # Gumbel-max: argmax(logits/T + Gumbel noise) samples softmax(logits/T) exactly, and is
             # much cheaper than torch.multinomial over a 50k vocabulary
             gumbel = -torch.log(-torch.log(torch.rand(logits.shape, generator=gen).clamp_(1e-20, 1.0)))
@@ -258,9 +258,9 @@ def sample_plan(n_windows: int, length: int, n_sample: int, seed: int) -> torch.
 
 
 def block_stats(x: torch.Tensor, blk: Block, cfg: ModelConfig, sample_mask: torch.Tensor,
-                chunk: int = 8) -> tuple[dict[str, PointStats], torch.Tensor]:
-    """Runs the float block over hidden states x (n, L, E) in chunks of windows; returns the statistics
-    of each linear group's input and the block's output hidden states."""
+                chunk: int = 8, layer: int = 0) -> tuple[dict[str, PointStats], torch.Tensor]:
+    """Runs the float block (block number `layer`) over hidden states x (n, L, E) in chunks of windows;
+    returns the statistics of each linear group's input and the block's output hidden states."""
     shapes = cfg.linear_shapes()
     dims = {"attn": cfg.n_embd, "attn_out": shapes["attn_output"][1], "ffn": cfg.n_embd,
             "ffn_down": shapes["ffn_down"][1]}
@@ -273,5 +273,5 @@ def block_stats(x: torch.Tensor, blk: Block, cfg: ModelConfig, sample_mask: torc
             stats[point].add(h, rows)
 
         with torch.no_grad():
-            out[c0:c0 + chunk] = block_forward(x[c0:c0 + chunk], blk, cfg, capture=capture)
+            out[c0:c0 + chunk] = block_forward(x[c0:c0 + chunk], blk, cfg, capture=capture, layer=layer)
     return stats, out

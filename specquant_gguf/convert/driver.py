@@ -31,7 +31,7 @@ from .block import QBlock, quantize_block
 from . import calibrate
 from .calibrate import (Calibration, linear_params, block_stats, cache_path, generate_windows, load_cached, read_texts, sample_plan,
                         save_cached, windows_from_texts)
-from .forward import block_forward
+from .forward import block_forward, embed_tokens
 from .qlinear import QLinear, SimLinear, sim_linear_fn
 from .recipe import Recipe
 from .hub import resolve
@@ -54,9 +54,9 @@ BIG_CALIB_SEGMENTS = 8
 
 # ------------------------------------------------------------------------------------ the driver
 
-def embed(tokens: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    """Rows of the embedding (kept in the source's precision) as float32."""
-    return emb[tokens].float()
+def embed(tokens: torch.Tensor, emb: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
+    """Rows of the embedding (kept in the source's precision) as float32, scaled as the family does."""
+    return embed_tokens(tokens, emb, cfg)
 
 
 def sim_block(qb: QBlock, r: Recipe) -> tuple[dict[str, torch.Tensor], Callable]:
@@ -65,14 +65,15 @@ def sim_block(qb: QBlock, r: Recipe) -> tuple[dict[str, torch.Tensor], Callable]
     return dict(qb.norms), sim_linear_fn(sims)
 
 
-def next_hidden(qb: QBlock, r: Recipe, cfg: ModelConfig, x: torch.Tensor, x_float: torch.Tensor) -> torch.Tensor:
-    """The calibration hidden states after a block: the float block's output (x_float), or with
+def next_hidden(qb: QBlock, r: Recipe, cfg: ModelConfig, x: torch.Tensor, x_float: torch.Tensor,
+                layer: int = 0) -> torch.Tensor:
+    """The calibration hidden states after block `layer`: the float block's output (x_float), or with
     r.propagate == "quant" the converted block's output on x."""
     if r.propagate != "quant":
         return x_float
     norms, lin = sim_block(qb, r)
     with torch.no_grad():
-        return torch.cat([block_forward(x[c:c + 8], norms, cfg, lin=lin) for c in range(0, x.shape[0], 8)])
+        return torch.cat([block_forward(x[c:c + 8], norms, cfg, lin=lin, layer=layer) for c in range(0, x.shape[0], 8)])
 
 
 def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, emb: torch.Tensor,
@@ -108,18 +109,18 @@ def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, em
             yield i, qb
         return
     if x is None:
-        x = embed(calib.tokens, emb)
+        x = embed(calib.tokens, emb, cfg)
     mask = sample_plan(*calib.tokens.shape, r.search_tokens, seed)
     for i in range(start, cfg.n_layer):
         with clock.stage("read block"):
             blk = source.block(i)
         with clock.stage("block statistics"):
-            stats, x_float = block_stats(x, blk, cfg, mask)
+            stats, x_float = block_stats(x, blk, cfg, mask, layer=i)
         qb = quantize_block(blk, stats, cfg, r, clock)
         del blk, stats
         if r.propagate == "quant":
             with clock.stage("quantized propagation"):
-                x = next_hidden(qb, r, cfg, x, x_float)
+                x = next_hidden(qb, r, cfg, x, x_float, layer=i)
         else:
             x = x_float
         del x_float
@@ -344,6 +345,7 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
         w.add_kv(f"{a}.rope.scaling.type", "linear")
         w.add_kv(f"{a}.rope.scaling.factor", float(c.rope_scale))
     w.add_kv(f"{a}.attention.layer_norm_rms_epsilon", float(c.rms_eps))
+    write_gemma2_keys(w, c, a)
     for key, (value, vtype) in source.tokenizer_kv().items():
         if isinstance(value, (list, tuple)) and len(value) == 0:
             continue  # GGUF cannot store empty arrays
@@ -375,6 +377,18 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
     if r.smoothing and summary.alphas:
         w.add_kv("specquant.smooth.alphas", [float(x) for x in summary.alphas], gguf.GGUFValueType.ARRAY,
                  gguf.GGUFValueType.FLOAT32)
+
+
+def write_gemma2_keys(w: Any, c: ModelConfig, a: str) -> None:
+    """Gemma 2's hyperparameters under llama.cpp's key names. attention.scale (query_pre_attn_scalar^-0.5)
+    is llama.cpp's key name too, though its gemma2 loader derives the scale from the model size instead:
+    written always, so that our runtime never has to guess."""
+    if not ARCHS[c.arch].post_norms:
+        return
+    w.add_kv(f"{a}.attn_logit_softcapping", float(c.attn_softcap))
+    w.add_kv(f"{a}.final_logit_softcapping", float(c.final_softcap))
+    w.add_kv(f"{a}.attention.sliding_window", int(c.sliding_window))
+    w.add_kv(f"{a}.attention.scale", float(c.scale))
 
 
 # ------------------------------------------------------------------------------------------ run
@@ -459,8 +473,8 @@ def _write_tensors(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
             w.add_tensor("token_embd.weight", _head_payload(emb, r.head_type))
         for i, qb in blocks:
             with clock.stage("write blocks"):
-                w.add_tensor(f"blk.{i}.attn_norm.weight", np.ascontiguousarray(qb.norms["attn_norm"].numpy()))
-                w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ascontiguousarray(qb.norms["ffn_norm"].numpy()))
+                for name, norm in qb.norms.items():  # attn_norm, ffn_norm (, Gemma 2's post-norms)
+                    w.add_tensor(f"blk.{i}.{name}.weight", np.ascontiguousarray(norm.numpy()))
                 for name in LINEARS:
                     ql = qb.linears[name]
                     for tname, payload in _linear_payloads(f"blk.{i}.{name}", ql):

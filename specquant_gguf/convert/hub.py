@@ -38,6 +38,8 @@ HF_MODELS: dict[str, str] = {
     "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
     "gemma-2-2b": "google/gemma-2-2b",
     "gemma-2-2b-it": "google/gemma-2-2b-it",
+    "gemma-2-9b": "google/gemma-2-9b",
+    "gemma-2-9b-it": "google/gemma-2-9b-it",
     "phi-3-mini": "microsoft/Phi-3-mini-4k-instruct",
 }
 # The files a conversion reads from a Hub repo (not consolidated.safetensors, *.bin, *.gguf, ...)

@@ -1,8 +1,10 @@
 """Model sources for the converter: local HF folders and GGUF files, read block by block.
 
-Every source hands out weights as float32 torch tensors in *GGUF row order*: `attn_q`/`attn_k` rows
-permuted for interleaved-pair RoPE, exactly as llama.cpp's converter writes llama models. A GGUF llama
-file already is in that order; HF safetensors and qwen2 GGUF files (NeoX RoPE) are permuted here.
+Every source hands out weights as float32 torch tensors in *GGUF row order* of the file the converter
+writes (arch.stored_rope): `attn_q`/`attn_k` rows permuted for interleaved-pair RoPE, exactly as
+llama.cpp's converter writes llama models (a GGUF llama file already is in that order; HF safetensors
+and qwen2 GGUF files, NeoX RoPE, are permuted here), except Gemma 2, whose files keep HF's half-split
+order as llama.cpp's do. Gemma's norm weights are handed out as the file stores them: w + 1.
 Blocks are loaded one at a time (safetensors and GGUF are both memory-mapped), so the converter never
 holds more than one block's weights in fp32 (plus the embeddings).
 """
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import arch as archs
-from ..arch import LINEARS, NORMS, QKV_BIASES, ModelConfig
+from ..arch import LINEARS, NORMS, POST_NORMS, QKV_BIASES, ModelConfig, stored_rope
 from ..errors import SpecQuantError
 from ..paths import regular_file
 from .hf_vocab import hf_tokenizer_kv
@@ -79,7 +81,8 @@ class ModelSource:
             if tuple(blk[name].shape) != shape:
                 raise SpecQuantError(f"{self.description}: blk.{i}.{name} has shape {tuple(blk[name].shape)}, "
                                      f"expected {shape}")
-        for name in NORMS:
+        norms = NORMS + (POST_NORMS if archs.ARCHS[self.config.arch].post_norms else ())
+        for name in norms:
             if name not in blk or tuple(blk[name].shape) != (self.config.n_embd,):
                 raise SpecQuantError(f"{self.description}: blk.{i}.{name} is missing or has the wrong shape")
         for name in blk:
@@ -155,7 +158,19 @@ class GGUFSource(ModelSource):
             tied="output.weight" not in self.tensors,
             qkv_bias="blk.0.attn_q.bias" in self.tensors,
             rope_freqs=rope_freqs, rope_scale=rope_scale,
+            **(self._gemma2_config(arch, n_embd, n_head, head_dim, int(need("block_count"))) if family.post_norms else {}),
         )
+
+    def _gemma2_config(self, arch: str, n_embd: int, n_head: int, head_dim: int, n_layer: int) -> dict[str, Any]:
+        """A llama.cpp gemma2 file's keys, with llama.cpp's defaults where absent (its loader's: caps
+        50 and 30, window 4096, scale by model size: 1/sqrt(n_embd/n_head) for the 46-layer 27B)."""
+        scale = self._field(f"{arch}.attention.scale")
+        if scale is None:
+            scale = (n_embd / n_head if n_layer == 46 else head_dim) ** -0.5
+        return dict(attn_softcap=float(self._field(f"{arch}.attn_logit_softcapping", 50.0)),
+                    final_softcap=float(self._field(f"{arch}.final_logit_softcapping", 30.0)),
+                    sliding_window=int(self._field(f"{arch}.attention.sliding_window", 4096)),
+                    attn_scale=float(scale))
 
     def _tensor(self, name: str) -> torch.Tensor:
         import gguf
@@ -184,7 +199,8 @@ class GGUFSource(ModelSource):
 
     def block(self, i: int) -> Block:
         c = self.config
-        names = {n: f"blk.{i}.{n}.weight" for n in (*LINEARS, *NORMS)}
+        post = POST_NORMS if archs.ARCHS[c.arch].post_norms else ()
+        names = {n: f"blk.{i}.{n}.weight" for n in (*LINEARS, *NORMS, *post)}
         if self.config.qkv_bias:
             names.update({f"{n}_bias": f"blk.{i}.{n}.bias" for n in ("attn_q", "attn_k", "attn_v")})
         blk = {}
@@ -198,7 +214,7 @@ class GGUFSource(ModelSource):
             for n in ("attn_q", "attn_k", "attn_v", "ffn_gate", "ffn_up"):
                 del names[n]
         blk.update({k: self._tensor(v) for k, v in names.items()})
-        if archs.ARCHS[c.arch].rope == "neox":  # llama.cpp keeps it in NeoX order; we store interleaved pairs
+        if archs.ARCHS[c.arch].rope != stored_rope(c.arch):  # llama.cpp's qwen2: NeoX order; we write llama
             for n, heads in (("attn_q", c.n_head), ("attn_k", c.n_head_kv)):
                 blk[n] = permute_for_rope(blk[n], heads)
                 if c.qkv_bias:
@@ -295,6 +311,35 @@ def hf_rope(c: dict, where: str, head_dim: int) -> tuple[float, tuple[float, ...
     raise SpecQuantError(f"{where}: RoPE scaling '{kind}' is not supported (supported: linear, llama3)")
 
 
+def hf_gemma2(c: dict, where: str, head_dim: int) -> dict[str, Any]:
+    """Gemma 2's config.json fields -> ModelConfig fields. What the runtime cannot run (another MLP
+    activation, another local/global layer pattern) is refused in one line."""
+    act = c.get("hidden_activation") or c.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise SpecQuantError(f"{where}: hidden_activation {act!r} is not supported for gemma2 (gelu_pytorch_tanh)")
+    n_layer = int(c["num_hidden_layers"])
+    want = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layer)]
+    if c.get("layer_types") is not None and list(c["layer_types"]) != want:
+        raise SpecQuantError(f"{where}: layer_types other than alternating sliding/full (even layers "
+                             f"sliding) are not supported")
+
+    def positive(key: str, default: float | None) -> float:
+        v = c.get(key, default)
+        if v is None:
+            return 0.0  # a cap of None: no capping
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise SpecQuantError(f"{where}: {key} = {v!r} is not a positive number")
+        return float(v)
+
+    window = c.get("sliding_window", 4096)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
+        raise SpecQuantError(f"{where}: sliding_window = {window!r} is not a positive integer")
+    scalar = positive("query_pre_attn_scalar", 256)
+    return dict(attn_softcap=positive("attn_logit_softcapping", 50.0),
+                final_softcap=positive("final_logit_softcapping", 30.0),
+                sliding_window=int(window or 0), attn_scale=(scalar or head_dim) ** -0.5)
+
+
 class HFSource(ModelSource):
     """A local Hugging Face folder: config.json, *.safetensors (optionally sharded), tokenizer files."""
 
@@ -305,6 +350,11 @@ class HFSource(ModelSource):
                 "ffn_down": "mlp.down_proj.weight", "attn_norm": "input_layernorm.weight",
                 "ffn_norm": "post_attention_layernorm.weight", "attn_q_bias": "self_attn.q_proj.bias",
                 "attn_k_bias": "self_attn.k_proj.bias", "attn_v_bias": "self_attn.v_proj.bias"}
+    # Gemma 2: post_attention_layernorm is the attention output's norm; the FFN's input norm is
+    # pre_feedforward_layernorm (llama.cpp's mapping)
+    HF_POST_NAMES = {"ffn_norm": "pre_feedforward_layernorm.weight",
+                     "post_attention_norm": "post_attention_layernorm.weight",
+                     "post_ffw_norm": "post_feedforward_layernorm.weight"}
 
     def __init__(self, folder: Path, pre_tokenizer: str | None = None):
         self.folder = Path(folder)
@@ -334,7 +384,10 @@ class HFSource(ModelSource):
             head_dim = int(c.get("head_dim") or (n_embd // n_head if n_head > 0 else 0))  # validate() reports 0
             theta, rope_freqs, rope_scale = hf_rope(c, f"{self.folder}/config.json", head_dim)
             window, ctx = c.get("sliding_window"), int(c.get("max_position_embeddings", 2048))
-            if isinstance(window, int) and 0 < window < ctx and c.get("use_sliding_window") is not False:
+            gemma = hf_gemma2(c, f"{self.folder}/config.json", head_dim) if family.post_norms else {}
+            if family.qkv_bias is False and c.get("attention_bias") is True:
+                raise SpecQuantError(f"{self.folder}/config.json: attention_bias is not supported for {mtype}")
+            if not gemma and isinstance(window, int) and 0 < window < ctx and c.get("use_sliding_window") is not False:
                 import sys
 
                 print(f"[convert] {self.folder}: sliding_window {window} is not applied by the runtime: "
@@ -346,8 +399,9 @@ class HFSource(ModelSource):
                 n_head=n_head, n_head_kv=int(c.get("num_key_value_heads") or n_head), head_dim=head_dim,
                 rope_base=theta, rms_eps=float(c.get("rms_norm_eps", 1e-6)),
                 vocab_size=int(c["vocab_size"]), ctx_len=int(c.get("max_position_embeddings", 2048)),
-                tied=bool(c.get("tie_word_embeddings", False)), qkv_bias=family.qkv_bias,
-                rope_freqs=rope_freqs, rope_scale=rope_scale,
+                # tie_word_embeddings' default: True for Gemma, False for the llama family
+                tied=bool(c.get("tie_word_embeddings", family.post_norms)), qkv_bias=family.qkv_bias,
+                rope_freqs=rope_freqs, rope_scale=rope_scale, **gemma,
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise SpecQuantError(f"{self.folder}/config.json: missing or bad field ({type(exc).__name__}: {exc})") from None
@@ -406,8 +460,14 @@ class HFSource(ModelSource):
     def token_embd(self) -> torch.Tensor:  # in the file's precision: callers take .float() of what they use
         return self._tensor("model.embed_tokens.weight", keep_dtype=True)
 
+    def _norm(self, name: str) -> torch.Tensor:
+        """A norm weight as the file stores it: Gemma's (1 + w) folded into w + 1."""
+        w = self._tensor(name)
+        offset = archs.ARCHS[self.config.arch].norm_offset
+        return w + offset if offset else w
+
     def output_norm(self) -> torch.Tensor:
-        return self._tensor("model.norm.weight")
+        return self._norm("model.norm.weight")
 
     def output(self) -> torch.Tensor | None:
         if self.config.tied or "lm_head.weight" not in self._index:
@@ -430,11 +490,16 @@ class HFSource(ModelSource):
         else:
             blk = {}
             names = [n for n in (*LINEARS, *NORMS)] + (list(QKV_BIASES) if c.qkv_bias else [])
-        blk.update({n: self._tensor(prefix + self.HF_NAMES[n]) for n in names})
-        for n, heads in (("attn_q", c.n_head), ("attn_k", c.n_head_kv)):
-            blk[n] = permute_for_rope(blk[n], heads)
-            if c.qkv_bias:
-                blk[f"{n}_bias"] = permute_for_rope(blk[f"{n}_bias"], heads)
+        hf_names = self.HF_NAMES
+        if archs.ARCHS[c.arch].post_norms:
+            hf_names = {**hf_names, **self.HF_POST_NAMES}
+            names += list(POST_NORMS)
+        blk.update({n: (self._norm if "norm" in n else self._tensor)(prefix + hf_names[n]) for n in names})
+        if stored_rope(c.arch) == "normal":  # HF rows are in NeoX order
+            for n, heads in (("attn_q", c.n_head), ("attn_k", c.n_head_kv)):
+                blk[n] = permute_for_rope(blk[n], heads)
+                if c.qkv_bias:
+                    blk[f"{n}_bias"] = permute_for_rope(blk[f"{n}_bias"], heads)
         return self.check_block(blk, i)
 
     def block_view(self, i: int) -> Block:

@@ -20,6 +20,12 @@ from .synthetic import tiny_vocab, write_tiny_tokenizer
 VOCAB = 300
 
 
+# Gemma 2 made small, with every part that differs from llama mattering on a 64-token input:
+# head_dim 32 != hidden / heads (16), query_pre_attn_scalar 20 (neither), caps low enough that scores
+# and logits reach them, a window of 4 on the even (local) layers
+GEMMA2 = {"head_dim": 32, "query_pre_attn_scalar": 20, "attn_logit_softcapping": 5.0, "final_logit_softcapping": 3.0,
+          "sliding_window": 4, "layers": 4, "tied": True}
+
 # Llama-3.1's RoPE scaling with a short original context, so that it changes a 64-token input
 LLAMA3_SCALING = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 16}
@@ -38,13 +44,15 @@ def tiny_hf_model(model_type: str, seed: int = 0, layers: int = 2, hidden: int =
                                max_position_embeddings=256, rms_norm_eps=1e-5, tie_word_embeddings=tied,
                                bos_token_id=1, eos_token_id=2, pad_token_id=0, **config)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32).eval()
+    # Gemma 2's soft-capping exists only in the eager attention (transformers refuses SDPA for it)
+    extra = {"attn_implementation": "eager"} if model_type == "gemma2" else {}
+    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32, **extra).eval()
     hd = hidden // heads
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.copy_(torch.randn_like(p) * (0.5 if p.ndim == 1 and "bias" in name else hidden ** -0.5))
-            if "norm" in name:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            if "norm" in name:  # Gemma's norms multiply by (1 + w): the same scales, stored as offsets
+                p.copy_((0.0 if model_type == "gemma2" else 1.0) + 0.1 * torch.randn_like(p))
             if "q_proj.weight" in name or "k_proj.weight" in name:
                 p.mul_(qk_scale)
             if "qkv_proj.weight" in name:  # phi3: the q and k rows of the fused projection
@@ -52,6 +60,12 @@ def tiny_hf_model(model_type: str, seed: int = 0, layers: int = 2, hidden: int =
             if round_to is not None:
                 p.copy_(p.to(round_to).float())
     return model
+
+
+def tiny_gemma2(seed: int = 0, round_to: torch.dtype | None = None, **overrides):
+    """tiny_hf_model("gemma2") with GEMMA2's settings (overrides: other config fields)."""
+    g = {**GEMMA2, **overrides}
+    return tiny_hf_model("gemma2", seed=seed, layers=g.pop("layers"), tied=g.pop("tied"), round_to=round_to, **g)
 
 
 def save_hf_folder(model, folder: Path, layout: str = "t5") -> Path:
@@ -123,8 +137,10 @@ def write_llamacpp_gguf(model, path: Path) -> Path:
     arch = ARCHS[cfg.model_type]
     a = arch.name
     heads, kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
-    head_dim = cfg.hidden_size // heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
+    if arch.post_norms:
+        return _write_llamacpp_gemma2(model, sd, path)
     tokens, types, merges = tiny_vocab(cfg.vocab_size)
     with ModelWriter(path, arch=a) as w:
         w.add_kv("general.name", f"tiny-{a}-hf")
@@ -165,4 +181,36 @@ def write_llamacpp_gguf(model, path: Path) -> Path:
         w.add_tensor("output_norm.weight", sd["model.norm.weight"])
         if "lm_head.weight" in sd and not cfg.tie_word_embeddings:
             w.add_tensor("output.weight", sd["lm_head.weight"])
+    return path
+
+
+def _write_llamacpp_gemma2(model, sd: dict[str, np.ndarray], path: Path) -> Path:
+    """Gemma 2 as llama.cpp's Gemma2Model writes it: general.architecture gemma2, q/k unpermuted (NEOX),
+    every norm weight + 1, key/value_length, the two caps and the window; no rope.freq_base (its
+    default 10000), no attention.scale (llama.cpp derives it from the model size), no output.weight."""
+    cfg = model.config
+    tokens, types, merges = tiny_vocab(cfg.vocab_size)
+    with ModelWriter(path, arch="gemma2") as w:
+        w.add_kv("general.name", "tiny-gemma2-hf")
+        for key, value in (("context_length", cfg.max_position_embeddings), ("embedding_length", cfg.hidden_size),
+                           ("block_count", cfg.num_hidden_layers), ("feed_forward_length", cfg.intermediate_size),
+                           ("attention.head_count", cfg.num_attention_heads),
+                           ("attention.head_count_kv", cfg.num_key_value_heads), ("attention.key_length", cfg.head_dim),
+                           ("attention.value_length", cfg.head_dim), ("attention.sliding_window", cfg.sliding_window)):
+            w.add_kv(f"gemma2.{key}", int(value))
+        w.add_kv("gemma2.attention.layer_norm_rms_epsilon", float(cfg.rms_norm_eps))
+        w.add_kv("gemma2.attn_logit_softcapping", float(cfg.attn_logit_softcapping))
+        w.add_kv("gemma2.final_logit_softcapping", float(cfg.final_logit_softcapping))
+        write_tiny_tokenizer(w, tokens, types, merges)
+        w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+        names = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                 "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
+                 "post_attention_norm": "post_attention_layernorm", "ffn_norm": "pre_feedforward_layernorm",
+                 "post_ffw_norm": "post_feedforward_layernorm"}
+        for i in range(cfg.num_hidden_layers):
+            for ours, hf in names.items():
+                wt = sd[f"model.layers.{i}.{hf}.weight"]
+                w.add_tensor(f"blk.{i}.{ours}.weight", np.ascontiguousarray(wt + 1 if "norm" in ours else wt))
+        w.add_tensor("output_norm.weight", sd["model.norm.weight"] + 1)
     return path

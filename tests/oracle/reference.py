@@ -378,6 +378,11 @@ class Hparams:
     rope_theta: float
     rms_eps: float
     context_length: int
+    # Gemma 2 (0 = off): soft-capping of attention scores / final logits, sliding window, score scale
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    sliding_window: int = 0
+    attn_scale: float = 0.0
 
 
 _ARCHS = tuple(name for name, a in ARCHS.items() if a.runtime)
@@ -397,9 +402,11 @@ def read_hparams(m: ModelFile) -> Hparams:
 
     hidden, heads = need("embedding_length"), need("attention.head_count")
     kv_heads = md.get(f"{arch}.attention.head_count_kv", heads)
-    if hidden % heads or not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
+    if not isinstance(kv_heads, int) or kv_heads <= 0 or heads % kv_heads:
         raise FormatError(f"bad head counts: hidden {hidden}, heads {heads}, kv heads {kv_heads}")
-    head_dim = hidden // heads
+    head_dim = md.get(f"{arch}.attention.key_length", hidden // heads)
+    if not isinstance(head_dim, int) or head_dim <= 0 or md.get(f"{arch}.attention.value_length", head_dim) != head_dim:
+        raise FormatError(f"bad attention.key_length / value_length {head_dim}")
     n_rot = md.get(f"{arch}.rope.dimension_count", head_dim)
     if not isinstance(n_rot, int) or n_rot <= 0 or n_rot > head_dim or n_rot % 2:
         raise FormatError(f"bad rope.dimension_count {n_rot}")
@@ -409,7 +416,20 @@ def read_hparams(m: ModelFile) -> Hparams:
                    head_dim=head_dim, n_rot=n_rot, ffn=need("feed_forward_length"), vocab=vocab,
                    rope_theta=float(md.get(f"{arch}.rope.freq_base", 10000.0)),
                    rms_eps=float(md.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-                   context_length=int(md.get(f"{arch}.context_length", 2048)))
+                   context_length=int(md.get(f"{arch}.context_length", 2048)),
+                   **(_gemma2_hparams(md, arch, hidden, heads, head_dim, need("block_count"))
+                      if ARCHS[arch].post_norms else {}))
+
+
+def _gemma2_hparams(md: dict, arch: str, hidden: int, heads: int, head_dim: int, n_layers: int) -> dict:
+    """A gemma2 file's keys with llama.cpp's defaults (caps 50 / 30, window 4096, the score scale
+    1/sqrt(hidden/heads) for the 46-layer 27B and 1/sqrt(head_dim) otherwise)."""
+    scale = md.get(f"{arch}.attention.scale")
+    if scale is None:
+        scale = (hidden / heads if n_layers == 46 else head_dim) ** -0.5
+    return dict(attn_softcap=float(md.get(f"{arch}.attn_logit_softcapping", 50.0)),
+                final_softcap=float(md.get(f"{arch}.final_logit_softcapping", 30.0)),
+                sliding_window=int(md.get(f"{arch}.attention.sliding_window", 4096)), attn_scale=float(scale))
 
 
 class ReferenceModel:
@@ -509,6 +529,9 @@ class ReferenceModel:
             layer = {part: self._linear(f"{p}.{part}", shape) for part, shape in shapes.items()}
             layer["attn_norm"] = self._norm(f"{p}.attn_norm.weight")
             layer["ffn_norm"] = self._norm(f"{p}.ffn_norm.weight")
+            if ARCHS[hp.arch].post_norms:  # Gemma 2: norms of each branch's output (stored as w + 1)
+                layer["post_attention_norm"] = self._norm(f"{p}.post_attention_norm.weight")
+                layer["post_ffw_norm"] = self._norm(f"{p}.post_ffw_norm.weight")
             self.layers.append(layer)
         inv = hp.rope_theta ** (-torch.arange(0, hp.n_rot, 2, dtype=torch.float64) / hp.n_rot)
         # RoPE scaling as llama.cpp stores it: linear (rope.scaling.factor) and rope_freqs.weight
@@ -559,7 +582,8 @@ class ReferenceModel:
             return _quantize_act_t(x, core.g, core.bits, core.wht)
         return None
 
-    def _attention(self, layer: dict, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def _attention(self, layer: dict, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                   window: int = 0) -> torch.Tensor:
         hp = self.hp
         t = x.shape[0]
         qx = self._shared_input(x, [layer["attn_q"]])
@@ -573,14 +597,35 @@ class ReferenceModel:
         rep = hp.heads // hp.kv_heads
         k = k.transpose(0, 1).repeat_interleave(rep, dim=0)  # enable_gqa=True takes a slow path
         v = v.transpose(0, 1).repeat_interleave(rep, dim=0)
-        o = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k, v, is_causal=True)
+        if ARCHS[hp.arch].post_norms:
+            o = self._gemma2_attention(q.transpose(0, 1), k, v, window)
+        else:
+            o = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k, v, is_causal=True)
         o = o.transpose(0, 1).reshape(t, hp.heads * hp.head_dim)
         return layer["attn_output"](o)
+
+    def _gemma2_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+        """softmax(cap·tanh(q·kᵀ·scale / cap), causal and within `window` positions (0: all))·v in fp32,
+        q/k/v (heads, T, hd)."""
+        hp = self.hp
+        s = (q @ k.transpose(1, 2)) * hp.attn_scale
+        if hp.attn_softcap:
+            s = torch.tanh(s / hp.attn_softcap) * hp.attn_softcap
+        pos = torch.arange(q.shape[1])
+        dist = pos[:, None] - pos[None, :]
+        visible = (dist >= 0) & ((dist < window) if window else True)
+        return torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1) @ v
+
+    def _window(self, i: int) -> int:
+        """Gemma 2's local layers (even ones, llama.cpp's pattern 2) see `sliding_window` positions."""
+        return self.hp.sliding_window if ARCHS[self.hp.arch].swa_pattern and i % 2 == 0 else 0
 
     def _ffn(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
         qx = self._shared_input(x, [layer["ffn_gate"]])
         gate = layer["ffn_gate"](x, qx)
         up = layer["ffn_up"](x, qx)
+        if ARCHS[self.hp.arch].gelu:  # Gemma: GELU with the tanh approximation
+            return layer["ffn_down"](torch.nn.functional.gelu(gate, approximate="tanh") * up)
         return layer["ffn_down"](torch.nn.functional.silu(gate) * up)
 
     @torch.inference_mode()
@@ -588,12 +633,20 @@ class ReferenceModel:
         """Logits (n_tokens, n_vocab) float32 for a sequence starting at position 0 (no cache)."""
         ids = self._check_tokens(tokens)
         x = self.embd[ids]
+        family = ARCHS[self.hp.arch]
+        if family.embd_scale:  # Gemma: embeddings times sqrt(hidden), in fp32
+            x = x * np.float32(math.sqrt(self.hp.hidden))
         rope = self._rope_tables(torch.arange(len(ids)))
-        for layer in self.layers:
-            x = x + self._attention(layer, self._rms_norm(x, layer["attn_norm"]), rope)
-            x = x + self._ffn(layer, self._rms_norm(x, layer["ffn_norm"]))
+        for i, layer in enumerate(self.layers):
+            a = self._attention(layer, self._rms_norm(x, layer["attn_norm"]), rope, self._window(i))
+            x = x + (self._rms_norm(a, layer["post_attention_norm"]) if family.post_norms else a)
+            f = self._ffn(layer, self._rms_norm(x, layer["ffn_norm"]))
+            x = x + (self._rms_norm(f, layer["post_ffw_norm"]) if family.post_norms else f)
         x = self._rms_norm(x, self.output_norm)
-        return self.head(x).numpy()
+        logits = self.head(x)
+        if self.hp.final_softcap:
+            logits = torch.tanh(logits / self.hp.final_softcap) * self.hp.final_softcap
+        return logits.numpy()
 
     def _check_tokens(self, tokens: Sequence[int]) -> torch.Tensor:
         ids = np.asarray(tokens)
