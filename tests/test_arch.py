@@ -198,6 +198,64 @@ def test_gemma2_parts_are_not_no_ops(change: str) -> None:
     assert _rel(a, b) > 0.05, f"{change}: {_rel(a, b):.2e}"
 
 
+def test_gemma2_converter_forward_matches_transformers(tmp_path: Path) -> None:
+    """convert/forward.py (what calibration and self-generated text run) computes Gemma 2 as
+    transformers does: over the whole input, and token by token through its KV cache."""
+    import torch
+
+    from specquant_gguf.convert.forward import KVCache, block_forward, embed_tokens, head_logits
+    from specquant_gguf.convert.sources import HFSource
+
+    hf = tiny_gemma2(seed=3)
+    src = HFSource(save_hf_folder(hf, tmp_path / "hf"))
+    cfg, ids = src.config, torch.tensor([IDS[:24]])
+    blocks = [src.block(i) for i in range(cfg.n_layer)]
+    emb = src.token_embd()
+    want = hf_logits(hf, IDS[:24])
+    with torch.no_grad():
+        x = embed_tokens(ids, emb, cfg)
+        for i, blk in enumerate(blocks):
+            x = block_forward(x, blk, cfg, layer=i)
+        full = head_logits(x, src.output_norm(), emb, cfg.rms_eps, cfg.final_softcap)[0].numpy()
+        caches = [KVCache(1, 24, cfg.n_head_kv, cfg.head_dim, torch.float32) for _ in blocks]
+        steps = []
+        for pos in range(24):
+            x = embed_tokens(ids[:, pos:pos + 1], emb, cfg)
+            for i, (blk, cache) in enumerate(zip(blocks, caches)):
+                x = block_forward(x, blk, cfg, pos0=pos, cache=cache, layer=i)
+            steps.append(head_logits(x, src.output_norm(), emb, cfg.rms_eps, cfg.final_softcap)[0, 0].numpy())
+    assert _rel(full, want) < 1e-4, f"full forward vs transformers {_rel(full, want):.2e}"
+    assert _rel(np.stack(steps), want) < 1e-4, f"cached decode vs transformers {_rel(np.stack(steps), want):.2e}"
+
+
+def test_gemma2_smoothing_folds_exactly(tmp_path: Path) -> None:
+    """Smoothing's folds (1/λ into attn_norm, ffn_norm = pre_feedforward_layernorm, v rows and up
+    rows) leave a Gemma 2 block's function unchanged: the post-norms act on the outputs of
+    attn_output / ffn_down, after the smoothed inputs, and GELU·up is linear in up like SiLU·up."""
+    import torch
+
+    from specquant_gguf.arch import LINEAR_GROUPS
+    from specquant_gguf.convert.forward import block_forward
+    from specquant_gguf.convert.smooth import attn_out_scales, fold
+    from specquant_gguf.convert.sources import HFSource
+
+    src = HFSource(save_hf_folder(tiny_gemma2(seed=3), tmp_path / "hf"))
+    cfg = src.config
+    x = torch.randn(2, 16, cfg.n_embd) * 3
+    gen = torch.Generator().manual_seed(0)
+    for layer in (0, 1):  # a local and a global layer
+        blk = src.block(layer)
+        want = block_forward(x, blk, cfg, layer=layer)
+        for group in LINEAR_GROUPS:
+            n = blk[LINEAR_GROUPS[group][0]].shape[1]
+            lam = torch.exp(torch.randn(n, generator=gen))
+            if group == "attn_out":  # λ of attn_output must be equal across the query heads of a KV head
+                lam = attn_out_scales(lam, blk["attn_output"], 0.5, cfg)
+            fold(blk, group, lam, cfg)
+        got = block_forward(x, blk, cfg, layer=layer)
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
 def test_gemma2_batch_matches_single_sequence(tmp_path: Path) -> None:
     """batch.c's attention hook applies the sliding window and the caps like a single sequence."""
     from specquant_gguf.cli import main
