@@ -57,6 +57,9 @@ class Arch:
     embd_scale: bool = False
     norm_offset: float = 0.0
     swa_pattern: int = 0
+    # tokenizer.ggml.add_space_prefix of a SentencePiece tokenizer (None: the runtime's default, a
+    # leading space); Gemma's tokenizer adds none (llama.cpp writes False for gemma2)
+    spm_space_prefix: bool | None = None
 
 
 ARCHS: dict[str, Arch] = {a.name: a for a in (
@@ -68,7 +71,7 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("phi3", ("phi3",), rope="neox", qkv_bias=False, runtime=False, fused=True),
     # Gemma 2: its own file layout (llama.cpp's gemma2: NEOX q/k unpermuted, norms stored as w + 1)
     Arch("gemma2", ("gemma2",), rope="neox", qkv_bias=False, written_as="gemma2", post_norms=True, gelu=True,
-         embd_scale=True, norm_offset=1.0, swa_pattern=2),
+         embd_scale=True, norm_offset=1.0, swa_pattern=2, spm_space_prefix=False),
 )}
 
 

@@ -355,3 +355,33 @@ def test_pre_tokenizer_option_forces_a_known_one(tmp_path: Path, capsys: pytest.
     assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet",
                  "--pre-tokenizer", "llama-bpe"]) == 0
     assert read_model(out).metadata["tokenizer.ggml.pre"] == "llama-bpe"
+
+
+def test_gemma2_sentencepiece_tokenizer_adds_no_space_prefix(tmp_path: Path) -> None:
+    """A Gemma 2 folder with a SentencePiece tokenizer.model (Gemma's has no dummy prefix) converts
+    to a file that says add_space_prefix = false, as llama.cpp's do, and tokenizes as sentencepiece."""
+    import io
+    import json
+
+    spm = pytest.importorskip("sentencepiece")
+    from specquant_gguf.cli import main
+
+    texts = [f"The quick brown fox {i} jumps over the lazy dog number {i * 7}." for i in range(200)]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, vocab_size=150, model_type="bpe",
+                                   add_dummy_prefix=False, normalization_rule_name="identity",
+                                   remove_extra_whitespaces=False, minloglevel=2, num_threads=1)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    folder = save_hf_folder(tiny_gemma2(seed=3), tmp_path / "hf")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    (folder / "tokenizer.model").write_bytes(buf.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "GemmaTokenizer"}))
+    out = tmp_path / "f16.gguf"
+    assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    from specquant_gguf.gguf import read_model
+
+    assert read_model(out).metadata["tokenizer.ggml.add_space_prefix"] is False
+    with Model(out, n_ctx=128, n_threads=1) as m:
+        for text in ("The lazy dog", "fox 12 jumps", " over"):
+            assert m.tokenize(text, add_bos=False) == sp.encode(text), text

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..arch import ModelConfig
+from ..arch import ARCHS, ModelConfig
 from ..errors import SpecQuantError
 
 
@@ -138,6 +138,9 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
         types.append(int(gguf.TokenType.UNUSED))
     out["tokenizer.ggml.model"] = (model, None)
     out["tokenizer.ggml.pre"] = (pre, None)
+    space_prefix = ARCHS[config.arch].spm_space_prefix
+    if model == "llama" and space_prefix is not None:  # SentencePiece without a dummy prefix (Gemma)
+        out["tokenizer.ggml.add_space_prefix"] = (space_prefix, None)
     out["tokenizer.ggml.tokens"] = (toks, None)
     out["tokenizer.ggml.scores"] = (scores, (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32))
     out["tokenizer.ggml.token_type"] = (types, (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32))
