@@ -385,3 +385,32 @@ def test_gemma2_sentencepiece_tokenizer_adds_no_space_prefix(tmp_path: Path) -> 
     with Model(out, n_ctx=128, n_threads=1) as m:
         for text in ("The lazy dog", "fox 12 jumps", " over"):
             assert m.tokenize(text, add_bos=False) == sp.encode(text), text
+
+
+def test_bad_gemma2_configs_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """What the runtime cannot run is refused at conversion, in one line: another MLP activation,
+    another local/global layer pattern, a non-positive cap."""
+    import json
+
+    folder = save_hf_folder(tiny_gemma2(seed=1), tmp_path / "hf")
+    cfg_path, cfg = folder / "config.json", json.loads((folder / "config.json").read_text())
+
+    def with_config(**kw) -> str:
+        cfg_path.write_text(json.dumps({**cfg, **kw}))
+        return _convert_error(folder, tmp_path / "x.gguf", capsys)
+
+    assert "hidden_activation 'silu' is not supported for gemma2" in with_config(hidden_activation="silu")
+    assert "layer_types" in with_config(layer_types=["full_attention"] * 4)
+    assert "attn_logit_softcapping = -1" in with_config(attn_logit_softcapping=-1)
+
+
+def test_gemma2_file_without_post_norms_fails_in_one_line(tmp_path: Path) -> None:
+    """A gemma2 file that lacks a post-norm is a format error naming the tensor, in the runtime and
+    in the oracle."""
+    from specquant_gguf.errors import SpecQuantError
+
+    bad = write_llamacpp_gguf(tiny_gemma2(seed=2), tmp_path / "bad.gguf", drop=("blk.1.post_ffw_norm.weight",))
+    with pytest.raises(SpecQuantError, match="blk.1.post_ffw_norm.weight"):
+        Model(bad, n_ctx=64, n_threads=1)
+    with pytest.raises(SpecQuantError, match="blk.1.post_ffw_norm.weight"):
+        ReferenceModel(bad)

@@ -325,7 +325,7 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
     import gguf
 
     c = source.config
-    a = ARCHS[c.arch].written_as  # q/k are stored for interleaved RoPE whatever the source family
+    a = ARCHS[c.arch].written_as  # "llama" for the llama family (q/k interleaved), "gemma2" for Gemma 2
     ftype = {"f16": int(gguf.LlamaFileType.MOSTLY_F16), "q8": int(gguf.LlamaFileType.MOSTLY_Q8_0)}.get(r.method, SQ4_TYPE_ID)
     w.add_kv("general.type", "model")
     w.add_kv("general.name", c.name)

@@ -130,9 +130,10 @@ def _llamacpp_rope_factors(base: float, dim: int, rs: dict) -> np.ndarray:
     return np.asarray(torch.tensor(out, dtype=torch.float32).numpy(), dtype=np.float32)
 
 
-def write_llamacpp_gguf(model, path: Path) -> Path:
+def write_llamacpp_gguf(model, path: Path, drop: tuple[str, ...] = ()) -> Path:
     """The model as llama.cpp's convert_hf_to_gguf.py writes it: F32 tensors, the family's own
-    general.architecture and key prefix, q/k rows permuted only for "normal"-RoPE families."""
+    general.architecture and key prefix, q/k rows permuted only for "normal"-RoPE families.
+    drop: tensor names left out (Gemma 2 only: broken files for error tests)."""
     cfg = model.config
     arch = ARCHS[cfg.model_type]
     a = arch.name
@@ -140,7 +141,7 @@ def write_llamacpp_gguf(model, path: Path) -> Path:
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     sd = {k: v.float().numpy() for k, v in model.state_dict().items()}
     if arch.post_norms:
-        return _write_llamacpp_gemma2(model, sd, path)
+        return _write_llamacpp_gemma2(model, sd, path, drop)
     tokens, types, merges = tiny_vocab(cfg.vocab_size)
     with ModelWriter(path, arch=a) as w:
         w.add_kv("general.name", f"tiny-{a}-hf")
@@ -184,7 +185,7 @@ def write_llamacpp_gguf(model, path: Path) -> Path:
     return path
 
 
-def _write_llamacpp_gemma2(model, sd: dict[str, np.ndarray], path: Path) -> Path:
+def _write_llamacpp_gemma2(model, sd: dict[str, np.ndarray], path: Path, drop: tuple[str, ...] = ()) -> Path:
     """Gemma 2 as llama.cpp's Gemma2Model writes it: general.architecture gemma2, q/k unpermuted (NEOX),
     every norm weight + 1, key/value_length, the two caps and the window; no rope.freq_base (its
     default 10000), no attention.scale (llama.cpp derives it from the model size), no output.weight."""
@@ -211,6 +212,8 @@ def _write_llamacpp_gemma2(model, sd: dict[str, np.ndarray], path: Path) -> Path
         for i in range(cfg.num_hidden_layers):
             for ours, hf in names.items():
                 wt = sd[f"model.layers.{i}.{hf}.weight"]
+                if f"blk.{i}.{ours}.weight" in drop:
+                    continue
                 w.add_tensor(f"blk.{i}.{ours}.weight", np.ascontiguousarray(wt + 1 if "norm" in ours else wt))
         w.add_tensor("output_norm.weight", sd["model.norm.weight"] + 1)
     return path
