@@ -132,6 +132,17 @@ static void test_selection(int have_dev) {
     expect_backend(buf, size, SQ_BACKEND_AUTO, SQ_KV_Q8, "cpu", "auto with a q8 KV cache");
     expect_backend(fbuf, fsize, SQ_BACKEND_AUTO, SQ_KV_F16, "cpu", "auto with F16 weights");
     expect_fail(buf, size, 7, SQ_KV_F16, SQ_ERR_ARG, "backend must be", "backend 7");
+    tiny_cfg gc = tiny_default(); /* Gemma 2 is not in the GPU forward: auto stays on the CPU */
+    gc.arch = "gemma2";
+    size_t gsize;
+    uint8_t *gbuf = tiny_model_build(&gc, &gsize);
+    expect_backend(gbuf, gsize, SQ_BACKEND_AUTO, SQ_KV_F16, "cpu", "auto with a gemma2 file");
+#ifdef SQ_HAVE_CUDA
+    if (have_dev) /* refused in one line, never run wrong */
+        expect_fail(gbuf, gsize, SQ_BACKEND_CUDA, SQ_KV_F16, SQ_ERR_BACKEND, "architecture gemma2 runs on the CPU backend only",
+                    "cuda with a gemma2 file");
+#endif
+    free(gbuf);
     sq_model *m = load(fbuf, fsize, SQ_BACKEND_AUTO, SQ_KV_F16);
     CHECK(m && sq_model_act_bits(m) == 0, "F16 weights: act_bits %d (0 expected: no SQ4 layer)", sq_model_act_bits(m));
     sq_model_free(m);

@@ -72,7 +72,7 @@ static float tm_uniform(void) { return (float)(tm_rand() & 0xFFFFFF) / 16777216.
 /* ---- model description ----------------------------------------------------------------------- */
 
 typedef struct {
-    const char *arch;    /* "llama" / "qwen2" */
+    const char *arch;    /* "llama" / "qwen2" / "gemma2" (post-norms added, llama.cpp's default keys) */
     int n_layer, n_embd, n_head, n_kv_head, n_ff, n_vocab, n_ctx;
     int group;           /* SQ4 group size */
     int act_bits;
@@ -293,6 +293,10 @@ static uint8_t *tiny_model_build(const tiny_cfg *c, size_t *size) {
         fill_f32(tl_add(&l, name, SQ_T_F32, 1, (uint64_t)D, 1, 1), (size_t)D, 1.0f, 0.1f);
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", il);
         fill_f32(tl_add(&l, name, SQ_T_F32, 1, (uint64_t)D, 1, 1), (size_t)D, 1.0f, 0.1f);
+        for (int j = 0; j < 2 && !strcmp(c->arch, "gemma2"); j++) {
+            snprintf(name, sizeof name, j ? "blk.%d.post_ffw_norm.weight" : "blk.%d.post_attention_norm.weight", il);
+            fill_f32(tl_add(&l, name, SQ_T_F32, 1, (uint64_t)D, 1, 1), (size_t)D, 1.0f, 0.1f);
+        }
         const int shape[SQ_N_LINEAR][2] = {{D, qw}, {D, kvw}, {D, kvw}, {qw, D}, {D, F}, {D, F}, {F, D}};
         for (int i = 0; i < SQ_N_LINEAR; i++) add_linear(&l, c, il, sq_linear_names[i], shape[i][0], shape[i][1]);
     }
