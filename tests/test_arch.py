@@ -176,6 +176,7 @@ def test_llamacpp_gemma2_matches_transformers(tmp_path: Path) -> None:
         got = m.eval(IDS)
     assert _rel(got, want) < 1e-3, f"runtime vs transformers {_rel(got, want):.2e}"
     ref = ReferenceModel(src).forward(IDS)
+    print(f"\nllama.cpp gemma2: runtime vs transformers {_rel(got, want):.1e}, oracle {_rel(ref, want):.1e}")
     assert _rel(ref, want) < 1e-3, f"oracle vs transformers {_rel(ref, want):.2e}"
     out = tmp_path / "re.f16.gguf"
     assert main(["convert", str(src), "--out", str(out), "--method", "f16", "--quiet"]) == 0
@@ -183,6 +184,7 @@ def test_llamacpp_gemma2_matches_transformers(tmp_path: Path) -> None:
     assert md["general.architecture"] == "gemma2" and md["gemma2.attention.sliding_window"] == 4
     with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
         got = m.eval(IDS)
+    print(f"llama.cpp gemma2 re-converted to f16: runtime vs transformers {_rel(got, want):.1e}")
     assert _rel(got, want) < 1e-3, f"re-converted: runtime vs transformers {_rel(got, want):.2e}"
 
 
