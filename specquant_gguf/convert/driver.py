@@ -76,12 +76,14 @@ def next_hidden(qb: QBlock, r: Recipe, cfg: ModelConfig, x: torch.Tensor, x_floa
         return torch.cat([block_forward(x[c:c + 8], norms, cfg, lin=lin, layer=layer) for c in range(0, x.shape[0], 8)])
 
 
-def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, emb: torch.Tensor,
+def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, emb: torch.Tensor | None = None,
                    seed: int = 0, on_block: Callable[[int], None] | None = None,
                    clock: StageClock | None = None, work: "WorkDir | None" = None) -> Iterator[tuple[int, QBlock]]:
     """Yields each converted block in order, holding one source block at a time. clock: times the
     stages; work: a work folder where each finished block (and the hidden states after it) is kept,
-    so that a conversion interrupted after block i restarts at block i + 1."""
+    so that a conversion interrupted after block i restarts at block i + 1. emb: the embedding
+    matrix, or None to read it from the source only for the moment the calibration tokens are
+    embedded (an 8B model's is 1 GB that need not stay in memory during the blocks)."""
     cfg = source.config
     clock = clock or StageClock()
     x = None
@@ -109,14 +111,14 @@ def convert_blocks(source: ModelSource, calib: Calibration | None, r: Recipe, em
             yield i, qb
         return
     if x is None:
-        x = embed(calib.tokens, emb, cfg)
+        x = embed(calib.tokens, source.token_embd() if emb is None else emb, cfg)
     mask = sample_plan(*calib.tokens.shape, r.search_tokens, seed)
     for i in range(start, cfg.n_layer):
         with clock.stage("read block"):
             blk = source.block(i)
         with clock.stage("block statistics"):
             stats, x_float = block_stats(x, blk, cfg, mask, layer=i)
-        qb = quantize_block(blk, stats, cfg, r, clock)
+        qb = quantize_block(blk, stats, cfg, r, clock, consume=True)  # blk is ours (ModelSource.block)
         del blk, stats
         if r.propagate == "quant":
             with clock.stage("quantized propagation"):
@@ -453,7 +455,6 @@ def write_blocks(source: ModelSource, r: Recipe, calib: Calibration | None, out:
     from ..gguf import ModelWriter
 
     clock = clock or StageClock()
-    emb = source.token_embd() if emb is None else emb
     summary = Summary(alphas=[])
     w = ModelWriter(out, arch=ARCHS[source.config.arch].written_as)
     try:
@@ -467,10 +468,11 @@ def write_blocks(source: ModelSource, r: Recipe, calib: Calibration | None, out:
 
 
 def _write_tensors(w: Any, source: ModelSource, r: Recipe, calib: Calibration | None,
-                   blocks: Iterable[tuple[int, QBlock]], emb: torch.Tensor, clock: StageClock, summary: Summary) -> None:
+                   blocks: Iterable[tuple[int, QBlock]], emb: torch.Tensor | None, clock: StageClock,
+                   summary: Summary) -> None:
     with torch.no_grad():
-        with clock.stage("embeddings"):
-            w.add_tensor("token_embd.weight", _head_payload(emb, r.head_type))
+        with clock.stage("embeddings"):  # emb None: read for this call only (not held during the blocks)
+            w.add_tensor("token_embd.weight", _head_payload(source.token_embd() if emb is None else emb, r.head_type))
         for i, qb in blocks:
             with clock.stage("write blocks"):
                 for name, norm in qb.norms.items():  # attn_norm, ffn_norm (, Gemma 2's post-norms)
@@ -499,10 +501,11 @@ def _write_tensors(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
 def write_converted(source: ModelSource, r: Recipe, calib: Calibration | None, out: str | Path, seed: int = 0,
                     quiet: bool = True, clock: StageClock | None = None, work: WorkDir | None = None) -> Summary:
     """Converts every block and writes the file, with a progress bar over the blocks (ETA)."""
-    emb = source.token_embd()
     with Progress(source.config.n_layer, f"{r.method} blocks", quiet, unit="blk") as bar:
-        blocks = convert_blocks(source, calib, r, emb, seed, on_block=lambda _: bar.update(), clock=clock, work=work)
-        return write_blocks(source, r, calib, out, blocks, emb, clock)
+        # the embeddings are read where they are used (written first, then the calibration tokens
+        # embedded), never held while the blocks convert
+        blocks = convert_blocks(source, calib, r, None, seed, on_block=lambda _: bar.update(), clock=clock, work=work)
+        return write_blocks(source, r, calib, out, blocks, None, clock)
 
 
 def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = CalibOptions(), seed: int = 0,

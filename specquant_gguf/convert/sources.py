@@ -58,6 +58,7 @@ class ModelSource:
         raise NotImplementedError
 
     def block(self, i: int) -> Block:
+        """Block i's tensors as float32, fresh copies the caller owns (the driver quantizes them in place)."""
         raise NotImplementedError
 
     def tokenizer_kv(self) -> dict[str, tuple[Any, Any]]:
