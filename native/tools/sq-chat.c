@@ -38,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/select.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
@@ -549,13 +550,76 @@ static int turn(session *s, const char *text, size_t len) {
     return s->tmpl ? chat_turn(s, text, len) : raw_turn(s, text, len);
 }
 
+/* stdin is read line by line through our own buffer, not stdio's, so that whether a whole line is
+ * already here is known before blocking, and the wait for more input is a pselect that unblocks
+ * SIGINT atomically: a Ctrl-C that lands between printing "> " and the wait is never lost (with
+ * getline the read then blocked although the signal had already been handled). */
+static struct {
+    char *buf;
+    size_t len, cap;
+    int eof;
+} g_in;
+
+/* Waits until stdin is readable: 0, or -1 when a Ctrl-C came before or during the wait. */
+static int wait_stdin(void) {
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigprocmask(SIG_BLOCK, &block, &old);
+    int rc = 0;
+    for (;;) {
+        if (g_sigint) {
+            rc = -1;
+            break;
+        }
+        fd_set rd;
+        FD_ZERO(&rd);
+        FD_SET(STDIN_FILENO, &rd);
+        int n = pselect(STDIN_FILENO + 1, &rd, NULL, NULL, NULL, &old);
+        if (n > 0 || (n < 0 && errno != EINTR)) break; /* readable, or an error read() will report */
+    }
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+/* Moves the first n bytes of the input buffer into *line (NUL-terminated), dropping `drop` more. */
+static int take_line(char **line, size_t *cap, size_t n, size_t drop) {
+    if (n + 1 > *cap) {
+        char *p = realloc(*line, n + 1);
+        if (!p) return 0;
+        *line = p;
+        *cap = n + 1;
+    }
+    memcpy(*line, g_in.buf, n);
+    (*line)[n] = '\0';
+    memmove(g_in.buf, g_in.buf + n + drop, g_in.len - n - drop);
+    g_in.len -= n + drop;
+    return 1;
+}
+
 /* Reads one line (without its newline) into *line; returns its length, -1 on EOF / Ctrl-C. */
 static long read_line(char **line, size_t *cap) {
-    errno = 0;
-    ssize_t n = getline(line, cap, stdin);
-    if (n < 0 || g_sigint) return -1;
-    while (n > 0 && ((*line)[n - 1] == '\n' || (*line)[n - 1] == '\r')) (*line)[--n] = '\0';
-    return (long)n;
+    for (;;) {
+        char *nl = g_in.len ? memchr(g_in.buf, '\n', g_in.len) : NULL;
+        if (nl || (g_in.eof && g_in.len)) { /* a whole line, or the unterminated last one */
+            size_t n = nl ? (size_t)(nl - g_in.buf) : g_in.len;
+            if (!take_line(line, cap, n, nl ? 1 : 0)) return -1;
+            while (n > 0 && (*line)[n - 1] == '\r') (*line)[--n] = '\0';
+            return (long)n;
+        }
+        if (g_in.eof || wait_stdin() < 0) return -1;
+        if (g_in.cap - g_in.len < 4096) {
+            char *p = realloc(g_in.buf, g_in.cap * 2 + 4096);
+            if (!p) return -1;
+            g_in.buf = p;
+            g_in.cap = g_in.cap * 2 + 4096;
+        }
+        ssize_t r = read(STDIN_FILENO, g_in.buf + g_in.len, g_in.cap - g_in.len);
+        if (r < 0 && errno == EINTR && !g_sigint) continue;
+        if (r < 0) return -1;
+        if (r == 0) g_in.eof = 1;
+        g_in.len += (size_t)r;
+    }
 }
 
 static int interactive(session *s) {
@@ -584,6 +648,9 @@ static int interactive(session *s) {
         if (g_sigint > 1) break; /* a second Ctrl-C while answering: leave */
     }
     free(line);
+    free(g_in.buf);
+    g_in.buf = NULL;
+    g_in.len = g_in.cap = 0;
     return rc;
 }
 
