@@ -26,6 +26,10 @@ fi
 # Integration tests on the real SmolLM2 (marked slow: each converts the model) run with
 # SPECQUANT_SLOW=1; the default run is the fast suite (tiny synthetic models + SmolLM2 reads).
 MARK=(-m "not slow")
-[ "${SPECQUANT_SLOW:-0}" = 1 ] && MARK=()
+if [ "${SPECQUANT_SLOW:-0}" = 1 ]; then
+  MARK=()
+  # llama.cpp's own converter (from the llama-cpp-python sdist, never built) for tests/test_llamacpp_interop.py
+  .venv/bin/python scripts/fetch_llamacpp_converter.py >/dev/null || echo "[test] llama.cpp's converter not fetched: those tests will skip"
+fi
 echo "[test] pytest ${MARK[*]}"
 .venv/bin/python -m pytest -q "${MARK[@]}" "$@"

@@ -138,7 +138,7 @@ def test_llamacpp_llama31_file_keeps_rope_freqs(tmp_path: Path) -> None:
     assert _rel(got, want) < 1e-3
 
 
-@pytest.mark.parametrize("family", ["llama3.1", "phi3", "gemma2"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
     """The default W4A4 conversion of a tiny HF model of the family: runtime vs oracle as test_parity."""
     from specquant_gguf.cli import main
