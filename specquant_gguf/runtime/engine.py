@@ -88,6 +88,7 @@ class Engine:
         self._cv = threading.Condition()
         self._stop = False
         self.steps = 0
+        self.steps_batched = 0  # steps that ran two or more sequences at once
         self._thread = threading.Thread(target=self._loop, name="specquant-engine", daemon=True)
         self._thread.start()
 
@@ -245,6 +246,7 @@ class Engine:
             return
         logits = self.batch.eval(seqs, toks)  # the last token of each sequence
         self.steps += 1
+        self.steps_batched += len(order) > 1
         m = self.model
         n_ctx = m.n_ctx
         for r, lg in zip(order, logits):

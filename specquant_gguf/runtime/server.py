@@ -219,7 +219,8 @@ def build_app(served: Served, api_key: str | None = None) -> Starlette:
     async def health(request: Request) -> Response:
         busy = served.engine.busy
         return JSONResponse({"status": "ok", "slots_idle": served.n_slots - busy, "slots_processing": busy,
-                             "requests_waiting": served.engine.waiting, "steps": served.engine.steps})
+                             "requests_waiting": served.engine.waiting, "steps": served.engine.steps,
+                             "steps_batched": served.engine.steps_batched})
 
     async def models(request: Request) -> Response:
         if not authorized(request):
