@@ -22,6 +22,16 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
+def _runtime_and_oracle_match(path: Path, want: np.ndarray, label: str) -> None:
+    """The file's logits on IDS, from the runtime (f32 cache) and from the oracle, within 1e-3 of want."""
+    with Model(path, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = _rel(m.eval(IDS), want)
+    ref = _rel(ReferenceModel(path).forward(IDS), want)
+    print(f"\n{label}: runtime vs transformers {got:.1e}, oracle {ref:.1e}")
+    assert got < 1e-3, f"{label}: runtime vs transformers {got:.2e}"
+    assert ref < 1e-3, f"{label}: oracle vs transformers {ref:.2e}"
+
+
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
 def test_llamacpp_layout_matches_transformers(tmp_path: Path, model_type: str) -> None:
     """A stock llama.cpp file of the family (qwen2: unpermuted q/k, NEOX RoPE, q/k/v biases) gives
@@ -99,13 +109,7 @@ def test_hf_folder_f16_matches_transformers(tmp_path: Path, family: str, layout:
     folder = save_hf_folder(hf, tmp_path / "hf", layout)
     out = tmp_path / "f16.gguf"
     assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) == 0
-    want = hf_logits(hf, IDS)
-    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
-        got = m.eval(IDS)
-    assert _rel(got, want) < 1e-3, f"{family}/{layout}: runtime vs transformers {_rel(got, want):.2e}"
-    ref = ReferenceModel(out).forward(IDS)
-    print(f"\n{family}/{layout} f16: runtime vs transformers {_rel(got, want):.1e}, oracle {_rel(ref, want):.1e}")
-    assert _rel(ref, want) < 1e-3, f"{family}/{layout}: oracle vs transformers {_rel(ref, want):.2e}"
+    _runtime_and_oracle_match(out, hf_logits(hf, IDS), f"{family}/{layout} f16")
     assert _native_greedy(out, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
 
 
@@ -172,12 +176,7 @@ def test_llamacpp_gemma2_matches_transformers(tmp_path: Path) -> None:
     hf = tiny_gemma2(seed=3, round_to=torch.float16, query_pre_attn_scalar=32)
     src = write_llamacpp_gguf(hf, tmp_path / "gemma2.gguf")
     want = hf_logits(hf, IDS)
-    with Model(src, n_ctx=128, n_threads=1, kv_type="f32") as m:
-        got = m.eval(IDS)
-    assert _rel(got, want) < 1e-3, f"runtime vs transformers {_rel(got, want):.2e}"
-    ref = ReferenceModel(src).forward(IDS)
-    print(f"\nllama.cpp gemma2: runtime vs transformers {_rel(got, want):.1e}, oracle {_rel(ref, want):.1e}")
-    assert _rel(ref, want) < 1e-3, f"oracle vs transformers {_rel(ref, want):.2e}"
+    _runtime_and_oracle_match(src, want, "llama.cpp gemma2")
     out = tmp_path / "re.f16.gguf"
     assert main(["convert", str(src), "--out", str(out), "--method", "f16", "--quiet"]) == 0
     md = read_model(out).metadata

@@ -24,9 +24,7 @@ import time
 import uuid
 from typing import Iterator, Sequence
 
-from ..errors import UsageError
-from ._native import UnsupportedError
-from .generate import TEMPLATES, Sampling, Timings, _pieces, _prompt_ids, format_chat
+from .generate import Sampling, Timings, _pieces, _prompt_ids, chat_prompt
 
 __all__ = ["create_completion", "create_chat_completion", "model_id", "Shape", "sampling", "chat_prompt", "prompt_ids"]
 
@@ -126,17 +124,6 @@ def create_completion(model, prompt: str | Sequence[int], max_tokens: int | None
     info: dict = {}
     pieces = _run(model, ids, s, timings, info)
     return _answer(Shape(False, model_name or model_id(model)), pieces, info, stream, include_usage)
-
-
-def chat_prompt(model, messages: Sequence[dict], template: str | None = None) -> list[int]:
-    """Token ids of the conversation formatted with the model's chat template (or `template`)."""
-    if template is not None and not isinstance(template, str):
-        raise UsageError(f"template must be a str, got {type(template).__name__}")
-    try:
-        tmpl = model.chat_template(template)
-    except UnsupportedError as exc:
-        raise UnsupportedError(f"{exc}; pass template= one of {', '.join(TEMPLATES)}") from None
-    return _prompt_ids(model, format_chat(messages, tmpl, add_assistant=True))
 
 
 def prompt_ids(model, prompt: str | Sequence[int]) -> list[int]:

@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 from ..errors import SpecQuantError, UsageError
 from ._native import INT32_MIN, ContextFullError, UnsupportedError, ffi, lib, raise_last
 
-__all__ = ["generate", "chat", "format_chat", "chat_template_name", "check_messages", "Timings", "TEMPLATES", "ROLES",
+__all__ = ["generate", "chat", "chat_prompt", "format_chat", "chat_template_name", "check_messages", "Timings", "TEMPLATES", "ROLES",
            "Sampling", "context_full"]
 
 ROLES = ("system", "user", "assistant")
@@ -312,13 +312,17 @@ def chat(model, messages: Sequence[dict], max_tokens: int = 128, temperature: fl
     template: None = the model's own (an error if it has none or it is not recognised), a built-in
     name (chatml, llama3, llama2, gemma, phi3) or a Jinja text of one. Other options as in generate()."""
     s = Sampling.check(max_tokens, temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n, seed, stop)
+    it = _pieces(model, chat_prompt(model, messages, template), s, timings if timings is not None else Timings())
+    return it if stream else "".join(it)
+
+
+def chat_prompt(model, messages: Sequence[dict], template: str | None = None) -> list[int]:
+    """Token ids of the conversation formatted with the model's chat template (or `template`),
+    ending with the assistant's turn opened."""
     if template is not None and not isinstance(template, str):
         raise UsageError(f"template must be a str, got {type(template).__name__}")
     try:
         tmpl = model.chat_template(template)
     except UnsupportedError as exc:
         raise UnsupportedError(f"{exc}; pass template= one of {', '.join(TEMPLATES)}") from None
-    prompt = format_chat(messages, tmpl, add_assistant=True)
-    ids = _prompt_ids(model, prompt)
-    it = _pieces(model, ids, s, timings if timings is not None else Timings())
-    return it if stream else "".join(it)
+    return _prompt_ids(model, format_chat(messages, tmpl, add_assistant=True))
