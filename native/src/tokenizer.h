@@ -5,6 +5,8 @@
  *    pre-tokenizer chosen by tokenizer.ggml.pre: gpt2 (default), smollm / starcoder (digits split
  *    one by one, then gpt2), llama-bpe / llama3 (Llama-3 regex), qwen2 (Qwen2 regex);
  *  - "llama": SentencePiece BPE (scores, byte fallback <0xNN>, ▁ for spaces, dummy prefix).
+ * A file whose specquant.tokenizer.normalizer is "nfc" (Qwen2's tokenizer.json normalizer) has each
+ * piece of text between special tokens put in Unicode NFC before it is split and merged, like HF.
  * Control tokens (<|im_end|>, <s>, ...) are recognised in text only when parse_special; user-defined
  * tokens always, like the Hugging Face tokenizer. The result equals Hugging Face's ids (tests).
  *
@@ -60,6 +62,7 @@ typedef struct {
     const sq_str *merges;     /* "left right" in the file's spelling (BPE only) */
     int32_t bos, eos, unk, eot, eom; /* -1: none */
     int add_bos, add_eos, add_space_prefix; /* -1: the kind's default (SPM: 1, 0, 1; BPE: 0, 0, 0) */
+    const char *normalizer;   /* specquant.tokenizer.normalizer: NULL or "none", or "nfc" (NUL-terminated) */
 } sq_vocab_desc;
 
 /* NULL on error (set with sq_set_error: SQ_ERR_FORMAT for bad metadata, SQ_ERR_UNSUPPORTED for an

@@ -41,9 +41,22 @@ int sq_utf8_valid(const uint8_t *s, size_t n);
 int sq_uclass(uint32_t cp);   /* SQ_UCLASS_*; OTHER for SQ_UTF8_INVALID */
 int sq_uis_space(uint32_t cp); /* Unicode White_Space (what \s matches in Oniguruma/Rust regex) */
 
+/* NFC (Unicode canonical composition, UAX #15), for tokenizers whose normalizer is NFC.
+ * sq_nfc_maybe: 0 when s[0..n) is surely its own NFC (no code point whose NFC quick check is not
+ * Yes), so the caller can skip sq_nfc; 1 when it may change.
+ * sq_nfc: the NFC of s[0..n) into out (room for 3n bytes: NFC grows UTF-8 at most 3 times), using
+ * work (room for 2n code points); returns the length written. An invalid UTF-8 byte is copied
+ * unchanged and neither composes nor reorders (it acts as a starter). */
+int sq_nfc_maybe(const uint8_t *s, size_t n);
+size_t sq_nfc(const uint8_t *s, size_t n, uint32_t *work, uint8_t *out);
+int sq_ucombining(uint32_t cp); /* canonical combining class */
+
 /* generated */
 extern const uint32_t sq_unicode_ranges[];
 extern const int sq_unicode_n_ranges;
 extern const char sq_unicode_version[];
+extern const uint32_t sq_nfc_ccc[], sq_nfc_decomp_pool[], sq_nfc_comp_result[], sq_nfc_unsafe[];
+extern const uint64_t sq_nfc_decomp[], sq_nfc_comp[];
+extern const int sq_nfc_n_ccc, sq_nfc_n_decomp, sq_nfc_n_comp, sq_nfc_n_unsafe;
 
 #endif

@@ -19,6 +19,11 @@ _QWEN2_RE = _LLAMA3_RE.replace(r"\p{N}{1,3}", r"\p{N}")
 # Mistral's "tekken" splits on letter case (\p{Lu}/\p{Ll}), which the runtime does not implement
 _TEKKEN_MARK = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
 
+# Text normalization before the pre-tokenizer, as tokenizer.json's "normalizer" says (Qwen2: NFC).
+# Our key (docs/FORMAT.md): llama.cpp has none and does not normalize.
+NORMALIZER_KEY = "specquant.tokenizer.normalizer"
+NORMALIZERS = {"NFC": "nfc"}
+
 # names --pre-tokenizer accepts: those the runtime runs (tokenizer.c), one per behaviour
 PRE_TOKENIZERS = ("gpt2", "llama-bpe", "qwen2", "smollm")
 
@@ -70,6 +75,21 @@ def pre_tokenizer_name(tokenizer_json: dict, where: str) -> str:
                          f"pass --pre-tokenizer NAME to force one of {', '.join(PRE_TOKENIZERS)}")
 
 
+def normalizer_name(tokenizer_json: dict, where: str) -> str | None:
+    """specquant.tokenizer.normalizer of a byte-level BPE tokenizer.json: None (no normalizer) or one
+    the runtime applies ("nfc"); any other normalizer is refused rather than silently skipped."""
+    norm = tokenizer_json.get("normalizer")
+    if norm is None:
+        return None
+    kind = norm.get("type") if isinstance(norm, dict) else None
+    if kind == "Sequence" and not (norm.get("normalizers") or []):
+        return None
+    if kind in NORMALIZERS:
+        return NORMALIZERS[kind]
+    raise SpecQuantError(f"{where}: the normalizer {json.dumps(norm)[:120]} is not supported by the runtime "
+                         f"(supported: none, {', '.join(NORMALIZERS)})")
+
+
 def _is_tiktoken(path: Path) -> bool:
     """A tiktoken BPE file (lines "base64-token rank", Llama 3's tokenizer.model), not SentencePiece."""
     try:
@@ -81,12 +101,22 @@ def _is_tiktoken(path: Path) -> bool:
     return len(line) == 2 and line[1].strip().isdigit() and all(32 < c < 127 for c in line[0])
 
 
+def _spm_special_ids(path: Path) -> dict[str, int]:
+    """bos / eos / unk / pad ids a SentencePiece model defines itself (trainer_spec; -1 = none)."""
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor(model_file=str(path))
+    ids = {"bos": sp.bos_id(), "eos": sp.eos_id(), "unk": sp.unk_id(), "pad": sp.pad_id()}
+    return {k: v for k, v in ids.items() if 0 <= v < sp.get_piece_size()}
+
+
 def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None = None) -> dict[str, tuple[Any, Any]]:
     """tokenizer.* GGUF keys of an HF folder, built with gguf.vocab's helpers (like llama.cpp's converter).
     pre_tokenizer: force tokenizer.ggml.pre (--pre-tokenizer) instead of identifying it."""
     import gguf
 
     out: dict[str, tuple[Any, Any]] = {}
+    normalizer: str | None = None  # SentencePiece: the model's own normalization is the SPM rules
     spm, tjson = folder / "tokenizer.model", folder / "tokenizer.json"
     tiktoken = spm.is_file() and _is_tiktoken(spm)
     if spm.is_file() and not tiktoken:
@@ -103,6 +133,7 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
         pre = pre_tokenizer or pre_tokenizer_name(tj, str(tjson))
         if pre_tokenizer and pre_tokenizer not in PRE_TOKENIZERS:
             raise SpecQuantError(f"--pre-tokenizer {pre_tokenizer}: not one of {', '.join(PRE_TOKENIZERS)}")
+        normalizer = normalizer_name(tj, str(tjson))
         vocab = gguf.vocab.BpeVocab(folder)
         model = "gpt2"
     elif tiktoken:
@@ -138,6 +169,8 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
         types.append(int(gguf.TokenType.UNUSED))
     out["tokenizer.ggml.model"] = (model, None)
     out["tokenizer.ggml.pre"] = (pre, None)
+    if normalizer is not None:
+        out[NORMALIZER_KEY] = (normalizer, None)
     space_prefix = ARCHS[config.arch].spm_space_prefix
     if model == "llama" and space_prefix is not None:  # SentencePiece without a dummy prefix (Gemma)
         out["tokenizer.ggml.add_space_prefix"] = (space_prefix, None)
@@ -147,7 +180,11 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
     special = gguf.SpecialVocab(folder, load_merges=model == "gpt2", n_vocab=config.vocab_size)
     if special.merges:
         out["tokenizer.ggml.merges"] = (list(special.merges), None)
-    for typ, tid in special.special_token_ids.items():
+    ids = dict(special.special_token_ids)
+    if model == "llama":  # no tokenizer_config.json / config.json (an original release): the model's own ids
+        for typ, tid in _spm_special_ids(spm).items():
+            ids.setdefault(typ, tid)
+    for typ, tid in ids.items():
         key = "padding" if typ == "pad" else typ
         out[f"tokenizer.ggml.{key}_token_id"] = (int(tid), gguf.GGUFValueType.UINT32)
     for typ, value in special.add_special_token.items():

@@ -2,7 +2,8 @@
 
 Byte-level BPE files (tokenizer.ggml.model = "gpt2": SmolLM2, Qwen2, Llama 3, ...) are built
 directly with the `tokenizers` library from the stored tokens and merges, with the pre-tokenizer
-that llama.cpp uses for the file's tokenizer.ggml.pre. Anything else (SentencePiece "llama", ...) is
+that llama.cpp uses for the file's tokenizer.ggml.pre, and NFC first when
+specquant.tokenizer.normalizer = "nfc". Anything else (SentencePiece "llama", ...) is
 loaded through transformers' own GGUF support (AutoTokenizer.from_pretrained(dir, gguf_file=...)).
 
 Special (control / user-defined) tokens written in the text are NOT recognised unless
@@ -82,7 +83,7 @@ class TextTokenizer:
 
 def _build_byte_bpe(md: dict[str, Any], parse_special: bool):
     try:
-        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+        from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     except ImportError:
         raise SpecQuantError("the reference tokenizer needs the 'tokenizers' package (pip install tokenizers)") from None
     tokens = md.get("tokenizer.ggml.tokens")
@@ -110,6 +111,11 @@ def _build_byte_bpe(md: dict[str, Any], parse_special: bool):
     seq.append(pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False))
     tok.pre_tokenizer = pre_tokenizers.Sequence(seq)
     tok.decoder = decoders.ByteLevel()
+    norm = md.get("specquant.tokenizer.normalizer")
+    if norm == "nfc":  # Qwen2's tokenizer.json normalizer (docs/FORMAT.md)
+        tok.normalizer = normalizers.NFC()
+    elif norm not in (None, "none"):
+        raise SpecQuantError(f"unsupported specquant.tokenizer.normalizer {norm!r} (supported: none, nfc)")
     if parse_special:
         types = md.get("tokenizer.ggml.token_type", [])
         special = [tokens[i] for i, t in enumerate(types) if t in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)]
