@@ -43,6 +43,23 @@ def test_batch_equals_lone_models(model_path) -> None:
         assert [b.n_past(i) for i in range(len(PROMPTS))] == [len(p) + steps for p in PROMPTS]
 
 
+@pytest.mark.parametrize("n_seq", [2, 3, 4])
+def test_batch_few_sequences_equal_lone_models(model_path, n_seq) -> None:
+    """Decode steps of 2..4 sequences: the kernels' few-token paths (several tokens against each
+    weight row as it is read), bit for bit what each sequence gets on its own."""
+    steps = 6
+    prompts = PROMPTS[:n_seq]
+    want = [_lone(model_path, p, steps) for p in prompts]
+    with Model(model_path, n_ctx=128, n_threads=2, n_seq=n_seq) as m:
+        b = m.batch
+        for i, p in enumerate(prompts):
+            assert np.array_equal(b.eval([i] * len(p), p)[0], want[i][0]), f"prompt of sequence {i}"
+        for step in range(steps):
+            got = b.eval(list(range(n_seq)), [int(w[step].argmax()) for w in want])
+            for i in range(n_seq):
+                assert np.array_equal(got[i], want[i][step + 1]), f"{n_seq} sequences: sequence {i}, step {step}"
+
+
 def test_batch_mixed_prefill_and_decode_and_rewind(tiny_sq4) -> None:
     """A prompt joining while other sequences decode; a sequence rewound and reused; want flags."""
     a, c = PROMPTS[0], PROMPTS[4]

@@ -428,6 +428,19 @@ static void test_sq4(int iters) {
         c.apat = rnd_int(0, 9) < 8 ? 0 : rnd_int(1, 3);
         run_sq4_case(&c);
     }
+    /* the few-token path (a batched decode step): many groups per row, so the epilogue's
+     * (group, token) lanes and the leftover groups are both exercised */
+    for (int it = 0; it < iters / 3 + 1; it++) {
+        mm_case c = {rnd_int(1, 37), 0, groups[rnd_int(0, 2)], rnd_int(2, 4), rnd_int(0, 1) ? 8 : 4, 0, 0};
+        c.K = c.G * rnd_int(1, 40);
+        if (it % 8 == 7) c.wpat = rnd_int(1, 4), c.apat = rnd_int(1, 3);
+        run_sq4_case(&c);
+    }
+    /* more groups than one segment of interleaved scales (2048 / 4 per token chunk) */
+    for (int nt = 2; nt <= 4; nt++) {
+        mm_case many = {5, 32 * 600, 32, nt, 8, 0, 0};
+        run_sq4_case(&many);
+    }
     /* the largest per-row group the math must hold: K = G = 8192, u8 activations at the extremes */
     mm_case big = {3, 8192, 8192, 2, 8, 1, 2};
     run_sq4_case(&big);
@@ -435,6 +448,8 @@ static void test_sq4(int iters) {
     for (int bits = 4; bits <= 8; bits += 4) {
         mm_case wide = {19, 2080, 2080, 5, bits, 0, 0};
         run_sq4_case(&wide);
+        mm_case wide_many = {7, 2080, 2080, 71, bits, 0, 0}; /* more tokens than one block of the few-token path */
+        run_sq4_case(&wide_many);
     }
 }
 
@@ -442,6 +457,8 @@ static void test_sq4(int iters) {
 static void test_q8(int iters) {
     for (int it = 0; it < iters; it++) {
         int rows = rnd_int(1, 37), nb = rnd_int(1, 20), K = 32 * nb, nt = rnd_int(1, 17);
+        if (it % 2) nt = rnd_int(2, 8);                     /* the few-token path (a batched decode step) */
+        if (it % 16 == 5) nb = rnd_int(250, 530), K = 32 * nb; /* past one segment of activation scales */
         int pat = it % 4; /* 0 random, 1 all -128, 2 all 127, 3 random with -128 */
         uint8_t *data = xmalloc((size_t)rows * nb * 34);
         for (int r = 0; r < rows; r++)

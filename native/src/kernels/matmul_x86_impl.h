@@ -229,52 +229,69 @@ SQ_INLINE void group_dot_nt(const uint8_t *nib, const uint8_t *const qx[NT_MAX],
     for (int t = 0; t < nt; t++) out[t] = _mm256_add_epi32(acc[t], WIDEN(p[t]));
 }
 
-/* Row r for tokens t0 .. t0 + nt - 1 (nt <= NT_MAX): y[t * ldy] for each (y: row r of token t0). */
-SQ_INLINE void row_decode_nt(const sq_sq4_matrix *w, const sq_qact *x, int r, int t0, int nt, float *y, int ldy,
-                             const int G) {
-    const int K = w->K, ng = K / G, bs = 2 + G / 2;
-    const uint8_t *row = w->data + (size_t)r * bs * ng;
-    const int32_t *ws = w->wsum + (size_t)r * ng;
-    const uint8_t *qx[NT_MAX];
-    float ys[NT_MAX];
-    for (int t = 0; t < nt; t++) {
-        qx[t] = x->q + (size_t)(t0 + t) * K;
-        ys[t] = 0.0f;
-    }
+/* Row `row` (its groups from the segment start on, ws its weight sums there), ngs groups of the
+ * tokens qx[0..nt) (pointers at the segment start), running sums ys[0..nt). The integer group sums
+ * are row_decode's; the epilogue works on (group, token) lanes: one reduce8 gives NG = 8 / NTP
+ * groups × NTP tokens (nt ≤ NTP, lanes of missing tokens are zero and never stored), then
+ * s − z·Σq_w and the terms s·(d_w·d_x), 8 lanes at a time, into tb[group][NTP]. zt / dxt: the
+ * tokens' zero points and scales in the same [group][NTP] order (few_interleave). The terms are
+ * added to ys in group order at the end, in a loop of their own: inside the main loop that
+ * serial chain of adds (kept in memory for want of registers) bounded the speed. */
+SQ_INLINE void row_few(const uint8_t *row, const int32_t *ws, const uint8_t *const qx[NT_MAX], const int32_t *zt,
+                       const float *dxt, int ngs, const int nt, float ys[NT_MAX], float *tb, const int G,
+                       const int NTP) {
+    const int NG = 8 / NTP, bs = 2 + G / 2;
     int g = 0;
-    for (; g + 8 <= ng; g += 8) {
-        __m256i v[NT_MAX][8], o[NT_MAX];
+    for (; g + NG <= ngs; g += NG) {
+        __m256i v[8], o[NT_MAX];
         const uint8_t *q[NT_MAX];
-        for (int j = 0; j < 8; j++) {
-            for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)(g + j) * G;
-            group_dot_nt(row + (size_t)(g + j) * bs + 2, q, G, nt, o);
-            for (int t = 0; t < nt; t++) v[t][j] = o[t];
+        float dw[8];
+        for (int k = 0; k < NG; k++) {
+            const uint8_t *blk = row + (size_t)(g + k) * bs;
+            for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)(g + k) * G;
+            group_dot_nt(blk + 2, q, G, nt, o);
+            for (int t = 0; t < NTP; t++) v[k * NTP + t] = t < nt ? o[t] : _mm256_setzero_si256();
+            dw[k] = fp16_load(blk);
         }
-        __m256 dw = load_scales8(row + (size_t)g * bs, bs);
-        __m256i wsv = _mm256_loadu_si256((const __m256i *)(ws + g));
-        for (int t = 0; t < nt; t++) {
-            const size_t tg = (size_t)(t0 + t) * ng + g;
-            __m256i s = _mm256_sub_epi32(reduce8(v[t]),
-                                         _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(x->z + tg)), wsv));
-            __m256 sc = _mm256_mul_ps(dw, _mm256_loadu_ps(x->d + tg));
-            float term[8];
-            _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
-            for (int j = 0; j < 8; j++) ys[t] += term[j];
+        __m256 dwv;
+        __m256i wsv;
+        if (NTP == 4) {
+            dwv = _mm256_setr_m128(_mm_set1_ps(dw[0]), _mm_set1_ps(dw[1]));
+            wsv = _mm256_setr_m128i(_mm_set1_epi32(ws[g]), _mm_set1_epi32(ws[g + 1]));
+        } else { /* NTP == 2 */
+            dwv = _mm256_setr_ps(dw[0], dw[0], dw[1], dw[1], dw[2], dw[2], dw[3], dw[3]);
+            wsv = _mm256_setr_epi32(ws[g], ws[g], ws[g + 1], ws[g + 1], ws[g + 2], ws[g + 2], ws[g + 3], ws[g + 3]);
         }
+        const __m256i s = _mm256_sub_epi32(
+            reduce8(v), _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + (size_t)g * NTP)), wsv));
+        _mm256_storeu_ps(tb + (size_t)g * NTP,
+                         _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dwv, _mm256_loadu_ps(dxt + (size_t)g * NTP))));
     }
-    for (; g < ng; g++) {
+    for (; g < ngs; g++) { /* the last ngs % NG groups, one at a time */
         const uint8_t *blk = row + (size_t)g * bs;
         __m256i o[NT_MAX];
         const uint8_t *q[NT_MAX];
         for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)g * G;
         group_dot_nt(blk + 2, q, G, nt, o);
+        const float dw = fp16_load(blk);
         for (int t = 0; t < nt; t++) {
-            const size_t tg = (size_t)(t0 + t) * ng + g;
-            int32_t s = hsum_epi32(o[t]) - x->z[tg] * ws[g];
-            ys[t] += (float)s * (fp16_load(blk) * x->d[tg]);
+            const int32_t sg = hsum_epi32(o[t]) - zt[(size_t)g * NTP + t] * ws[g];
+            tb[(size_t)g * NTP + t] = (float)sg * (dw * dxt[(size_t)g * NTP + t]);
         }
     }
-    for (int t = 0; t < nt; t++) y[(size_t)t * ldy] = ys[t];
+    if (NTP == 4) {
+        __m128 y4 = _mm_loadu_ps(ys);
+        for (g = 0; g < ngs; g++) y4 = _mm_add_ps(y4, _mm_loadu_ps(tb + (size_t)g * 4));
+        _mm_storeu_ps(ys, y4);
+    } else {
+        float y0 = ys[0], y1 = ys[1];
+        for (g = 0; g < ngs; g++) {
+            y0 += tb[(size_t)g * 2];
+            y1 += tb[(size_t)g * 2 + 1];
+        }
+        ys[0] = y0;
+        ys[1] = y1;
+    }
 }
 
 /* ---- prefill: 16 rows × 4 tokens per tile over pre-unpacked, row-interleaved weights ---------
@@ -524,33 +541,81 @@ static void decode_rows(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
     }
 }
 
-/* rows [r0, r1) of 2..PREFILL_MIN_TOK-1 tokens: per row, tokens in chunks of NT_MAX (the row stays in L1 between
- * chunks, so it is read from memory once). y: row 0 of token 0's output. */
-#define DEF_DECODE_NT(NAME, GEXPR)                                                                       \
-    static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {     \
-        for (int r = r0; r < r1; r++)                                                                   \
-            for (int t0 = 0; t0 < x->n_tok; t0 += NT_MAX) {                                             \
-                const int nt = x->n_tok - t0 < NT_MAX ? x->n_tok - t0 : NT_MAX;                         \
-                float *yr = y + (size_t)t0 * ldy + r;                                                   \
-                switch (nt) { /* constant nt: the token loops unroll */                                 \
-                case 1: row_decode_nt(w, x, r, t0, 1, yr, ldy, GEXPR); break;                           \
-                case 2: row_decode_nt(w, x, r, t0, 2, yr, ldy, GEXPR); break;                           \
-                case 3: row_decode_nt(w, x, r, t0, 3, yr, ldy, GEXPR); break;                           \
-                default: row_decode_nt(w, x, r, t0, 4, yr, ldy, GEXPR); break;                          \
-                }                                                                                       \
-            }                                                                                           \
+/* Rows [r0, r1) of 2 or more tokens (fewer than PREFILL_MIN_TOK, or any count when G > SEG_MAX):
+ * per row, the tokens in chunks of NT_MAX (the row stays in L1 between chunks: it is read from
+ * memory once per FEW_TOK tokens). Groups go in segments whose interleaved zero points and scales
+ * (few_interleave) fit FEW_BUF entries; between segments the running sums wait in y, so groups
+ * are still added in order. */
+#define FEW_TOK 64
+#define FEW_BUF 2048
+
+/* zt / dxt of chunk c at c·seg·NT_MAX: [group][lane], the chunk's nt tokens padded to 2 or 4 lanes */
+static void few_interleave(const sq_qact *x, int ng, int tb, int ntb, int g0, int ngs, int seg, int32_t *zt,
+                           float *dxt) {
+    for (int c = 0; c * NT_MAX < ntb; c++) {
+        const int nt = ntb - c * NT_MAX < NT_MAX ? ntb - c * NT_MAX : NT_MAX, ntp = nt <= 2 ? 2 : 4;
+        int32_t *zc = zt + (size_t)c * seg * NT_MAX;
+        float *dc = dxt + (size_t)c * seg * NT_MAX;
+        for (int g = 0; g < ngs; g++)
+            for (int t = 0; t < ntp; t++) {
+                const size_t src = (size_t)(tb + c * NT_MAX + t) * ng + g0 + g;
+                zc[(size_t)g * ntp + t] = t < nt ? x->z[src] : 0;
+                dc[(size_t)g * ntp + t] = t < nt ? x->d[src] : 0.0f;
+            }
     }
-DEF_DECODE_NT(decode_nt_32, 32)
-DEF_DECODE_NT(decode_nt_64, 64)
-DEF_DECODE_NT(decode_nt_128, 128)
-DEF_DECODE_NT(decode_nt_any, w->G)
+}
+
+SQ_INLINE void decode_few(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy, const int G) {
+    const int K = w->K, ng = K / G, bs = 2 + G / 2;
+    int32_t zt[FEW_BUF];
+    float dxt[FEW_BUF], terms[FEW_BUF];
+    for (int tb = 0; tb < x->n_tok; tb += FEW_TOK) {
+        const int ntb = x->n_tok - tb < FEW_TOK ? x->n_tok - tb : FEW_TOK, n_ch = (ntb + NT_MAX - 1) / NT_MAX;
+        const int seg = FEW_BUF / (n_ch * NT_MAX);
+        for (int g0 = 0; g0 < ng; g0 += seg) {
+            const int ngs = ng - g0 < seg ? ng - g0 : seg;
+            few_interleave(x, ng, tb, ntb, g0, ngs, seg, zt, dxt);
+            for (int r = r0; r < r1; r++) {
+                const uint8_t *row = w->data + (size_t)r * bs * ng + (size_t)g0 * bs;
+                const int32_t *ws = w->wsum + (size_t)r * ng + g0;
+                for (int c = 0; c < n_ch; c++) {
+                    const int t0 = tb + c * NT_MAX, nt = ntb - c * NT_MAX < NT_MAX ? ntb - c * NT_MAX : NT_MAX;
+                    const uint8_t *qx[NT_MAX];
+                    float ys[NT_MAX] = {0};
+                    for (int t = 0; t < nt; t++) {
+                        qx[t] = x->q + (size_t)(t0 + t) * K + (size_t)g0 * G;
+                        if (g0 > 0) ys[t] = y[(size_t)(t0 + t) * ldy + r];
+                    }
+                    const int32_t *zc = zt + (size_t)c * seg * NT_MAX;
+                    const float *dc = dxt + (size_t)c * seg * NT_MAX;
+                    switch (nt) { /* constant nt: the token loops unroll */
+                    case 1: row_few(row, ws, qx, zc, dc, ngs, 1, ys, terms, G, 2); break;
+                    case 2: row_few(row, ws, qx, zc, dc, ngs, 2, ys, terms, G, 2); break;
+                    case 3: row_few(row, ws, qx, zc, dc, ngs, 3, ys, terms, G, 4); break;
+                    default: row_few(row, ws, qx, zc, dc, ngs, 4, ys, terms, G, 4); break;
+                    }
+                    for (int t = 0; t < nt; t++) y[(size_t)(t0 + t) * ldy + r] = ys[t];
+                }
+            }
+        }
+    }
+}
+
+#define DEF_DECODE_FEW(NAME, GEXPR)                                                                 \
+    static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) { \
+        decode_few(w, x, r0, r1, y, ldy, GEXPR);                                                    \
+    }
+DEF_DECODE_FEW(decode_few_32, 32)
+DEF_DECODE_FEW(decode_few_64, 64)
+DEF_DECODE_FEW(decode_few_128, 128)
+DEF_DECODE_FEW(decode_few_any, w->G)
 
 static void decode_rows_nt(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {
     switch (w->G) {
-    case 32: decode_nt_32(w, x, r0, r1, y, ldy); break;
-    case 64: decode_nt_64(w, x, r0, r1, y, ldy); break;
-    case 128: decode_nt_128(w, x, r0, r1, y, ldy); break;
-    default: decode_nt_any(w, x, r0, r1, y, ldy); break;
+    case 32: decode_few_32(w, x, r0, r1, y, ldy); break;
+    case 64: decode_few_64(w, x, r0, r1, y, ldy); break;
+    case 128: decode_few_128(w, x, r0, r1, y, ldy); break;
+    default: decode_few_any(w, x, r0, r1, y, ldy); break;
     }
 }
 
@@ -590,8 +655,7 @@ static inline __m256i dot_s8(__m256i wv, __m256i av) {
 #endif
 }
 
-#define Q8_T 3 /* from this many tokens on, the tiled path */
-/* Few tokens: one row at a time, each weight byte read once. Walking one row after the other
+/* One token: one row at a time, each weight byte read once. Walking one row after the other
  * keeps the access a single sequential stream: interleaving 4 rows measured half the bandwidth.
  * Block sums are exact int32 (8 blocks per reduce8), then added in block order. */
 static void q8_decode(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
@@ -623,6 +687,123 @@ static void q8_decode(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, 
             y[(size_t)t * ldy + r] = ys;
         }
     }
+}
+
+/* ---- Q8_0, few tokens (a decode step of several sequences) -----------------------------------
+ * One row at a time, all tokens of a chunk (up to 8) against it: the row comes from memory once
+ * and stays in L1 while every token uses it. A reduce8 turns 8 (block, token) vectors into 8 exact
+ * int32 block sums at once, with the lanes laid out as 8 / NTP blocks × NTP tokens (the token count
+ * nt padded to NTP = 2, 4 or 8; padding lanes are zero vectors, never stored). The fp32 terms
+ * acc·(d_w·d_x) are formed 8 at
+ * a time and added to each token's sum in block order (kernels.h canonical epilogue): for 4 and 8
+ * tokens that is a vector add per block, with one lane per token. The activation scales of a
+ * segment of blocks are first laid out in the same (block, token) order (dxt), once per call. */
+#define Q8_FEW_MAX 8      /* up to this many tokens per call: the few-token path */
+#define Q8_SEG_FEW 256    /* blocks of activation scales interleaved at a time (8 KB of floats) */
+
+/* |w| (u8, 128 for −128) and w for the sign: wa, wq. One block · one token: 8 int32 lanes. */
+static inline __m256i dot_s8_pre(__m256i wa, __m256i wq, __m256i av) {
+#if SQ_X86_VNNI
+    return sq_dpbusd(_mm256_setzero_si256(), wa, _mm256_sign_epi8(av, wq));
+#else
+    return WIDEN(_mm256_maddubs_epi16(wa, _mm256_sign_epi8(av, wq)));
+#endif
+}
+
+/* Row `row` (nbs blocks, running sums in ys[0..NTP)), blocks [b0, b0+nbs) of tokens qx[0..NTP). */
+SQ_INLINE void q8_row_few(const uint8_t *row, const int8_t *const qx[Q8_FEW_MAX], const float *dxt, int nbs,
+                          float ys[Q8_FEW_MAX], const int nt, const int NTP) {
+    const int NB = 8 / NTP; /* blocks per reduce8 */
+    __m128 y4 = _mm_setzero_ps();
+    __m256 y8 = _mm256_setzero_ps();
+    if (NTP == 4) y4 = _mm_loadu_ps(ys);
+    if (NTP == 8) y8 = _mm256_loadu_ps(ys);
+    int b = 0;
+    for (; b + NB <= nbs; b += NB) {
+        __m256i v[8];
+        float dw[8];
+        for (int k = 0; k < NB; k++) {
+            const uint8_t *blk = row + (size_t)(b + k) * 34;
+            const __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2)), wa = _mm256_sign_epi8(wq, wq);
+            dw[k] = fp16_load(blk);
+            for (int t = 0; t < NTP; t++) /* padding lanes: zero, never stored */
+                v[k * NTP + t] = t < nt ? dot_s8_pre(wa, wq, _mm256_loadu_si256((const __m256i *)(qx[t] + (size_t)(b + k) * 32)))
+                                        : _mm256_setzero_si256();
+        }
+        __m256 dwv;
+        if (NTP == 8) dwv = _mm256_set1_ps(dw[0]);
+        else if (NTP == 4) dwv = _mm256_setr_m128(_mm_set1_ps(dw[0]), _mm_set1_ps(dw[1]));
+        else if (NTP == 2) dwv = _mm256_setr_ps(dw[0], dw[0], dw[1], dw[1], dw[2], dw[2], dw[3], dw[3]);
+        else dwv = _mm256_setr_ps(dw[0], dw[1], dw[2], dw[3], dw[4], dw[5], dw[6], dw[7]);
+        const __m256 sc = _mm256_mul_ps(dwv, _mm256_loadu_ps(dxt + (size_t)b * NTP));
+        const __m256 term = _mm256_mul_ps(_mm256_cvtepi32_ps(reduce8(v)), sc);
+        if (NTP == 8) {
+            y8 = _mm256_add_ps(y8, term);
+        } else if (NTP == 4) {
+            y4 = _mm_add_ps(y4, _mm256_castps256_ps128(term));
+            y4 = _mm_add_ps(y4, _mm256_extractf128_ps(term, 1));
+        } else {
+            float tm[8];
+            _mm256_storeu_ps(tm, term);
+            for (int k = 0; k < NB; k++)
+                for (int t = 0; t < NTP; t++) ys[t] += tm[k * NTP + t];
+        }
+    }
+    if (NTP == 4) _mm_storeu_ps(ys, y4);
+    if (NTP == 8) _mm256_storeu_ps(ys, y8);
+    for (; b < nbs; b++) { /* the last nbs % NB blocks, one at a time */
+        const uint8_t *blk = row + (size_t)b * 34;
+        const __m256i wq = _mm256_loadu_si256((const __m256i *)(blk + 2)), wa = _mm256_sign_epi8(wq, wq);
+        const float dw = fp16_load(blk);
+        for (int t = 0; t < nt; t++) {
+            const int32_t s = hsum_epi32(dot_s8_pre(wa, wq, _mm256_loadu_si256((const __m256i *)(qx[t] + (size_t)b * 32))));
+            ys[t] += (float)s * (dw * dxt[(size_t)b * NTP + t]);
+        }
+    }
+}
+
+/* Rows [r0, r1) of tokens [t0, t0 + nt), nt <= NTP: blocks in segments of Q8_SEG_FEW, running
+ * sums kept in y between segments (so blocks are still added in order). */
+SQ_INLINE void q8_few_chunk(const sq_q8_matrix *w, const sq_q8act *x, int t0, int nt, int r0, int r1, float *y,
+                            int ldy, const int NTP) {
+    const int K = w->K, nb = K / 32;
+    const size_t row_bytes = (size_t)34 * nb;
+    float dxt[Q8_SEG_FEW * Q8_FEW_MAX] __attribute__((aligned(32)));
+    for (int b0 = 0; b0 < nb; b0 += Q8_SEG_FEW) {
+        const int nbs = nb - b0 < Q8_SEG_FEW ? nb - b0 : Q8_SEG_FEW;
+        const int8_t *qx[Q8_FEW_MAX];
+        for (int t = 0; t < NTP; t++) {
+            const int tt = t0 + (t < nt ? t : nt - 1); /* padding lanes: any valid pointer and scale */
+            qx[t] = x->q + (size_t)tt * K + (size_t)b0 * 32;
+            for (int b = 0; b < nbs; b++) dxt[(size_t)b * NTP + t] = x->d[(size_t)tt * nb + b0 + b];
+        }
+        for (int r = r0; r < r1; r++) {
+            float ys[Q8_FEW_MAX] = {0};
+            if (b0 > 0)
+                for (int t = 0; t < nt; t++) ys[t] = y[(size_t)(t0 + t) * ldy + r];
+            q8_row_few(w->data + (size_t)r * row_bytes + (size_t)b0 * 34, qx, dxt, nbs, ys, nt, NTP);
+            for (int t = 0; t < nt; t++) y[(size_t)(t0 + t) * ldy + r] = ys[t];
+        }
+    }
+}
+
+#define DEF_Q8_FEW(NAME, NT, NTP)                                                                 \
+    static void NAME(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) { \
+        q8_few_chunk(w, x, 0, NT, r0, r1, y, ldy, NTP);                                             \
+    }
+DEF_Q8_FEW(q8_few_2, 2, 2)
+DEF_Q8_FEW(q8_few_3, 3, 4)
+DEF_Q8_FEW(q8_few_4, 4, 4)
+DEF_Q8_FEW(q8_few_5, 5, 8)
+DEF_Q8_FEW(q8_few_6, 6, 8)
+DEF_Q8_FEW(q8_few_7, 7, 8)
+DEF_Q8_FEW(q8_few_8, 8, 8)
+
+/* 2 .. Q8_FEW_MAX tokens, as one chunk; constant token counts so that the token loops unroll */
+static void q8_few(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
+    static void (*const fn[Q8_FEW_MAX + 1])(const sq_q8_matrix *, const sq_q8act *, int, int, float *, int) = {
+        NULL, NULL, q8_few_2, q8_few_3, q8_few_4, q8_few_5, q8_few_6, q8_few_7, q8_few_8};
+    fn[x->n_tok](w, x, r0, r1, y, ldy);
 }
 
 /* Prefill: 16 rows × 4 tokens, rows interleaved per k-step like the SQ4 tile. maddubs needs one
@@ -693,8 +874,12 @@ static void q8_quad(const q8_tile *tl, const int8_t *const qa[PF_T], const float
 
 static void matmul_q8_x86(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
     const int K = w->K, nb = K / 32, nt = x->n_tok;
-    if (nt < Q8_T) {
+    if (nt == 1) {
         q8_decode(w, x, r0, r1, y, ldy);
+        return;
+    }
+    if (nt <= Q8_FEW_MAX) {
+        q8_few(w, x, r0, r1, y, ldy);
         return;
     }
     const int seg_blocks = Q8_SEG / 32;
