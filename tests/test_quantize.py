@@ -122,3 +122,40 @@ def test_wht_rejects_bad_sizes() -> None:
         wht_groups(torch.zeros(2, 96), 64)
     with pytest.raises(ValueError):
         wht_groups(torch.zeros(2, 96), 48)
+
+
+def _textbook_gptq(w: torch.Tensor, hess: torch.Tensor, group: int, damp: float = 0.01) -> torch.Tensor:
+    """GPTQ as the paper writes it, in float64: the upper Cholesky factor U of the damped H⁻¹, one
+    column at a time, each scale chosen when its group is entered. Returns the dequantized weight."""
+    w = w.double().clone()
+    h = hess.double().clone()
+    h.diagonal().add_(damp * h.diagonal().mean())
+    u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    out = torch.zeros_like(w)
+    for j in range(w.shape[1]):
+        if j % group == 0:
+            d = group_scales(w[:, j:j + group].float()).double()
+        q = torch.clamp(torch.round(w[:, j] / d), -8, 7) * d
+        out[:, j] = q
+        e = (w[:, j] - q) / u[j, j]
+        w[:, j + 1:] -= torch.outer(e, u[j, j + 1:])
+    return out
+
+
+@pytest.mark.parametrize("block", [8, 32, 64])
+def test_gptq_equals_the_textbook_algorithm(block: int) -> None:
+    """gptq() works on V (H = V·Vᵀ) instead of the Cholesky factor of H⁻¹, transposed and in blocks:
+    the same algorithm, so the same weights up to float32 rounding (a rare tie flips one value)."""
+    g = torch.Generator().manual_seed(11)
+    n = 128
+    x = torch.randn(4096, n, generator=g) @ (torch.eye(n) + torch.randn(n, n, generator=g) / n ** 0.5)
+    w = _gauss(40, n, seed=12)
+    hess = x.t() @ x
+    ref = _textbook_gptq(w, hess, 32)
+    q, d = gptq(w, hess, 32, block=block)
+    got = dequantize(q, d, 32).double()
+    assert (got == ref.float().double()).float().mean() > 0.99
+    y = x.double() @ w.double().t()
+    e_ref = (x.double() @ ref.t() - y).pow(2).sum()
+    e_got = (x.double() @ got.t() - y).pow(2).sum()
+    assert abs(float(e_got / e_ref) - 1.0) < 0.01

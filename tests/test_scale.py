@@ -58,11 +58,40 @@ def test_large_model_branch_converts_end_to_end(tmp_path: Path, monkeypatch: pyt
     from specquant_gguf.gguf import read_model
 
     monkeypatch.setattr(calibrate, "BIG_MODEL_PARAMS", 0)
+    drafts: list[tuple[int, int]] = []
+    native = calibrate.generate_windows_native
+
+    def spy(path, n, length, *a, **kw):  # the large-model text comes from the runtime, on a draft file
+        assert Path(path).is_file() and read_model(path).metadata["specquant.method"] == "rtn"
+        cal = native(path, n, length, *a, **kw)
+        drafts.append(tuple(cal.tokens.shape))
+        return cal
+
+    monkeypatch.setattr(calibrate, "generate_windows_native", spy)
     path = write_gguf(MemorySource(tiny_config(n_layer=2), seed=0), tmp_path / "tiny.gguf")
     out = tmp_path / "tiny.sq4.gguf"
     assert main(["convert", str(path), "--out", str(out), "--calib-windows", "2", "--calib-len", "32",
                  "--threads", "1", "--quiet", "--no-calib-cache"]) == 0
     assert read_model(out).metadata["specquant.calibration.source"] == "self-generated"
+    assert drafts == [(2, 32)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.gguf", "tiny.sq4.gguf"]  # the draft is gone
+
+
+def test_native_generation_is_seeded_and_in_vocabulary(tmp_path: Path) -> None:
+    """generate_windows_native: n windows of `length` tokens, each `segments` texts decoded as one
+    batch of sequences; the same seed gives the same text, another seed another text."""
+    from oracle.tinyllama import write_gguf
+
+    cfg = tiny_config(n_layer=2)
+    path = write_gguf(MemorySource(cfg, seed=0), tmp_path / "tiny.gguf")
+    a = calibrate.generate_windows_native(path, 3, 16, seed=5, vocab_size=cfg.vocab_size, segments=2, threads=1)
+    b = calibrate.generate_windows_native(path, 3, 16, seed=5, vocab_size=cfg.vocab_size, segments=2, threads=1)
+    c = calibrate.generate_windows_native(path, 3, 16, seed=6, vocab_size=cfg.vocab_size, segments=2, threads=1)
+    assert a.tokens.shape == (3, 16) and a.tokens.dtype == torch.int64
+    assert int(a.tokens.min()) >= 0 and int(a.tokens.max()) < cfg.vocab_size
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    # each window joins two texts of 8 tokens: their first tokens are the uniform draws (ids >= 256 where the vocabulary allows)
+    assert len(set(a.tokens[:, 8].tolist())) > 1
 
 
 # -- the writer streams --------------------------------------------------------------------------

@@ -43,8 +43,10 @@ class QBlock:
 def scaled_stats(st: PointStats, lam: torch.Tensor) -> PointStats:
     """Statistics of X' = X / λ."""
     inv = (1.0 / lam).double()
-    return PointStats(absmax=st.absmax / lam, sqsum=st.sqsum * inv.pow(2),
-                      hess=st.hess * inv.unsqueeze(0) * inv.unsqueeze(1), count=st.count,
+    inv_h = inv.to(st.hess.dtype)
+    hess = st.hess * inv_h.unsqueeze(0)
+    hess.mul_(inv_h.unsqueeze(1))  # one n x n temporary, not two
+    return PointStats(absmax=st.absmax / lam, sqsum=st.sqsum * inv.pow(2), hess=hess, count=st.count,
                       samples=[s / lam for s in st.samples])
 
 

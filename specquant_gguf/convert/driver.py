@@ -422,12 +422,46 @@ def calib_shape(cfg: ModelConfig, opts: CalibOptions) -> tuple[int, int, int]:
     return n, length, segments if length % segments == 0 else 1
 
 
+# the draft that writes a large model's calibration text: round to nearest, int4 groups of 64 in
+# the rotated basis, no calibration of its own (seconds per block; see draft_calibration)
+DRAFT_RECIPE = Recipe(method="rtn", preset="draft", rotation="wht", gptq=False, clip=False)
+
+
+def native_runtime_available() -> bool:
+    from ..runtime._native import lib
+
+    try:
+        lib()
+    except SpecQuantError:
+        return False
+    return True
+
+
+def draft_calibration(source: ModelSource, n: int, length: int, seed: int, segments: int, where: Path,
+                      quiet: bool = False) -> Calibration:
+    """Self-generated calibration text of a large model, written by the C runtime from a quick W4
+    draft of the model (DRAFT_RECIPE, a temporary file in `where`, deleted afterwards): the draft
+    is a quarter of the 16-bit bytes, so it stays in memory while all n·segments texts are decoded
+    as one batch; the PyTorch generation would read all 16 GB of an 8B model once per step."""
+    draft = Path(where) / f".specquant-draft-{os.getpid()}.gguf"
+    log("calibration text: large model, written by a W4 draft of it through the runtime", quiet)
+    try:
+        write_converted(source, DRAFT_RECIPE, None, draft, seed, quiet)
+        with Progress(n * (length - segments), "calibration text (self-generated)", quiet, unit="tok") as bar:
+            return calibrate.generate_windows_native(draft, n, length, seed, source.config.vocab_size,
+                                                     segments=segments, threads=torch.get_num_threads(),
+                                                     progress=bar.update)
+    finally:
+        draft.unlink(missing_ok=True)
+
+
 def make_calibration(source: ModelSource, calib_file: str | None, n: int, length: int, seed: int,
                      use_cache: bool = True, quiet: bool = False, segments: int | None = None,
-                     large: bool | None = None) -> Calibration:
+                     large: bool | None = None, draft_dir: Path | None = None) -> Calibration:
     """Calibration windows: from calib_file, else text the model writes itself (cached on disk
     when use_cache, so converting the same model again skips the generation). segments: texts per
-    self-generated window (None: CALIB_SEGMENTS), all decoded in one batch for large models."""
+    self-generated window (None: CALIB_SEGMENTS), all decoded in one batch for large models.
+    draft_dir: where a large model's draft may be written (None: the PyTorch generation always)."""
     if calib_file is not None:
         texts = read_texts(calib_file)
         return windows_from_texts(source.encoder(), texts, n, length, seed, Path(calib_file).name)
@@ -439,9 +473,12 @@ def make_calibration(source: ModelSource, calib_file: str | None, n: int, length
     if tokens is not None:
         log(f"calibration text: self-generated earlier, reused from {cached}", quiet)
         return Calibration(tokens, "self-generated")
-    with Progress(n * (length - segments), "calibration text (self-generated)", quiet, unit="tok") as bar:
-        calib = generate_windows(source, n, length, seed, segments=segments, progress=bar.update,
-                                 batch=n * segments if big else 32, dtype=torch.bfloat16 if big else None)
+    if big and draft_dir is not None and native_runtime_available():
+        calib = draft_calibration(source, n, length, seed, segments, draft_dir, quiet)
+    else:
+        with Progress(n * (length - segments), "calibration text (self-generated)", quiet, unit="tok") as bar:
+            calib = generate_windows(source, n, length, seed, segments=segments, progress=bar.update,
+                                     batch=n * segments if big else 32, dtype=torch.bfloat16 if big else None)
     if cached is not None:
         save_cached(calib.tokens, cached)
     return calib
@@ -547,7 +584,8 @@ def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = C
             calib = work.load_calibration() if work is not None else None
             if calib is None:
                 calib = make_calibration(source, calib_opts.file, n_calib, calib_len, seed,
-                                         calib_opts.use_cache, quiet, segments, calib_opts.large)
+                                         calib_opts.use_cache, quiet, segments, calib_opts.large,
+                                         draft_dir=Path(out).resolve().parent)
                 if work is not None:
                     work.save_calibration(calib)
         log(f"calibration: {calib.source}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens "

@@ -104,64 +104,102 @@ def compute_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def gptq_factor(hess: torch.Tensor, damp: float = 0.01, perm: torch.Tensor | None = None) -> torch.Tensor | None:
+    """GPTQ's error-feedback matrix A for the columns in the order `perm` (None: as they are): the
+    damped Hessian H = V·Vᵀ with V upper triangular, A = V with each column j divided by V_jj.
+
+    GPTQ (Frantar et al.) is usually written with the upper Cholesky factor U of H⁻¹; since U = V⁻¹,
+    its update w_j ← w_j − Σ_{i<j} e_i·U_ij with e_i = (w_i − q_i)/U_ii equals w_j ← w_j + Σ_{i<j}
+    r_i·A_ij with r_i = (original w_i) − q_i. V is one Cholesky factorisation of the Hessian with its
+    rows and columns reversed (V = P·chol(P·H·P)·P), so no inverse is ever formed: a third of the
+    work of the factor/invert/factor chain and no n x n float64 matrices (8B's down_proj: n = 14336).
+    float32, retried in float64 when float32 is not positive definite; None when neither is."""
+    n = hess.shape[0]
+    rev = torch.arange(n - 1, -1, -1) if perm is None else perm.flip(0)
+    h = hess.flip((0, 1)) if perm is None else hess[rev][:, rev]  # both are new tensors
+    h = h.to(torch.float32)
+    diag = h.diagonal()
+    diag[diag == 0] = 1.0  # inputs that are always zero: their columns are zeroed by gptq()
+    diag.add_(damp * diag.mean())
+    lower, info = torch.linalg.cholesky_ex(h)
+    if int(info) != 0:
+        lower, info = torch.linalg.cholesky_ex(h.double())
+        if int(info) != 0:
+            return None
+        lower = lower.float()
+    del h
+    a = lower.flip((0, 1))
+    del lower
+    a.div_(a.diagonal().clone().unsqueeze(0))
+    return a
+
+
+def _compensated(w_t: torch.Tensor, orig_t: torch.Tensor, a: torch.Tensor, j: int, group: int) -> torch.Tensor:
+    """The group of columns j..j+G-1 as the textbook GPTQ holds them when it reaches column j (each
+    compensated for the errors of all columns before j), which is what its scale is chosen on.
+    w_t holds w + Σ_{i<j} r_i·A_i,: (exact for column j, not for the later ones); with A_GG the
+    group's unit upper triangular block, the textbook's values are orig + (w − orig)·A_GG⁻¹."""
+    a_gg = a[j:j + group, j:j + group]
+    eye = torch.eye(a_gg.shape[0], dtype=a.dtype, device=a.device)
+    a_inv = torch.linalg.solve_triangular(a_gg, eye, upper=True)
+    o = orig_t[j:j + group]
+    return o + a_inv.t() @ (w_t[j:j + group] - o)
+
+
 def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, ...] = CLIP_RATIOS,
-         damp: float = 0.01, act_order: bool = False, block: int = 128,
+         damp: float = 0.01, act_order: bool = False, block: int = 32,
          device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ with per-group clipping search. w (rows, C_in), hess = XᵀX (C_in, C_in) of the inputs the
     weight meets (rows sharing one input may be stacked: they share the Hessian). Without act-order
     each group's scale is chosen when GPTQ reaches the group (on the error-compensated weights);
     with act-order the scales are fixed up front ("static groups"), because the columns of a group
-    are then visited out of order. The inverse Hessian is factored in float64, the column sweep runs
-    in float32. Returns (q int8, d fp16)."""
+    are then visited out of order. Works on the transposed weight (one input column = one contiguous
+    row of C_out values), `block` columns at a time with the lazy-batch update between blocks; all
+    float32 (see gptq_factor). Returns (q int8 (rows, C_in), d fp16 (rows, C_in/G))."""
     rows, n = w.shape
     if n % group:
         raise ValueError(f"row length {n} is not a multiple of the group size {group}")
     dev = device or compute_device()
-    w = w.to(dev, torch.float32, copy=True)
-    h = hess.to(dev, torch.float64, copy=True)
-    dead = torch.diag(h) == 0
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    h.diagonal().add_(damp * torch.diag(h).mean())  # in place: an n x n identity is 1.6 GB at n = 14336
+    dead = torch.diagonal(hess) == 0
+    perm = torch.argsort(torch.diagonal(hess), descending=True) if act_order else None
+    a = gptq_factor(hess, damp, perm)
+    if a is None:  # numerically singular even after damping: round to nearest
+        return rtn(w, group, ratios)
+    a = a.to(dev)
+    w_t = w.t().to(dev, torch.float32).contiguous()  # (C_in, rows): a copy, one column per row
+    w_t[dead] = 0.0
     scales = torch.zeros(rows, n // group, dtype=torch.float32, device=dev)
-    perm = torch.arange(n, device=dev)
     if act_order:
-        scales = group_scales(w.reshape(rows, n // group, group), ratios)
-        perm = torch.argsort(torch.diag(h), descending=True)
-        w, h = w[:, perm], h[perm][:, perm]
-    try:  # the upper Cholesky factor of h⁻¹; each step replaces h, so at most two n x n float64
-        # matrices live at once (8B's down_proj: n = 14336, 1.6 GB each), not four
-        h = torch.linalg.cholesky(h)
-        h = torch.cholesky_inverse(h)
-        h = torch.linalg.cholesky(h, upper=True)
-    except torch.linalg.LinAlgError:  # numerically singular even after damping: fall back to RTN
-        return rtn(w[:, torch.argsort(perm)].cpu(), group, ratios)
-    hinv = h.float()
-    del h
-    block = max(group, (block // group) * group) if not act_order else block
-    q_out = torch.zeros(rows, n, dtype=torch.float32, device=dev)
-    order = perm.tolist()
+        scales = group_scales(w_t.t().reshape(rows, n // group, group), ratios)
+        w_t = w_t[perm]
+    orig_t = w_t.clone()  # r_i = original w_i - q_i (see gptq_factor)
+    q_t = torch.empty(n, rows, dtype=torch.int8, device=dev)
+    order = perm.tolist() if act_order else list(range(n))
+    if not act_order:
+        block = max(1, block) if group % block == 0 else group  # a group starts at a block start
     s = inv = scales[:, 0]
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
-        w1 = w[:, i1:i2].clone()
-        err1 = torch.zeros_like(w1)
-        hinv1 = hinv[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            g = order[i1 + i] // group
-            if not act_order and order[i1 + i] % group == 0:  # entering a group: pick its scale now
-                scales[:, g] = group_scales(w1[:, i:i + group], ratios)  # (blocks hold whole groups)
-            if act_order or order[i1 + i] % group == 0:
+        w1 = w_t[i1:i2]  # a view: updated in place
+        r1 = torch.empty(i2 - i1, rows, dtype=torch.float32, device=dev)
+        for k in range(i2 - i1):
+            col = order[i1 + k]
+            g = col // group
+            if not act_order and col % group == 0:  # entering a group: pick its scale now
+                scales[:, g] = group_scales(_compensated(w_t, orig_t, a, i1 + k, group).t(), ratios)
+            if act_order or col % group == 0:
                 s = scales[:, g]
                 inv = torch.where(s > 0, 1.0 / torch.where(s > 0, s, torch.ones_like(s)), torch.zeros_like(s))
-            q = torch.clamp(torch.round(w1[:, i] * inv), QMIN, QMAX)
-            q_out[:, i1 + i] = q
-            e = (w1[:, i] - q * s) / hinv1[i, i]
-            w1[:, i:].addr_(e, hinv1[i, i:], alpha=-1.0)
-            err1[:, i] = e
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    q_final = q_out[:, torch.argsort(perm)] if act_order else q_out
-    return q_final.to(torch.int8).cpu(), scales.to(torch.float16).cpu()
+            q = torch.round(w1[k] * inv).clamp_(QMIN, QMAX)
+            q_t[i1 + k] = q.to(torch.int8)
+            torch.sub(orig_t[i1 + k], q.mul_(s), out=r1[k])
+            if k + 1 < i2 - i1:
+                w1[k + 1:].addr_(a[i1 + k, i1 + k + 1:i2], r1[k])
+        if i2 < n:
+            w_t[i2:].addmm_(a[i1:i2, i2:].t(), r1)
+    if act_order:
+        q_t = q_t[torch.argsort(perm)]
+    return q_t.t().contiguous().cpu(), scales.to(torch.float16).cpu()
 
 
 def fake_quant_act(x: torch.Tensor, group: int, bits: int = 4) -> torch.Tensor:
