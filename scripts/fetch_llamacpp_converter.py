@@ -1,6 +1,8 @@
-"""Fetches llama.cpp's own converter (convert_hf_to_gguf.py, conversion/, gguf-py/) from the
-llama-cpp-python source distribution on PyPI into the cache, once; tests/test_llamacpp_interop.py
-uses it as an independent oracle for files. Nothing is built or installed.
+"""Fetches llama.cpp's own converter (convert_hf_to_gguf.py, conversion/, gguf-py/) and its tokenizer
+test vocabularies (models/ggml-vocab-*.gguf with .inp/.out: texts and the ids the real HF tokenizer
+gives) from the llama-cpp-python source distribution on PyPI into the cache, once;
+tests/test_llamacpp_interop.py and tests/test_llamacpp_vocab.py use them as independent oracles.
+Nothing is built or installed.
 
     python scripts/fetch_llamacpp_converter.py [--version 0.3.36]
 """
@@ -17,7 +19,10 @@ import urllib.request
 from pathlib import Path
 
 CACHE = Path(os.environ.get("SPECQUANT_CACHE", Path.home() / ".cache" / "specquant")) / "llamacpp-sdist"
-KEEP = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/")
+KEEP = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/",
+        "vendor/llama.cpp/models/ggml-vocab-")
+# one file of each KEEP entry: a cache made before an entry was added is fetched again
+CACHED = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/models/ggml-vocab-phi-3.gguf.out")
 
 
 def sdist_url(version: str) -> str:
@@ -36,7 +41,7 @@ def main() -> int:
     ap.add_argument("--version", default="0.3.36")
     a = ap.parse_args()
     root = CACHE / f"llama_cpp_python-{a.version}"
-    if (root / KEEP[0]).is_file():
+    if all((root / f).is_file() for f in CACHED):
         print(f"{root / 'vendor' / 'llama.cpp'} (cached)")
         return 0
     CACHE.mkdir(parents=True, exist_ok=True)

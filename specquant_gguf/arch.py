@@ -57,8 +57,8 @@ class Arch:
     embd_scale: bool = False
     norm_offset: float = 0.0
     swa_pattern: int = 0
-    # tokenizer.ggml.add_space_prefix of a SentencePiece tokenizer (None: the runtime's default, a
-    # leading space); Gemma's tokenizer adds none (llama.cpp writes False for gemma2)
+    # tokenizer.ggml.add_space_prefix of a SentencePiece tokenizer, forced (None: as the tokenizer
+    # itself says, hf_vocab.py); Gemma's tokenizer adds none (llama.cpp writes False for gemma2)
     spm_space_prefix: bool | None = None
 
 

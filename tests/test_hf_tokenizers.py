@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from specquant_gguf.arch import ModelConfig
-from specquant_gguf.convert.hf_vocab import NORMALIZER_KEY, hf_tokenizer_kv, normalizer_name, pre_tokenizer_name
+from specquant_gguf.convert.hf_vocab import (NORMALIZER_KEY, SPACE_PREFIX_KEY, hf_tokenizer_kv, normalizer_name,
+                                             pre_tokenizer_name, space_prefix_of_json)
 from specquant_gguf.errors import SpecQuantError
 from test_tokenizer import EDGE, NFC_EDGE, Vocab, _corpus
 
@@ -186,7 +188,8 @@ def test_real_sentencepiece_exact(tmp_path: Path, name: str) -> None:
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
     kv = hf_tokenizer_kv(folder, _config(vocab))
     assert kv["tokenizer.ggml.model"][0] == "llama" and len(kv["tokenizer.ggml.tokens"][0]) == vocab == sp.get_piece_size()
-    assert NORMALIZER_KEY not in kv
+    assert NORMALIZER_KEY not in kv and SPACE_PREFIX_KEY not in kv  # sentencepiece's dummy prefix: the default
+    assert kv["tokenizer.ggml.add_space_prefix"][0] is True
     # without tokenizer_config.json the special ids are the model's own
     assert (kv["tokenizer.ggml.bos_token_id"][0], kv["tokenizer.ggml.eos_token_id"][0]) == (sp.bos_id(), sp.eos_id())
     types = kv["tokenizer.ggml.token_type"][0]
@@ -196,29 +199,91 @@ def test_real_sentencepiece_exact(tmp_path: Path, name: str) -> None:
     try:
         texts = [t for ts in _corpus().values() for t in ts] + EDGE + NFC_EDGE + ["[INST] hi [/INST]", "a[INST]b"]
         # 1. sentencepiece itself (what the model was trained with, and what mistral-common runs):
-        # control pieces written in the text are text to it, so ours without special parsing; a text
-        # that starts with a space is HF's Metaspace on it, which is sentencepiece's dummy prefix on
-        # the rest (sentencepiece would add a second ▁)
-        def sp_ref(t: str) -> list[int]:
-            return sp.encode(t[1:] if t.startswith(" ") and len(t) > 1 else t)
-
-        bad = [t for t in texts if t != " " and v.encode(t, add_bos=0, special=False) != sp_ref(t)]
+        # control pieces written in the text are text to it, so ours without special parsing; its
+        # dummy prefix (add_dummy_prefix) puts a ▁ before every text, also one that starts with a space
+        bad = [t for t in texts if v.encode(t, add_bos=0, special=False) != sp.encode(t)]
         assert not bad, f"{name}: {len(bad)} of {len(texts)} differ from sentencepiece, first {bad[0][:120]!r}"
-        assert v.encode(" ", add_bos=0) == [sp.piece_to_id("▁")]
         if name == "mistral-v0.3":  # a control piece written in the text, with special parsing: one token
-            assert v.encode("[INST] hi", add_bos=1) == [sp.bos_id(), sp.piece_to_id("[INST]"), *sp.encode("hi")]
-        # 2. transformers' tokenizer converted from the same file (LlamaTokenizer, Metaspace prepend
-        # "first"). Its merges rank the whitespace pieces (▁▁, ▁▁▁, ...) first, while sentencepiece's
-        # scores rank them last, so the two disagree on runs of spaces before a word ("  Hello":
-        # ▁▁ Hello vs ▁ ▁Hello): we follow sentencepiece there and match transformers everywhere else.
-        hf = transformers.LlamaTokenizer.from_pretrained(str(folder), legacy=False).backend_tokenizer
-        ref = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
-        bad_hf = [t for t, r in zip(texts, ref) if v.encode(t, add_bos=0) != r]
-        assert all("  " in t for t in bad_hf), f"{name}: a difference from transformers without a run of spaces: " \
-            f"{[t for t in bad_hf if '  ' not in t][0][:120]!r}"
-        assert len(bad_hf) <= len(texts) // 200, f"{name}: {len(bad_hf)} of {len(texts)} differ from transformers"
-        decoded = hf.decode_batch([v.encode(t, add_bos=0) for t in texts[:2000]], skip_special_tokens=True)
-        for t, d in zip(texts[:2000], decoded):
-            assert v.decode(v.encode(t, add_bos=0)).decode("utf-8", errors="replace") == d, repr(t[:80])
+            assert v.encode("[INST] hi", add_bos=1) == [sp.bos_id(), sp.piece_to_id("[INST]"), *sp.encode(" hi")]
+        # 2. transformers' tokenizer converted from the same file, once with HF's legacy pipeline
+        # (Prepend("▁") normalizer, as Mistral v0.1's tokenizer.json has it: our default) and once as
+        # LlamaTokenizer(legacy=False) builds it (Metaspace prepend "first": the file then says
+        # specquant.tokenizer.space_prefix = metaspace-first, as the converter writes it from such a
+        # tokenizer.json). Its merges rank the whitespace pieces (▁▁, ▁▁▁, ...) first, while
+        # sentencepiece's scores rank them last, so the two disagree on runs of spaces before a word
+        # ("  Hello": ▁▁ Hello vs ▁ ▁Hello): we follow sentencepiece there and match transformers
+        # everywhere else.
+        from tokenizers import normalizers
+
+        for scheme in ("sentencepiece", "metaspace-first"):
+            hf = transformers.LlamaTokenizer.from_pretrained(str(folder), legacy=False).backend_tokenizer
+            if scheme == "sentencepiece":
+                hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+                hf.pre_tokenizer = None
+                vs = v
+            else:
+                vs = Vocab(_write_vocab_gguf({**kv, SPACE_PREFIX_KEY: (scheme, None)}, tmp_path / "meta.gguf"))
+            try:
+                ref = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+                bad_hf = [t for t, r in zip(texts, ref) if vs.encode(t, add_bos=0) != r]
+                # with sentencepiece's prefix a text that starts with a space starts with a run: ▁▁
+                # (and so does each piece of text after a control piece, [INST] here)
+                runs = [t for t in texts if any("  " in (" " + p if scheme == "sentencepiece" else t)
+                                                for p in re.split(r"\[/?INST\]", t))]
+                assert set(bad_hf) <= set(runs), f"{name} {scheme}: a difference from transformers without a " \
+                    f"run of spaces: {[t for t in bad_hf if t not in set(runs)][0][:120]!r}"
+                # (transformers' conversion of a tokenizer.model ranks ▁▁ first; the real Llama-2 / Phi-3
+                # tokenizer.json files do not: test_llamacpp_vocab_parity checks those exactly)
+                if scheme == "metaspace-first":
+                    assert len(bad_hf) <= len(texts) // 200, f"{name} {scheme}: {len(bad_hf)} of {len(texts)} differ"
+                assert len(texts) - len(runs) > 500
+                decoded = hf.decode_batch([vs.encode(t, add_bos=0) for t in texts[:2000]], skip_special_tokens=True)
+                for t, d in zip(texts[:2000], decoded):
+                    assert vs.decode(vs.encode(t, add_bos=0)).decode("utf-8", errors="replace") == d, repr(t[:80])
+            finally:
+                if vs is not v:
+                    vs.close()
     finally:
         v.close()
+
+
+def test_space_prefix_by_content(tmp_path: Path) -> None:
+    """The dummy prefix of a SentencePiece tokenizer: from tokenizer.json when it is there (what the HF
+    tokenizer does), else from tokenizer.model's normalizer_spec.add_dummy_prefix."""
+    legacy = {"normalizer": {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": None}
+    assert space_prefix_of_json(legacy) == (True, "sentencepiece")
+
+    def meta(**kw: object) -> dict:
+        return {"normalizer": None, "pre_tokenizer": {"type": "Metaspace", "replacement": "▁", **kw}}
+
+    assert space_prefix_of_json(meta(prepend_scheme="first", split=False)) == (True, "metaspace-first")
+    assert space_prefix_of_json(meta(prepend_scheme="always", split=True)) == (True, "metaspace-always")
+    assert space_prefix_of_json(meta(prepend_scheme="never")) == (False, None)
+    assert space_prefix_of_json(meta(add_prefix_space=True)) == (True, "metaspace-always")  # tokenizers < 0.14
+    assert space_prefix_of_json(meta(add_prefix_space=False)) == (False, None)
+    assert space_prefix_of_json({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+        {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "first"}]}}) == (True, "metaspace-first")
+    gemma = {"normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}, "pre_tokenizer": None}
+    assert space_prefix_of_json(gemma) == (False, None)
+
+    # the converter: tokenizer.json beside tokenizer.model decides; tokenizer.model alone says add_dummy_prefix
+    folder = _spm_folder("mistral-v0.1", tmp_path / "m")
+    kv = hf_tokenizer_kv(folder, _config(32000))
+    assert kv["tokenizer.ggml.add_space_prefix"][0] is True and SPACE_PREFIX_KEY not in kv
+    (folder / "tokenizer.json").write_text(json.dumps(meta(prepend_scheme="first", split=False)))
+    kv = hf_tokenizer_kv(folder, _config(32000))
+    assert kv["tokenizer.ggml.add_space_prefix"][0] is True and kv[SPACE_PREFIX_KEY][0] == "metaspace-first"
+    (folder / "tokenizer.json").write_text(json.dumps(gemma))
+    kv = hf_tokenizer_kv(folder, _config(32000))
+    assert kv["tokenizer.ggml.add_space_prefix"][0] is False and SPACE_PREFIX_KEY not in kv
+    (folder / "tokenizer.json").unlink()
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((folder / "tokenizer.model").read_bytes())
+    proto.normalizer_spec.add_dummy_prefix = False
+    (folder / "tokenizer.model").write_bytes(proto.SerializeToString())
+    kv = hf_tokenizer_kv(folder, _config(32000))
+    assert kv["tokenizer.ggml.add_space_prefix"][0] is False and SPACE_PREFIX_KEY not in kv

@@ -10,8 +10,9 @@ Oracles:
   set-ups disagree with each other.
 - SentencePiece: a BPE model trained here with the sentencepiece package (byte fallback, user-defined
   symbols) written to a vocabulary-only GGUF; oracles are transformers' LlamaTokenizer built from that
-  file and sentencepiece itself (which differs from HF only for text starting with a space: HF's
-  Metaspace adds no second ▁ there).
+  file and sentencepiece itself: the same ids with the default dummy prefix (a ▁ before every piece
+  of text, as sentencepiece and llama.cpp do); with specquant.tokenizer.space_prefix = metaspace-first
+  HF's Metaspace adds no second ▁ before a leading space.
 - Llama-3 and Qwen2 pre-tokenizers: byte-level BPE vocabularies trained here with the tokenizers
   library behind each model's split regex, written as GGUF; oracle: the trained tokenizer itself.
 Texts: every line of WikiText-2 test, the 1,000 C4 calibration texts (when ../shared/data exists),
@@ -206,46 +207,62 @@ def spm_model(tmp_path_factory):
         types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 5 if sp.is_unused(i)
                      else 6 if sp.is_byte(i) else 4 if piece in ("<tool>", "<|sep|>") else 1)
     folder = tmp_path_factory.mktemp("spm")
-    path = folder / "spm.gguf"
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_tokenizer_model("llama")
-    w.add_token_list(tokens)
-    w.add_token_scores(scores)
-    w.add_token_types(types)
-    w.add_bos_token_id(sp.bos_id())
-    w.add_eos_token_id(sp.eos_id())
-    w.add_unk_token_id(sp.unk_id())
-    w.add_add_bos_token(True)
-    w.add_add_eos_token(False)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    return path, sp
+    paths = {}
+    for scheme in ("sentencepiece", "metaspace-first"):  # no key (llama.cpp's default), HF's Metaspace
+        path = paths[scheme] = folder / f"spm-{scheme}.gguf"
+        w = gguf.GGUFWriter(str(path), "llama")
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(types)
+        w.add_bos_token_id(sp.bos_id())
+        w.add_eos_token_id(sp.eos_id())
+        w.add_unk_token_id(sp.unk_id())
+        w.add_add_bos_token(True)
+        w.add_add_eos_token(False)
+        if scheme != "sentencepiece":
+            w.add_string("specquant.tokenizer.space_prefix", scheme)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return paths, sp
 
 
 def test_sentencepiece_matches_hf_and_sentencepiece(spm_model) -> None:
+    """Without specquant.tokenizer.space_prefix the dummy prefix is sentencepiece's (and llama.cpp's):
+    a ▁ before every piece of text, also one that starts with a space (every WikiText line does);
+    with "metaspace-first" it is transformers' Metaspace, which adds none there."""
     transformers = pytest.importorskip("transformers")
-    path, sp = spm_model
-    hf = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    v = Vocab(path)
-    try:
-        texts = [t for ts in _corpus().values() for t in ts] + EDGE
-        ours = [v.encode(t) for t in texts]
-        ref = [e.ids for e in hf.backend_tokenizer.encode_batch(texts)]
-        bad_hf = [t for t, o, r in zip(texts, ours, ref) if o != r]
-        assert not bad_hf, f"{len(bad_hf)} of {len(texts)} differ from HF, first {bad_hf[0][:120]!r}"
-        # sentencepiece itself: the same, except HF's Metaspace for text that starts with a space
-        # (every WikiText line does), user-defined symbols (HF matches them anywhere, sentencepiece
-        # as pieces) and control tokens written in the text (sentencepiece reads them as text)
-        plain = [t for t in texts if not t.startswith(" ") and not re.search(r"<tool>|<\|sep\|>|<s>|</s>|<unk>", t)]
-        bad_sp = _mismatches(v.encode, lambda t: [sp.bos_id()] + sp.encode(t), plain)
-        assert not bad_sp, f"{len(bad_sp)} of {len(plain)} differ from sentencepiece, first {bad_sp[0][:120]!r}"
-        decoded = hf.backend_tokenizer.decode_batch(ours, skip_special_tokens=True)
-        for t, ids, d in zip(texts, ours, decoded):  # decoding as HF does (dummy prefix dropped, bytes fused)
-            assert v.decode(ids).decode("utf-8", errors="replace") == d, repr(t[:80])
-    finally:
-        v.close()
+    from tokenizers import normalizers
+
+    paths, sp = spm_model
+    texts = [t for ts in _corpus().values() for t in ts] + EDGE
+    for scheme, path in paths.items():
+        hf = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name).backend_tokenizer
+        if scheme == "sentencepiece":  # HF's legacy Llama tokenizer.json: Prepend("▁") + Replace, no Metaspace
+            hf.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+            hf.pre_tokenizer = None
+        v = Vocab(path)
+        try:
+            ours = [v.encode(t) for t in texts]
+            ref = [e.ids for e in hf.encode_batch(texts)]
+            bad_hf = [t for t, o, r in zip(texts, ours, ref) if o != r]
+            assert not bad_hf, f"{scheme}: {len(bad_hf)} of {len(texts)} differ from HF, first {bad_hf[0][:120]!r}"
+            # sentencepiece itself, except user-defined symbols (HF matches them anywhere, sentencepiece
+            # as pieces) and control tokens written in the text (sentencepiece reads them as text)
+            plain = [t for t in texts if not re.search(r"<tool>|<\|sep\|>|<s>|</s>|<unk>", t)]
+            if scheme == "metaspace-first":
+                spaced = [t for t in plain if t.startswith(" ")]
+                assert sum(v.encode(t) != [sp.bos_id()] + sp.encode(t) for t in spaced) == len(spaced) > 100
+                plain = [t for t in plain if not t.startswith(" ")]
+            bad_sp = _mismatches(v.encode, lambda t: [sp.bos_id()] + sp.encode(t), plain)
+            assert not bad_sp, f"{scheme}: {len(bad_sp)} of {len(plain)} differ from sentencepiece, first {bad_sp[0][:120]!r}"
+            decoded = hf.decode_batch(ours, skip_special_tokens=True)
+            for t, ids, d in zip(texts, ours, decoded):  # decoding as HF does (dummy prefix dropped, bytes fused)
+                assert v.decode(ids).decode("utf-8", errors="replace") == d, repr(t[:80])
+        finally:
+            v.close()
 
 
 # ---------------------------------------------------------------------------------------------

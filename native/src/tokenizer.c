@@ -48,6 +48,9 @@ struct sq_vocab {
     int32_t special_first[257]; /* special[special_first[b] .. special_first[b+1]) start with byte b */
     int32_t bos, eos, unk, eot, eom;
     int add_bos, add_eos, add_space_prefix, ignore_merges;
+    /* SPM dummy prefix (when add_space_prefix): prefix_every: before every text segment, not only
+     * the first; prefix_skip_space: none before a segment that starts with a space (HF Metaspace) */
+    int prefix_every, prefix_skip_space;
     int nfc;               /* normalize each segment to NFC first */
 };
 
@@ -415,6 +418,14 @@ sq_vocab *sq_vocab_new(const sq_vocab_desc *d) {
     v->add_bos = d->add_bos >= 0 ? d->add_bos : spm;
     v->add_eos = d->add_eos >= 0 ? d->add_eos : 0;
     v->add_space_prefix = d->add_space_prefix >= 0 ? d->add_space_prefix : spm;
+    v->prefix_every = 1; /* sentencepiece / llama.cpp */
+    if (d->space_prefix && !str_is(d->space_prefix, "sentencepiece")) {
+        if (str_is(d->space_prefix, "metaspace-first")) v->prefix_every = 0;
+        else if (!str_is(d->space_prefix, "metaspace-always"))
+            FAIL(SQ_ERR_UNSUPPORTED, "tokenizer: unsupported space prefix '%s' (specquant.tokenizer.space_prefix); "
+                 "supported: sentencepiece, metaspace-first, metaspace-always", d->space_prefix);
+        v->prefix_skip_space = 1;
+    }
     if (d->normalizer && !str_is(d->normalizer, "none")) {
         if (!str_is(d->normalizer, "nfc"))
             FAIL(SQ_ERR_UNSUPPORTED, "tokenizer: unsupported normalizer '%s' (specquant.tokenizer.normalizer); "
@@ -491,7 +502,7 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
         sq_set_error(SQ_ERR_FORMAT, "tokenizer: tokenizer.ggml.scores / token_type / merges have the wrong type or length");
         return NULL;
     }
-    char model[32], pre[64], norm[32];
+    char model[32], pre[64], norm[32], prefix[32];
     snprintf(model, sizeof model, "%.*s", (int)(model_s.len < 31 ? model_s.len : 31), model_s.ptr);
     int have_pre = sq_gguf_get_str(g, "tokenizer.ggml.pre", &pre_s) == 1;
     if (have_pre) snprintf(pre, sizeof pre, "%.*s", (int)(pre_s.len < 63 ? pre_s.len : 63), pre_s.ptr);
@@ -502,6 +513,14 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
         return NULL;
     }
     if (r_norm == 1) snprintf(norm, sizeof norm, "%.*s", (int)(norm_s.len < 31 ? norm_s.len : 31), norm_s.ptr);
+    sq_str prefix_s;
+    int r_prefix = sq_gguf_get_str(g, "specquant.tokenizer.space_prefix", &prefix_s);
+    if (r_prefix < 0) {
+        sq_set_error(SQ_ERR_FORMAT, "tokenizer: specquant.tokenizer.space_prefix is not a string");
+        return NULL;
+    }
+    if (r_prefix == 1)
+        snprintf(prefix, sizeof prefix, "%.*s", (int)(prefix_s.len < 31 ? prefix_s.len : 31), prefix_s.ptr);
     int32_t n_merges = mg ? (int32_t)mg->n : 0;
     sq_str *tokens = malloc(sizeof(sq_str) * (size_t)n);
     sq_str *merges = malloc(sizeof(sq_str) * (size_t)(n_merges > 0 ? n_merges : 1));
@@ -534,6 +553,7 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
         .add_eos = gguf_flag(g, "tokenizer.ggml.add_eos_token", &bad),
         .add_space_prefix = gguf_flag(g, "tokenizer.ggml.add_space_prefix", &bad),
         .normalizer = r_norm == 1 ? norm : NULL,
+        .space_prefix = r_prefix == 1 ? prefix : NULL,
     };
     if (bad) {
         sq_set_error(SQ_ERR_FORMAT, "tokenizer: a tokenizer.ggml.* id or flag has the wrong type: %s", sq_last_error());
@@ -721,7 +741,7 @@ static int spm_segment(const sq_vocab *v, workspace *w, const char *s, size_t n,
         w->cap_norm = need;
     }
     size_t m = 0;
-    if (prefix && !(n > 0 && s[0] == ' ')) { /* HF Metaspace: no second ▁ before a leading space */
+    if (prefix && !(v->prefix_skip_space && n > 0 && s[0] == ' ')) { /* Metaspace: no second ▁ there */
         memcpy(w->norm, "\xE2\x96\x81", 3);
         m = 3;
     }
@@ -790,7 +810,7 @@ static int encode_segment(const sq_vocab *v, workspace *w, const char *s, size_t
         n = sq_nfc((const uint8_t *)s, n, w->nfc_cp, w->nfc);
         s = (const char *)w->nfc;
     }
-    if (v->kind == SQ_VOCAB_SPM) return spm_segment(v, w, s, n, first && v->add_space_prefix);
+    if (v->kind == SQ_VOCAB_SPM) return spm_segment(v, w, s, n, v->add_space_prefix && (first || v->prefix_every));
     if (n == 0) return 1;
     pre_ctx c = {v, w, s, 1};
     sq_pretokenize(v->pre, s, n, on_pretoken, &c);

@@ -5,6 +5,11 @@
  *    pre-tokenizer chosen by tokenizer.ggml.pre: gpt2 (default), smollm / starcoder (digits split
  *    one by one, then gpt2), llama-bpe / llama3 (Llama-3 regex), qwen2 (Qwen2 regex);
  *  - "llama": SentencePiece BPE (scores, byte fallback <0xNN>, ▁ for spaces, dummy prefix).
+ *    The dummy prefix (tokenizer.ggml.add_space_prefix, default on) is sentencepiece's as llama.cpp
+ *    runs it: a ▁ before every piece of text (the start, and after each special token), even one
+ *    that already starts with a space; specquant.tokenizer.space_prefix = "metaspace-first" /
+ *    "metaspace-always" gives HF's Metaspace pre-tokenizer instead (no ▁ before a leading space;
+ *    "first": only before the text's first piece).
  * A file whose specquant.tokenizer.normalizer is "nfc" (Qwen2's tokenizer.json normalizer) has each
  * piece of text between special tokens put in Unicode NFC before it is split and merged, like HF.
  * Control tokens (<|im_end|>, <s>, ...) are recognised in text only when parse_special; user-defined
@@ -63,6 +68,9 @@ typedef struct {
     int32_t bos, eos, unk, eot, eom; /* -1: none */
     int add_bos, add_eos, add_space_prefix; /* -1: the kind's default (SPM: 1, 0, 1; BPE: 0, 0, 0) */
     const char *normalizer;   /* specquant.tokenizer.normalizer: NULL or "none", or "nfc" (NUL-terminated) */
+    /* specquant.tokenizer.space_prefix (SPM): NULL or "sentencepiece", "metaspace-first",
+     * "metaspace-always" (NUL-terminated) */
+    const char *space_prefix;
 } sq_vocab_desc;
 
 /* NULL on error (set with sq_set_error: SQ_ERR_FORMAT for bad metadata, SQ_ERR_UNSUPPORTED for an

@@ -246,7 +246,7 @@ static void test_bpe(void) {
 
 /* ---- SentencePiece -------------------------------------------------------------------------- */
 
-static sq_vocab *make_spm(void) {
+static sq_vocab *make_spm(const char *space_prefix) {
     static char bytes[256][8];
     static const char *pieces[] = {"\xE2\x96\x81", "a", "b", "c", "\xE2\x96\x81" "a", "ab", "\xE2\x96\x81" "ab", "<x>"};
     static const float scores[] = {-1, -2, -3, -4, -5, -6, -7, 0};
@@ -272,12 +272,33 @@ static sq_vocab *make_spm(void) {
         ty[n++] = i == 7 ? SQ_TOKTYPE_USER_DEFINED : SQ_TOKTYPE_NORMAL;
     }
     sq_vocab_desc d = {.model = "llama", .n_tokens = n, .tokens = tok, .scores = sc, .types = ty, .bos = 1, .eos = 2,
-                       .unk = 0, .eot = -1, .eom = -1, .add_bos = -1, .add_eos = -1, .add_space_prefix = -1};
+                       .unk = 0, .eot = -1, .eom = -1, .add_bos = -1, .add_eos = -1, .add_space_prefix = -1,
+                       .space_prefix = space_prefix};
     return sq_vocab_new(&d);
 }
 
+/* random text (no leading space, no ▁ byte 0xE2; with_specials: "<x>" may occur) tokenizes and
+ * comes back exactly through byte fallback */
+static void spm_fuzz(const sq_vocab *v, int with_specials, const char *what) {
+    for (int it = 0; it < 2000; it++) {
+        char text[128];
+        size_t len = rnd() % sizeof text;
+        for (size_t k = 0; k < len; k++) {
+            text[k] = rnd() % 2 ? "ab c<x>"[rnd() % (with_specials ? 7 : 4)] : (char)rnd();
+            if ((uint8_t)text[k] == 0xE2 || (k == 0 && text[k] == ' ') || (!with_specials && text[k] == '<'))
+                text[k] = 'a';
+        }
+        int32_t ids[512];
+        int k = sq_vocab_tokenize(v, text, (int32_t)len, ids, 512, (int32_t)(rnd() % 3), 0);
+        char back[512];
+        int m = k >= 0 ? sq_vocab_detokenize(v, ids, k, back, sizeof back, 0) : -1;
+        CHECK(m == (int)len && memcmp(back, text, len) == 0, "%s fuzz round trip (len %zu, got %d)", what, len, m);
+    }
+}
+
 static void test_spm(void) {
-    sq_vocab *v = make_spm();
+    /* sentencepiece's dummy prefix (the default, llama.cpp's): ▁ before every piece of text */
+    sq_vocab *v = make_spm(NULL);
     CHECK(v != NULL, "spm build: %s", sq_last_error());
     if (!v) return;
     enum { P = 259 }; /* first piece id */
@@ -292,11 +313,11 @@ static void test_spm(void) {
     int32_t want3[] = {P, 3 + 0xC3, 3 + 0xA9};
     CHECK(same(t, n, want3, 3), "byte fallback (n=%d)", n);
     n = sq_vocab_tokenize(v, "a<x>a</s>", 9, t, 64, 0, 1);
-    int32_t want4[] = {P + 4, P + 7, P + 1, 2};
-    CHECK(same(t, n, want4, 4), "user-defined + control, no prefix after a special (n=%d)", n);
+    int32_t want4[] = {P + 4, P + 7, P + 4, 2};
+    CHECK(same(t, n, want4, 4), "user-defined + control, a prefix after a special too (n=%d)", n);
     n = sq_vocab_tokenize(v, " a", 2, t, 64, 0, 1);
-    int32_t want5[] = {P + 4};
-    CHECK(same(t, n, want5, 1), "leading space is the prefix (HF Metaspace) (n=%d)", n);
+    int32_t want5[] = {P, P + 4};
+    CHECK(same(t, n, want5, 2), "a prefix before a leading space too (sentencepiece) (n=%d)", n);
     char buf[64];
     int32_t ids[] = {1, P + 6, P, P + 3, 3 + 0xC3, 3 + 0xA9};
     n = sq_vocab_detokenize(v, ids, 6, buf, 64, 0);
@@ -304,21 +325,29 @@ static void test_spm(void) {
     CHECK(sq_vocab_token_to_piece(v, P + 6, buf, 64, 0) == 3 && memcmp(buf, " ab", 3) == 0, "piece keeps the space");
     CHECK(sq_vocab_token_to_piece(v, 3 + 0x41, buf, 64, 0) == 1 && buf[0] == 'A', "byte piece");
     CHECK(sq_vocab_add_bos(v) == 1 && sq_vocab_bos(v) == 1 && sq_vocab_eos(v) == 2, "spm defaults");
-    /* fuzz: random bytes (no leading space, no ▁ byte 0xE2) come back exactly through byte fallback */
-    for (int it = 0; it < 2000; it++) {
-        char text[128];
-        size_t len = rnd() % sizeof text;
-        for (size_t k = 0; k < len; k++) {
-            text[k] = rnd() % 2 ? "ab c<x>"[rnd() % 7] : (char)rnd();
-            if ((uint8_t)text[k] == 0xE2 || (k == 0 && text[k] == ' ')) text[k] = 'a';
-        }
-        int32_t ids[512];
-        int k = sq_vocab_tokenize(v, text, (int32_t)len, ids, 512, (int32_t)(rnd() % 3), 0);
-        char back[512];
-        int m = k >= 0 ? sq_vocab_detokenize(v, ids, k, back, sizeof back, 0) : -1;
-        CHECK(m == (int)len && memcmp(back, text, len) == 0, "spm fuzz round trip (len %zu, got %d)", len, m);
-    }
+    spm_fuzz(v, 0, "spm");
     sq_vocab_free(v);
+    /* HF's Metaspace: no ▁ before a leading space; "first": none after a special */
+    v = make_spm("metaspace-first");
+    CHECK(v != NULL, "spm metaspace-first build: %s", sq_last_error());
+    if (!v) return;
+    n = sq_vocab_tokenize(v, "a<x>a</s>", 9, t, 64, 0, 1);
+    int32_t want6[] = {P + 4, P + 7, P + 1, 2};
+    CHECK(same(t, n, want6, 4), "metaspace-first: no prefix after a special (n=%d)", n);
+    n = sq_vocab_tokenize(v, " a", 2, t, 64, 0, 1);
+    int32_t want7[] = {P + 4};
+    CHECK(same(t, n, want7, 1), "metaspace-first: a leading space is the prefix (n=%d)", n);
+    spm_fuzz(v, 1, "spm metaspace-first");
+    sq_vocab_free(v);
+    v = make_spm("metaspace-always");
+    CHECK(v != NULL, "spm metaspace-always build: %s", sq_last_error());
+    if (!v) return;
+    n = sq_vocab_tokenize(v, " a<x>a<x> a", 11, t, 64, 0, 1);
+    int32_t want8[] = {P + 4, P + 7, P + 4, P + 7, P + 4};
+    CHECK(same(t, n, want8, 5), "metaspace-always: a prefix after a special, none before a space (n=%d)", n);
+    sq_vocab_free(v);
+    CHECK(make_spm("sometimes") == NULL && strstr(sq_last_error(), "space_prefix"), "unknown space prefix: %s",
+          sq_last_error());
 }
 
 /* ---- bad vocabularies ----------------------------------------------------------------------- */

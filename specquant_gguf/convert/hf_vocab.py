@@ -24,6 +24,15 @@ _TEKKEN_MARK = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]"
 NORMALIZER_KEY = "specquant.tokenizer.normalizer"
 NORMALIZERS = {"NFC": "nfc"}
 
+# The SentencePiece dummy prefix: tokenizer.ggml.add_space_prefix (llama.cpp's key; absent = on) and,
+# when it is on, how (our key, docs/FORMAT.md; absent = "sentencepiece"): "sentencepiece" puts a ▁
+# before every piece of text, even one that starts with a space (sentencepiece's add_dummy_prefix,
+# llama.cpp, HF's Prepend("▁") normalizer); "metaspace-first" / "metaspace-always" are HF's Metaspace
+# pre-tokenizer (prepend_scheme first / always: no ▁ before a leading space; "first": only at the
+# start of the text, not after a special token).
+SPACE_PREFIX_KEY = "specquant.tokenizer.space_prefix"
+SPACE_PREFIXES = ("sentencepiece", "metaspace-first", "metaspace-always")
+
 # names --pre-tokenizer accepts: those the runtime runs (tokenizer.c), one per behaviour
 PRE_TOKENIZERS = ("gpt2", "llama-bpe", "qwen2", "smollm")
 
@@ -88,6 +97,42 @@ def normalizer_name(tokenizer_json: dict, where: str) -> str | None:
         return NORMALIZERS[kind]
     raise SpecQuantError(f"{where}: the normalizer {json.dumps(norm)[:120]} is not supported by the runtime "
                          f"(supported: none, {', '.join(NORMALIZERS)})")
+
+
+def _find_steps(node: Any, kind: str, key: str) -> list[dict]:
+    """Every step of type `kind` in a tokenizer.json normalizer / pre_tokenizer (Sequence flattened)."""
+    if not isinstance(node, dict):
+        return []
+    if node.get("type") == "Sequence":
+        return [s for sub in node.get(key) or [] for s in _find_steps(sub, kind, key)]
+    return [node] if node.get("type") == kind else []
+
+
+def space_prefix_of_json(tokenizer_json: dict) -> tuple[bool, str | None]:
+    """(add_space_prefix, specquant.tokenizer.space_prefix) of a SentencePiece tokenizer's tokenizer.json:
+    a Prepend("▁") normalizer is sentencepiece's dummy prefix; a Metaspace pre-tokenizer says its
+    prepend_scheme (or, before tokenizers 0.14, add_prefix_space); neither: no prefix."""
+    if any(st.get("prepend") == "▁" for st in _find_steps(tokenizer_json.get("normalizer"), "Prepend", "normalizers")):
+        return True, "sentencepiece"
+    for st in _find_steps(tokenizer_json.get("pre_tokenizer"), "Metaspace", "pretokenizers"):
+        scheme = st.get("prepend_scheme")
+        if scheme is None:
+            scheme = "always" if st.get("add_prefix_space", True) else "never"
+        if scheme == "never":
+            return False, None
+        return True, "metaspace-first" if scheme == "first" else "metaspace-always"
+    return False, None
+
+
+def space_prefix_of_model(path: Path) -> tuple[bool, str | None]:
+    """(add_space_prefix, specquant.tokenizer.space_prefix) of a SentencePiece tokenizer.model:
+    normalizer_spec.add_dummy_prefix (sentencepiece's default: on)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    add = bool(proto.normalizer_spec.add_dummy_prefix)
+    return add, "sentencepiece" if add else None
 
 
 def _is_tiktoken(path: Path) -> bool:
@@ -171,9 +216,21 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
     out["tokenizer.ggml.pre"] = (pre, None)
     if normalizer is not None:
         out[NORMALIZER_KEY] = (normalizer, None)
-    space_prefix = ARCHS[config.arch].spm_space_prefix
-    if model == "llama" and space_prefix is not None:  # SentencePiece without a dummy prefix (Gemma)
-        out["tokenizer.ggml.add_space_prefix"] = (space_prefix, None)
+    if model == "llama":
+        # the dummy prefix: as the HF tokenizer does it when tokenizer.json is there (what users compare
+        # with), else as tokenizer.model says; an architecture may force it off (Gemma, like llama.cpp)
+        add_prefix, scheme = space_prefix_of_model(spm)
+        if tjson.is_file():
+            try:
+                add_prefix, scheme = space_prefix_of_json(json.loads(tjson.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as exc:
+                raise SpecQuantError(f"{tjson}: unreadable ({exc})") from None
+        forced = ARCHS[config.arch].spm_space_prefix
+        if forced is not None and forced != add_prefix:
+            add_prefix, scheme = forced, "sentencepiece" if forced else None
+        out["tokenizer.ggml.add_space_prefix"] = (add_prefix, None)
+        if add_prefix and scheme != "sentencepiece":  # the runtime's default needs no key
+            out[SPACE_PREFIX_KEY] = (scheme, None)
     out["tokenizer.ggml.tokens"] = (toks, None)
     out["tokenizer.ggml.scores"] = (scores, (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32))
     out["tokenizer.ggml.token_type"] = (types, (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32))

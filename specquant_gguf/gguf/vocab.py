@@ -4,7 +4,10 @@ Byte-level BPE files (tokenizer.ggml.model = "gpt2": SmolLM2, Qwen2, Llama 3, ..
 directly with the `tokenizers` library from the stored tokens and merges, with the pre-tokenizer
 that llama.cpp uses for the file's tokenizer.ggml.pre, and NFC first when
 specquant.tokenizer.normalizer = "nfc". Anything else (SentencePiece "llama", ...) is
-loaded through transformers' own GGUF support (AutoTokenizer.from_pretrained(dir, gguf_file=...)).
+loaded through transformers' own GGUF support (AutoTokenizer.from_pretrained(dir, gguf_file=...)),
+with its dummy prefix set as the file says (transformers' GGUF loader always builds HF's Metaspace
+"first"): tokenizer.ggml.add_space_prefix (absent = on) and specquant.tokenizer.space_prefix (absent
+= "sentencepiece": a ▁ before every piece of text, as sentencepiece and llama.cpp do).
 
 Special (control / user-defined) tokens written in the text are NOT recognised unless
 parse_special=True, like llama.cpp's default: "<|im_end|>" in a text file is just characters.
@@ -31,6 +34,8 @@ _PRE_SPLITS: dict[str, list[tuple[str, str]]] = {
     "llama3": [("regex", _LLAMA3_RE)],
     "qwen2": [("regex", _QWEN2_RE)],
 }
+
+_IGNORE_MERGES = ("llama-bpe", "llama3", "llama-v3")  # as native/src/tokenizer.c's parse_pre
 
 TOKEN_TYPE_NORMAL, TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED = 1, 3, 4
 
@@ -59,6 +64,8 @@ class TextTokenizer:
         elif path is not None:
             self._tok = None
             self._hf = _load_transformers_tokenizer(Path(path))
+            if kind == "llama":
+                _set_space_prefix(self._hf.backend_tokenizer, metadata)
         else:
             raise SpecQuantError(f"tokenizer model {kind!r} needs the file path (transformers' GGUF loader)")
         self.n_vocab = len(metadata.get("tokenizer.ggml.tokens", []))
@@ -99,8 +106,10 @@ def _build_byte_bpe(md: dict[str, Any], parse_special: bool):
         if not sep:
             raise SpecQuantError(f"bad merge {m!r} in tokenizer.ggml.merges")
         pairs.append((a, b))
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False))
     pre = md.get("tokenizer.ggml.pre", "default")
+    # Llama 3's tokenizer.json has ignore_merges: a pre-token that is a whole token is not merged
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=pairs, fuse_unk=False, byte_fallback=False,
+                               ignore_merges=pre in _IGNORE_MERGES))
     steps = _PRE_SPLITS.get(pre, _PRE_SPLITS["default"])
     seq = []
     for kind, rx in steps:
@@ -121,6 +130,29 @@ def _build_byte_bpe(md: dict[str, Any], parse_special: bool):
         special = [tokens[i] for i, t in enumerate(types) if t in (TOKEN_TYPE_CONTROL, TOKEN_TYPE_USER_DEFINED)]
         tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
     return tok
+
+
+def _set_space_prefix(tok: Any, md: dict[str, Any]) -> None:
+    """The SentencePiece dummy prefix of the file on a `tokenizers` Tokenizer (in place)."""
+    from tokenizers import decoders, normalizers, pre_tokenizers
+
+    add = md.get("tokenizer.ggml.add_space_prefix", True)
+    scheme = md.get("specquant.tokenizer.space_prefix", "sentencepiece")
+    if scheme not in ("sentencepiece", "metaspace-first", "metaspace-always"):
+        raise SpecQuantError(f"unsupported specquant.tokenizer.space_prefix {scheme!r} "
+                             f"(supported: sentencepiece, metaspace-first, metaspace-always)")
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if not add:
+        tok.normalizer = normalizers.Replace(" ", "▁")
+        tok.pre_tokenizer = None
+    elif scheme == "sentencepiece":  # HF's legacy Llama tokenizer.json: Prepend runs on every piece of text
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tok.pre_tokenizer = None
+    else:
+        tok.normalizer = None
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", split=False,
+                                                     prepend_scheme=scheme.removeprefix("metaspace-"))
+    tok.decoder = decoders.Sequence(steps + ([decoders.Strip(" ", 1, 0)] if add else []))
 
 
 def _load_transformers_tokenizer(path: Path):
