@@ -5,7 +5,7 @@ Running a converted model needs only numpy, cffi and the built library (no torch
     from specquant_gguf import Model
     m = Model("smol.sq4.gguf")
 
-The package by role (imports flow one way: cli -> convert / eval / runtime -> gguf / arch -> errors):
+The package by role (imports flow one way: cli -> convert / eval -> runtime -> gguf / arch -> errors):
     errors.py  arch.py  progress.py   exceptions; the architecture registry; the progress bar
     gguf/      the file format: constants, weight types, the writer, the strict reader
     convert/   the converter (torch)

@@ -1,5 +1,5 @@
 """The package's imports flow one way (docs/LAYOUT.md):
-cli -> convert / eval / runtime -> gguf / arch / paths / progress -> errors, and no module cycles."""
+cli -> convert / eval -> runtime -> gguf / arch / paths / progress -> errors, and no module cycles."""
 from __future__ import annotations
 
 import ast
@@ -15,7 +15,8 @@ ALLOWED: dict[str, set[str]] = {
     "progress": set(),
     "gguf": {"errors", "arch", "paths", "progress"},
     "runtime": {"errors", "arch", "paths", "progress", "gguf"},
-    "convert": {"errors", "arch", "paths", "progress", "gguf"},
+    # the converter writes a large model's calibration text through the runtime (a W4 draft)
+    "convert": {"errors", "arch", "paths", "progress", "gguf", "runtime"},
     "eval": {"errors", "arch", "paths", "progress", "gguf", "runtime"},
     "cli": {"errors", "arch", "paths", "progress", "gguf", "runtime", "convert", "eval"},
 }
