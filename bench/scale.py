@@ -190,13 +190,12 @@ def extrapolate(stages: dict[str, dict[str, float]], n_blocks: int, target: int 
 
 # --------------------------------------------------------------------------------- speed (optional)
 
-def speed_vs_llama(folder: Path, ours: Path, work: Path) -> dict[str, Any] | None:
+def speed_vs_llama(folder: Path, ours: Path, work: Path, reps: int = 3) -> dict[str, Any] | None:
     """f16 of the same weights -> Q4_0 / Q4_K_M; pp512/tg128 at 1 and 2 threads; decode bandwidth."""
     import llama_cpp_env
 
     if not llama_cpp_env.venv_python().is_file():
         return None
-    import membw
     import speed
 
     f16 = work / "f16.gguf"
@@ -209,9 +208,9 @@ def speed_vs_llama(folder: Path, ours: Path, work: Path) -> dict[str, Any] | Non
         if not q.is_file():
             llama_cpp_env.quantize(f16, q, t)
         llama[f"llama.cpp {t}"] = q
-    res = speed.run({"ours W4A4": ours}, llama, threads=(1, 2))
-    bw = membw.measure(threads=2) if hasattr(membw, "measure") else None
-    return {"speed": res, "membw": bw, "files": {k: str(v) for k, v in llama.items()}}
+    res = speed.run({"ours W4A4": ours}, llama, threads=(1, 2), reps=reps)  # membw included
+    print(speed.format_table(res), file=sys.stderr)
+    return {"speed": res, "files": {k: str(v) for k, v in llama.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
                    "(default $SPECQUANT_CACHE/scale)")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--no-speed", action="store_true", help="skip the llama.cpp comparison")
+    p.add_argument("--speed-only", action="store_true", help="reuse the converted file of an earlier run "
+                   "(the conversion is not timed again) and measure only the speed comparison")
+    p.add_argument("--reps", type=int, default=3, help="speed repetitions per row, best of (default 3)")
     p.add_argument("--convert-args", default="", help="extra converter flags (default none: the default recipe)")
     args = p.parse_args(argv)
     work = args.work or cache_dir() / "scale"
@@ -232,7 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[scale] checkpoint {folder} ({time.time() - t0:.0f} s)", file=sys.stderr)
     out = work / f"sq4-{args.blocks}blk.gguf"
     extra = args.convert_args.split() + (["--large-model", "yes"] if args.blocks < 32 else [])  # as the 32-block model
-    res = convert_limited(folder, out, args.limit_gib, extra, log=work / f"convert-{args.blocks}blk.log")
+    if args.speed_only:
+        if not out.is_file():
+            print(f"[scale] --speed-only: {out} does not exist (run without --speed-only first)", file=sys.stderr)
+            return 1
+        res: dict[str, Any] = {"returncode": 0, "file_bytes": out.stat().st_size, "converted": "earlier run"}
+    else:
+        res = convert_limited(folder, out, args.limit_gib, extra, log=work / f"convert-{args.blocks}blk.log")
     res["blocks"] = args.blocks
     res["measured_depth"] = "full" if args.blocks == 32 else f"reduced ({args.blocks} of 32 blocks)"
     if "stages" in res and args.blocks != 32:
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         res["extrapolated_32_blocks_s"] = {k: round(v, 1) for k, v in ex.items()}
         res["extrapolated_32_blocks_total_s"] = round(sum(ex.values()), 1)
     if not args.no_speed and res.get("returncode") == 0:
-        res["speed"] = speed_vs_llama(folder, out, work)
+        res["speed"] = speed_vs_llama(folder, out, work, args.reps)
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:

@@ -77,9 +77,9 @@ def _group_scales_chunk(wg: torch.Tensor, ratios: tuple[float, ...], importance:
 def quantize_with_scales(w: torch.Tensor, d: torch.Tensor, group: int) -> torch.Tensor:
     """w (rows, C_in), d (rows, C_in/G) -> q int8 (rows, C_in)."""
     rows, c_in = w.shape
-    dd = d.repeat_interleave(group, dim=1)
-    safe = torch.where(dd > 0, dd, torch.ones_like(dd))
-    return torch.clamp(torch.round(w / safe), QMIN, QMAX).to(torch.int8)
+    safe = torch.where(d > 0, d, torch.ones_like(d)).unsqueeze(-1)  # broadcast over each group
+    q = w.reshape(rows, c_in // group, group) / safe  # the only full-size float temporary
+    return q.round_().clamp_(QMIN, QMAX).to(torch.int8).reshape(rows, c_in)
 
 
 def rtn(w: torch.Tensor, group: int, ratios: tuple[float, ...] = CLIP_RATIOS,
