@@ -194,3 +194,21 @@ def test_interrupted_conversion_resumes_at_the_next_block(tmp_path: Path, monkey
     assert len(calls) == 2  # blocks 2 and 3 only
     assert out.read_bytes() == ref.read_bytes()
     assert not work[0].exists()  # removed on success
+
+
+@pytest.mark.parametrize("method", ["f16", "q8"])
+def test_uncalibrated_conversions_keep_no_work_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       method: str) -> None:
+    """f16/q8 blocks are redone faster than saved: no work folder, whose copy of every block would
+    need the output's size again on disk (an 8B f16 file: 16 GB more)."""
+    from oracle.tinyllama import write_gguf
+    from specquant_gguf.cli import main
+    from specquant_gguf.convert import driver
+
+    path = write_gguf(MemorySource(tiny_config(n_layer=2), seed=0), tmp_path / "tiny.gguf")
+    saved: list[int] = []
+    monkeypatch.setattr(driver.WorkDir, "save_block", lambda self, i, *a: saved.append(i))
+    out = tmp_path / "out.gguf"
+    assert main(["convert", str(path), "--out", str(out), "--method", method, "--quiet"]) == 0
+    assert out.is_file() and saved == []
+    assert not [p for p in tmp_path.iterdir() if ".work-" in p.name]

@@ -551,8 +551,9 @@ def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = C
     """The whole conversion of MODEL (folder, GGUF file, short name or HF repo id) into `out`.
     pre_tokenizer: force tokenizer.ggml.pre of an HF folder (--pre-tokenizer).
 
-    resume: finished blocks are kept in a work folder next to `out` (WorkDir) and reused when the
-    same conversion is started again after an interruption; the folder is removed on success.
+    resume: finished blocks of a calibrated recipe are kept in a work folder next to `out` (WorkDir)
+    and reused when the same conversion is started again after an interruption; the folder is
+    removed on success.
     clock: receives the time and peak memory of each stage (printed at the end unless quiet)."""
     t0 = time.time()
     clock = clock if clock is not None else StageClock()
@@ -569,7 +570,10 @@ def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = C
     log(f"{source.description}: {cfg.arch}, {cfg.n_layer} blocks, hidden {cfg.n_embd}, "
         f"{cfg.n_head}/{cfg.n_head_kv} heads, vocab {cfg.vocab_size}", quiet)
     work = None
-    if resume and (getattr(source, "path", None) or getattr(source, "folder", None)):
+    # Only calibrated recipes keep finished blocks for a restart: an f16/q8/RTN block is one read
+    # and one rounding, redone faster than saved, and saving it would need the file's size again on
+    # disk (an 8B f16 conversion: 16 GB of work folder on top of the output and its spool).
+    if resume and r.needs_calibration and (getattr(source, "path", None) or getattr(source, "folder", None)):
         calib_id = None
         if calib_opts.file is not None:
             f = Path(calib_opts.file)
