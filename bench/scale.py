@@ -64,7 +64,9 @@ def _byte_tokenizer(folder: Path) -> None:
             cs.append(256 + n)
             n += 1
     chars = [chr(c) for _, c in sorted(zip(bs, cs))]
-    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(chars)}, merges=[]))
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab["Ġt"] = len(vocab)  # one merge: llama.cpp refuses a BPE vocabulary without merges
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[("Ġ", "t")]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.save(str(folder / "tokenizer.json"))
@@ -77,6 +79,7 @@ def build_checkpoint(folder: Path, n_blocks: int, seed: int = 0) -> Path:
     from safetensors.torch import save_file
 
     if (folder / "DONE").is_file():
+        _byte_tokenizer(folder)  # cheap; folders built before the tokenizer had a merge get one
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     c = dict(LLAMA31_8B, num_hidden_layers=n_blocks)

@@ -143,7 +143,7 @@ def test_pre_tokenizer_by_content() -> None:
     assert pre_tokenizer_name(_split_then_bytes(_LLAMA3), "t") == "llama-bpe"
     assert pre_tokenizer_name(_split_then_bytes(_LLAMA3.replace("\\p{N}{1,3}", "\\p{N}")), "t") == "qwen2"
     assert pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
-                                                 "use_regex": True}}, "t") == "gpt2"
+                                                 "use_regex": True}}, "t") == "gpt-2"
     assert pre_tokenizer_name({"pre_tokenizer": {"type": "Sequence", "pretokenizers": [
         {"type": "Digits", "individual_digits": True},
         {"type": "ByteLevel", "add_prefix_space": False, "use_regex": True}]}}, "t") == "smollm"

@@ -106,8 +106,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages-json", metavar="FILE", default=None,
                    help="also write the time and peak memory of each stage to FILE (benchmarks)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
-    p.add_argument("--pre-tokenizer", default=None, metavar="NAME", choices=PRE_TOKENIZERS,
-                   help="force tokenizer.ggml.pre of an HF folder (gpt2, llama-bpe, qwen2, smollm) when the "
+    p.add_argument("--pre-tokenizer", default=None, metavar="NAME", choices=PRE_TOKENIZERS + ("gpt2",),
+                   help="force tokenizer.ggml.pre of an HF folder (gpt-2, llama-bpe, qwen2, smollm) when the "
                         "tokenizer's own is not recognised")
 
 

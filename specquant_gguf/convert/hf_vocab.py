@@ -33,8 +33,10 @@ NORMALIZERS = {"NFC": "nfc"}
 SPACE_PREFIX_KEY = "specquant.tokenizer.space_prefix"
 SPACE_PREFIXES = ("sentencepiece", "metaspace-first", "metaspace-always")
 
-# names --pre-tokenizer accepts: those the runtime runs (tokenizer.c), one per behaviour
-PRE_TOKENIZERS = ("gpt2", "llama-bpe", "qwen2", "smollm")
+# names --pre-tokenizer accepts: those the runtime runs (tokenizer.c), one per behaviour, spelled as
+# llama.cpp spells tokenizer.ggml.pre (it refuses "gpt2": its name is "gpt-2"); "gpt2" is an alias
+PRE_TOKENIZERS = ("gpt-2", "llama-bpe", "qwen2", "smollm")
+PRE_TOKENIZER_ALIASES = {"gpt2": "gpt-2"}
 
 
 def _steps(pre: Any) -> list[Any]:
@@ -63,7 +65,7 @@ def _signature(pre: Any) -> tuple:
 
 
 _KNOWN: dict[tuple, str] = {
-    (("bytelevel", True, False),): "gpt2",
+    (("bytelevel", True, False),): "gpt-2",
     (("digits", True), ("bytelevel", True, False)): "smollm",
     (("split", _LLAMA3_RE, "Isolated", False), ("bytelevel", False, False)): "llama-bpe",
     (("split", _QWEN2_RE, "Isolated", False), ("bytelevel", False, False)): "qwen2",
@@ -175,6 +177,7 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
         if (tj.get("model") or {}).get("type") != "BPE":
             raise SpecQuantError(f"{tjson}: a {(tj.get('model') or {}).get('type')} tokenizer without tokenizer.model "
                                  f"is not supported (byte-level BPE or SentencePiece)")
+        pre_tokenizer = PRE_TOKENIZER_ALIASES.get(pre_tokenizer or "", pre_tokenizer)
         pre = pre_tokenizer or pre_tokenizer_name(tj, str(tjson))
         if pre_tokenizer and pre_tokenizer not in PRE_TOKENIZERS:
             raise SpecQuantError(f"--pre-tokenizer {pre_tokenizer}: not one of {', '.join(PRE_TOKENIZERS)}")

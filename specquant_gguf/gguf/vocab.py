@@ -27,6 +27,7 @@ _QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\
              r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_SPLITS: dict[str, list[tuple[str, str]]] = {
     # each entry: regexes applied in turn ("isolated" splits), then the byte-level mapping
+    "gpt-2": [("regex", _GPT2_RE)],  # llama.cpp's name
     "gpt2": [("regex", _GPT2_RE)],
     "default": [("regex", _GPT2_RE)],
     "smollm": [("digits", ""), ("regex", _GPT2_RE)],
