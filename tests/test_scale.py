@@ -212,3 +212,18 @@ def test_uncalibrated_conversions_keep_no_work_folder(tmp_path: Path, monkeypatc
     assert main(["convert", str(path), "--out", str(out), "--method", method, "--quiet"]) == 0
     assert out.is_file() and saved == []
     assert not [p for p in tmp_path.iterdir() if ".work-" in p.name]
+
+
+def test_large_models_get_the_cheap_alpha_search() -> None:
+    """The α search's shortcut (recipe.LARGE_MODEL_SEARCH) applies to large models' default recipe only;
+    a small model keeps the full search, and a recipe's own settings are never overridden."""
+    from specquant_gguf.convert.driver import large_model_search
+    from specquant_gguf.convert.recipe import LARGE_MODEL_SEARCH, Recipe
+
+    small, big = tiny_config(n_layer=2), llama3_8b_config()
+    assert large_model_search(Recipe(), small, None) == Recipe()
+    fast = large_model_search(Recipe(), big, None)
+    assert (fast.search_rows, fast.search_ratios) == (LARGE_MODEL_SEARCH["search_rows"], LARGE_MODEL_SEARCH["search_ratios"])
+    assert large_model_search(Recipe(), small, True).search_rows == LARGE_MODEL_SEARCH["search_rows"]
+    own = Recipe(search_rows=0)
+    assert large_model_search(own, big, None) == own

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -33,7 +34,7 @@ from .calibrate import (Calibration, linear_params, block_stats, cache_path, gen
                         save_cached, windows_from_texts)
 from .forward import block_forward, embed_tokens
 from .qlinear import QLinear, SimLinear, sim_linear_fn
-from .recipe import Recipe
+from .recipe import LARGE_MODEL_SEARCH, Recipe
 from .hub import resolve
 from .sources import ModelSource, open_source
 
@@ -437,6 +438,16 @@ def native_runtime_available() -> bool:
     return True
 
 
+def large_model_search(r: Recipe, cfg: ModelConfig, large: bool | None) -> Recipe:
+    """A large model's α search on fewer rows and clipping ratios (recipe.LARGE_MODEL_SEARCH), unless
+    the recipe sets its own."""
+    big = large if large is not None else linear_params(cfg) > calibrate.BIG_MODEL_PARAMS
+    default = Recipe()
+    if big and (r.search_rows, r.search_ratios) == (default.search_rows, default.search_ratios):
+        return dataclasses.replace(r, **LARGE_MODEL_SEARCH)
+    return r
+
+
 def draft_calibration(source: ModelSource, n: int, length: int, seed: int, segments: int, where: Path,
                       quiet: bool = False) -> Calibration:
     """Self-generated calibration text of a large model, written by the C runtime from a quick W4
@@ -567,6 +578,7 @@ def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = C
     cfg = source.config
     n_calib, calib_len, segments = calib_shape(cfg, calib_opts)
     check_model(cfg, r, calib_len)
+    r = large_model_search(r, cfg, calib_opts.large)
     log(f"{source.description}: {cfg.arch}, {cfg.n_layer} blocks, hidden {cfg.n_embd}, "
         f"{cfg.n_head}/{cfg.n_head_kv} heads, vocab {cfg.vocab_size}", quiet)
     work = None

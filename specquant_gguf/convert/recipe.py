@@ -12,6 +12,10 @@ QUANT_METHODS = ("specquant", "smoothquant", "rtn")
 DEFAULT_ALPHA_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+# the α search of a large model's default recipe (above calibrate.BIG_MODEL_PARAMS or --large-model yes)
+LARGE_MODEL_SEARCH: dict = {"search_rows": 512, "search_ratios": (1.0, 0.85, 0.7)}
+
+
 @dataclass(frozen=True)
 class Recipe:
     method: str = "specquant"
@@ -32,10 +36,11 @@ class Recipe:
     search_tokens: int = 512
     # the α search is a proxy (RTN instead of GPTQ), so it measures each linear's error on at most
     # search_rows output rows (evenly spaced; 0 = all) with the clipping ratios search_ratios (None =
-    # the recipe's 10): at 8B shape one block's search takes 17 s instead of ~145 s, and SmolLM2's
-    # default file moves by +0.5 % PPL (docs/RESULTS.md, "Conversion at 8B shape").
-    search_rows: int = 512
-    search_ratios: tuple[float, ...] | None = (1.0, 0.85, 0.7)
+    # the recipe's 10). Large models get LARGE_MODEL_SEARCH instead (driver.convert): at 8B shape
+    # one block's search takes 10 s instead of ~145 s; on SmolLM2 it would cost +0.5 % PPL
+    # (docs/RESULTS.md, "Conversion at Llama-3.1-8B shape").
+    search_rows: int = 2048
+    search_ratios: tuple[float, ...] | None = None
     search_gptq: bool = False  # use GPTQ (not RTN) inside the α search (slower)
     propagate: str = "float"  # calibration activations through the float or the quantized block
     head_type: str = "q8_0"
