@@ -48,6 +48,7 @@ VARIANTS: dict[str, list[str]] = {
     "sq-c4": ["--calib", C4, "--calib-windows", "64"],
     "sq-a8": ["--act-bits", "8"],
     "sq-a8-g32": ["--act-bits", "8", "--group-size", "32"],
+    "sq-a8down": ["--a8-linears", "ffn_down"],
 }
 
 
@@ -66,7 +67,8 @@ def run_variant(name: str, flags: list[str], model: str, wiki: Path, windows: in
             raise SystemExit(f"variant {name}: conversion failed: {r.stderr.strip().splitlines()[-1:]}")
         row["convert_s"] = round(time.perf_counter() - t0, 1)
     cmd = [sys.executable, "-m", "specquant_gguf.cli", "ppl", str(out), "--data", str(wiki), "--ctx", "512",
-           "--windows", str(windows), "--backend", "native", "--threads", str(threads), "--json"]
+           "--windows", str(windows), "--backend", "native", "--threads", str(threads), "--json",
+           "--act-bits", _run_bits(flags)]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=common.REPO)
     if r.returncode != 0:
         raise SystemExit(f"variant {name}: perplexity failed: {r.stderr.strip().splitlines()[-1:]}")
@@ -74,6 +76,12 @@ def run_variant(name: str, flags: list[str], model: str, wiki: Path, windows: in
     row.update(ppl=ppl["ppl"], windows=ppl["windows"], tokens=ppl["tokens"], **_variant_facts(out))
     result.write_text(json.dumps(row, indent=1))
     return row
+
+
+def _run_bits(flags: list[str]) -> str:
+    """The activation bits a variant is scored at: what it was converted for (the runtime's auto
+    is 8 on a CPU, which would score every W4A4 file at A8)."""
+    return flags[flags.index("--act-bits") + 1] if "--act-bits" in flags else "4"
 
 
 def _variant_facts(path: Path) -> dict:

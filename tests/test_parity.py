@@ -47,6 +47,9 @@ VARIANTS: dict[str, dict] = {
     "mha": {"heads": 4, "kv_heads": 4},
     "f16": {"method": "f16"},
     "q8": {"method": "q8"},
+    # per-linear mixed activation bits (specquant.act_bits_a8_linears): these inputs stay 8-bit at A4
+    "a8-down": {"a8_linears": ["ffn_down"]},
+    "a8-out-gu-spectral": {"a8_linears": ["attn_output", "ffn_gate", "ffn_up"], "spectral_k": 4},
 }
 
 
@@ -124,7 +127,7 @@ def test_logits_match_reference(variant_files, references, name, isa, monkeypatc
         assert (got.argmax(1) == ref.argmax(1)).all()
 
 
-A8_RUNS = ["g32-wht", "g64-wht", "g32-none", "spectral-out", "qwen2-bias"]  # W4A4 files
+A8_RUNS = ["g32-wht", "g64-wht", "g32-none", "spectral-out", "qwen2-bias", "a8-down"]  # W4A4 files
 
 
 @pytest.fixture(scope="module")

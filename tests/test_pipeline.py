@@ -112,7 +112,8 @@ def test_simulation_equals_reference_oracle(tiny_src, tmp_path: Path) -> None:
     emb = source.token_embd()
     tokens = list(range(4, 40))
     for n, recipe in enumerate((Recipe(group_size=32), Recipe(group_size=64, spectral_k=3, spectral_axis="out"),
-                                Recipe(group_size=32, act_bits=8, spectral_k=2, spectral_rule="softmax"))):
+                                Recipe(group_size=32, act_bits=8, spectral_k=2, spectral_rule="softmax"),
+                                Recipe(group_size=32, a8_linears=("attn_output", "ffn_down")))):
         qblocks = [qb for _, qb in convert_blocks(source, calib, recipe, emb)]
         blocks = [sim_block(qb, recipe) for qb in qblocks]
         out = tmp_path / f"sim{n}.gguf"

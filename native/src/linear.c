@@ -175,6 +175,8 @@ void sq_linear_prepare(const sq_exec *e, sq_lin_input *in, const float *x, int n
     in->qa.K = in->K;
     in->qa.G = e->G ? e->G : in->K;
     in->qa.bits = e->act_bits;
+    for (int i = 0; i < n; i++)
+        if (lins[i]->a8 && lins[i]->wtype == SQ_W_SQ4) in->qa.bits = 8;
     in->q8a.n_tok = n_tok;
     in->q8a.K = in->K;
     /* Enough chunks to keep every thread busy, never more than tokens. */

@@ -26,6 +26,9 @@ typedef struct {
     sq_q8_matrix q8;
     sq_spectral *spec;       /* NULL when there is no branch (owned) */
     const float *bias;       /* NULL when there is no bias */
+    int a8;                  /* SQ4: its input is quantized to 8 bits also when the run's act_bits is 4
+                                (specquant.act_bits_a8_linears; an input shared by several layers:
+                                8 bits when any of them says so) */
 } sq_linear;
 
 /* Execution context: pool, kernels, per-thread scratch. */

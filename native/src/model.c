@@ -136,6 +136,37 @@ static sq_status read_rope_scaling(sq_model *m, const meta_reader *r) {
     return st;
 }
 
+/* specquant.act_bits_a8_linears: string array of linear kinds (sq_linear_names) whose activations
+ * stay 8-bit when the SQ4 layers run at 4 bits. Kinds that read one quantized input (attn_q/k/v;
+ * ffn_gate/up) must be listed together. */
+static sq_status read_a8_linears(const sq_gguf *g, int *mask) {
+    static const char *const key = "specquant.act_bits_a8_linears";
+    *mask = 0;
+    const sq_gguf_kv *kv = sq_gguf_find(g, key);
+    if (!kv) return SQ_OK;
+    if (kv->type != SQ_GGUF_ARRAY || kv->arr_type != SQ_GGUF_STRING)
+        return sq_set_error(SQ_ERR_FORMAT, "metadata '%s' must be an array of strings", key);
+    for (uint64_t j = 0; j < kv->n; j++) {
+        sq_str s = sq_gguf_arr_str(kv, j);
+        int i = 0;
+        while (i < SQ_N_LINEAR && !sq_str_eq(s, sq_linear_names[i])) i++;
+        if (i == SQ_N_LINEAR)
+            return sq_set_error(SQ_ERR_FORMAT, "metadata '%s' has '%.*s', not a linear kind (attn_q, attn_k, attn_v, "
+                                "attn_output, ffn_gate, ffn_up, ffn_down)", key, (int)(s.len > 64 ? 64 : s.len), s.ptr);
+        if (*mask & (1 << i))
+            return sq_set_error(SQ_ERR_FORMAT, "metadata '%s' lists '%s' twice", key, sq_linear_names[i]);
+        *mask |= 1 << i;
+    }
+    const int qkv = (1 << SQ_LIN_Q) | (1 << SQ_LIN_K) | (1 << SQ_LIN_V), gu = (1 << SQ_LIN_GATE) | (1 << SQ_LIN_UP);
+    if ((*mask & qkv) && (*mask & qkv) != qkv)
+        return sq_set_error(SQ_ERR_FORMAT, "metadata '%s': attn_q, attn_k and attn_v share one quantized input, list all "
+                            "three or none", key);
+    if ((*mask & gu) && (*mask & gu) != gu)
+        return sq_set_error(SQ_ERR_FORMAT, "metadata '%s': ffn_gate and ffn_up share one quantized input, list both or "
+                            "neither", key);
+    return SQ_OK;
+}
+
 static sq_status read_specquant_keys(sq_model *m) {
     sq_hparams *hp = &m->hp;
     const sq_gguf *g = &m->gguf;
@@ -155,7 +186,7 @@ static sq_status read_specquant_keys(sq_model *m) {
     if (rot < 0 || axis < 0) return sq_last_status();
     hp->wht = rot == 1;
     hp->spec_axis = axis == 1 ? SQ_SPEC_OUT : SQ_SPEC_IN;
-    return SQ_OK;
+    return read_a8_linears(g, &hp->a8_mask);
 }
 
 /* The activation-quantization settings matter only when some layer is SQ4 (W4A4). */
@@ -320,6 +351,7 @@ static sq_status load_layer(sq_model *m, int il) {
         sq_status st = sq_linear_init(&L->lin[i], g, name, shape[i][0], shape[i][1], hp->group_size, hp->spec_axis,
                                       m->spectral_tau);
         if (st) return st;
+        L->lin[i].a8 = (hp->a8_mask >> i) & 1;
     }
     int n_bias = (L->q.bias != NULL) + (L->k.bias != NULL) + (L->v.bias != NULL);
     if (hp->arch->qkv_bias == SQ_BIAS_REQUIRED && n_bias < 3)

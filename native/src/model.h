@@ -46,6 +46,8 @@ typedef struct {
     int group_size;   /* SQ4 G (0 = per row) */
     int act_bits;     /* 4 or 8: what the file was calibrated for (specquant.act_bits); the run's
                          bits are exec.act_bits (sq_model_params.act_bits, auto per backend) */
+    int a8_mask;      /* bit i: linear kind i (sq_linear_names) keeps 8-bit activations when the run's
+                         act_bits is 4 (specquant.act_bits_a8_linears) */
     int wht;          /* in-group Walsh–Hadamard on activations */
     int spec_axis;    /* SQ_SPEC_IN / SQ_SPEC_OUT */
 } sq_hparams;

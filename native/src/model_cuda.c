@@ -46,6 +46,8 @@ struct sq_model_gpu {
     float *rope_cs;
     sq_cuda_kv *kv;
     sq_cuda_act *a_sq4[2], *a_q8[2]; /* per width W_D / W_F, NULL when no layer needs that kind */
+    sq_cuda_act *a_sq4_8[2];         /* 8-bit SQ4 activations of the a8 linears (specquant.act_bits_a8_linears)
+                                        when act_bits is 4: they run the int8 path; NULL when none */
     float *x, *xn, *q, *k, *v, *att, *tmp, *gate, *up, *logits;
     float *spec_in, *spec_out[3];
     int spec_stride;
@@ -158,11 +160,13 @@ static sq_status alloc_activations(sq_model *m, struct sq_model_gpu *g) {
     const sq_hparams *hp = &m->hp;
     const int width[2] = {hp->n_embd, hp->n_ff};
     int need[2][2] = {{0, 0}, {0, 0}}; /* [width][sq4, q8] */
+    int need_a8[2] = {0, 0};
     int spec_k = 1;
     for (int il = 0; il < hp->n_layer; il++)
         for (int i = 0; i < SQ_N_LINEAR; i++) {
             const sq_linear *l = &m->layers[il].lin[i];
             need[i == SQ_LIN_DOWN ? W_F : W_D][l->wtype == SQ_W_Q8] = 1;
+            if (l->wtype == SQ_W_SQ4 && l->a8 && g->act_bits == 4) need_a8[i == SQ_LIN_DOWN ? W_F : W_D] = 1;
             if (l->spec && l->spec->k_used > spec_k) spec_k = l->spec->k_used;
         }
     need[W_D][m->head.wtype == SQ_W_Q8] = 1;
@@ -171,6 +175,7 @@ static sq_status alloc_activations(sq_model *m, struct sq_model_gpu *g) {
         int G = hp->group_size ? hp->group_size : width[w];
         if (need[w][0])
             TRY(sq_cuda_act_create(g->c, SQ_CUDA_ACT_SQ4, m->n_batch, width[w], G, g->act_bits, &g->a_sq4[w]));
+        if (need_a8[w]) TRY(sq_cuda_act_create(g->c, SQ_CUDA_ACT_SQ4, m->n_batch, width[w], G, 8, &g->a_sq4_8[w]));
         if (need[w][1]) TRY(sq_cuda_act_create(g->c, SQ_CUDA_ACT_Q8, m->n_batch, width[w], 0, 0, &g->a_q8[w]));
     }
     size_t B = (size_t)m->n_batch, D = hp->n_embd, kvw = (size_t)hp->n_kv_head * hp->head_dim, F = hp->n_ff;
@@ -222,6 +227,7 @@ void sq_model_cuda_free(sq_model *m) {
             for (int j = 0; j < m->n_bases; j++) sq_cuda_basis_free(c, g->bases[j]);
         for (int w = 0; w < 2; w++) {
             sq_cuda_act_free(c, g->a_sq4[w]);
+            sq_cuda_act_free(c, g->a_sq4_8[w]);
             sq_cuda_act_free(c, g->a_q8[w]);
         }
         sq_cuda_kv_free(c, g->kv);
@@ -278,23 +284,26 @@ static sq_status run_linears(sq_model *m, const float *x, int w, int nb, gpu_lin
     struct sq_model_gpu *g = m->gpu;
     sq_cuda *c = g->c;
     const int K = lins[0]->l->cols;
-    int need_sq4 = 0, need_q8 = 0, spec_k = 0;
+    int need_sq4 = 0, need_q8 = 0, spec_k = 0, a8 = 0;
     const sq_cuda_basis *basis = NULL;
     for (int i = 0; i < n; i++) {
         const sq_linear *l = lins[i]->l;
         need_sq4 |= l->wtype == SQ_W_SQ4;
+        a8 |= l->wtype == SQ_W_SQ4 && l->a8;
         need_q8 |= l->wtype == SQ_W_Q8;
         if (lins[i]->spec && l->spec->axis == SQ_SPEC_IN) {
             if (l->spec->k_used > spec_k) spec_k = l->spec->k_used;
             if (!basis) basis = lins[i]->basis;
         }
     }
-    if (need_sq4) TRY(sq_cuda_quantize(c, x, K, nb, m->hp.wht, g->a_sq4[w]));
+    /* like sq_linear_prepare: an input read by an a8 linear is quantized to 8 bits (int8 path) */
+    sq_cuda_act *a_sq4 = a8 && g->a_sq4_8[w] ? g->a_sq4_8[w] : g->a_sq4[w];
+    if (need_sq4) TRY(sq_cuda_quantize(c, x, K, nb, m->hp.wht, a_sq4));
     if (need_q8) TRY(sq_cuda_quantize(c, x, K, nb, 0, g->a_q8[w]));
     if (spec_k) TRY(sq_cuda_spectral_project_in(c, basis, spec_k, x, K, nb, g->spec_in, g->spec_stride));
     for (int i = 0; i < n; i++) {
         const gpu_linear *gl = lins[i];
-        const sq_cuda_act *a = gl->l->wtype == SQ_W_SQ4 ? g->a_sq4[w] : g->a_q8[w];
+        const sq_cuda_act *a = gl->l->wtype == SQ_W_SQ4 ? a_sq4 : g->a_q8[w];
         if (!gl->spec) {
             TRY(sq_cuda_matmul(c, gl->w, a, ys[i], ldys[i], gl->bias));
             continue;

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..convert.hf_vocab import PRE_TOKENIZERS
-from ..convert.recipe import METHODS, Recipe, method_defaults
+from ..convert.recipe import METHODS, Recipe, method_defaults, parse_a8_linears
 from ..errors import UsageError
 from ..paths import writable_output
 
@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="paper: the paper's literal reading (per-row weight scales, per-token activation "
                         "scales, alpha 0.5, fixed K=16, axis in, no rotation, no GPTQ)")
     p.add_argument("--act-bits", type=int, choices=(4, 8), default=None, help="activation bits (default 4)")
+    p.add_argument("--a8-linears", default=None, metavar="KINDS",
+                   help="comma-separated linear kinds whose activations stay 8-bit when the SQ4 layers run at "
+                        "4 bits (attn_q,attn_k,attn_v together; ffn_gate,ffn_up together; attn_output; "
+                        "ffn_down), or 'none'; calibrated so and recorded in the file (default: none)")
     p.add_argument("--group-size", type=int, default=None, metavar="G",
                    help="weight/activation group size: 32, 64 (default), 128, or 0 = one group per row")
     p.add_argument("--alpha", type=_alpha_arg, default=None, metavar="A",
@@ -116,7 +120,7 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     r = method_defaults(args.method, args.preset)
     if args.preset == "paper" and args.method != "specquant":
         raise UsageError("--preset paper applies to --method specquant only")
-    quant_flags = {"--act-bits": args.act_bits, "--group-size": args.group_size, "--alpha": args.alpha,
+    quant_flags = {"--act-bits": args.act_bits, "--a8-linears": args.a8_linears, "--group-size": args.group_size, "--alpha": args.alpha,
                    "--spectral-k": args.spectral_k, "--spectral-axis": args.spectral_axis,
                    "--spectral-rule": args.spectral_rule, "--spectral-temp": args.spectral_temp,
                    "--rotation": args.rotation, "--gptq/--no-gptq": args.gptq,
@@ -135,6 +139,12 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     kw: dict[str, Any] = {}
     if args.act_bits is not None:
         kw["act_bits"] = args.act_bits
+    if args.a8_linears is not None:
+        names = [] if args.a8_linears.strip() == "none" else [n.strip() for n in args.a8_linears.split(",")]
+        try:
+            kw["a8_linears"] = parse_a8_linears(names)
+        except ValueError as e:
+            raise UsageError(f"--a8-linears: {e}") from None
     if args.group_size is not None:
         if args.group_size not in GROUP_SIZES:
             raise UsageError(f"--group-size must be one of 32, 64, 128 or 0 (per row), got {args.group_size}")
@@ -156,6 +166,10 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     if args.head_type is not None:
         kw["head_type"] = args.head_type
     r = replace(r, **kw)
+    if r.act_bits == 8 and r.a8_linears:  # every activation is 8-bit already
+        if args.a8_linears is not None:
+            raise UsageError("--a8-linears applies to --act-bits 4 (at 8 every linear's activations are 8-bit)")
+        r = replace(r, a8_linears=())
     if r.rotation == "wht" and (r.group_size <= 0 or r.group_size & (r.group_size - 1)):
         raise UsageError("--rotation wht needs a power-of-two group size (32, 64, 128); "
                          "per-row groups (--group-size 0) need --rotation none")

@@ -97,9 +97,10 @@ def layer_error(ql: QLinear, x: torch.Tensor, xq: torch.Tensor, y_ref: torch.Ten
     return float(((y - y_ref) ** 2).sum() / (y_ref ** 2).sum().clamp(min=1e-30))
 
 
-def quant_act(x: torch.Tensor, g: int, r: Recipe) -> torch.Tensor:
+def quant_act(x: torch.Tensor, g: int, r: Recipe, bits: int | None = None) -> torch.Tensor:
+    """x as the integer product sees it, at `bits` (None: r.act_bits)."""
     xr = wht_groups(x, g) if r.rotation == "wht" else x
-    return fake_quant_act(xr, g, r.act_bits)
+    return fake_quant_act(xr, g, r.act_bits if bits is None else bits)
 
 
 def group_error(group: str, blk: Block, st: PointStats, lam: torch.Tensor, r: Recipe,
@@ -110,7 +111,7 @@ def group_error(group: str, blk: Block, st: PointStats, lam: torch.Tensor, r: Re
     xs = x / lam
     names = GROUPS[group]
     g = r.group_for(xs.shape[1])
-    xq = quant_act(xs, g, r)
+    xq = quant_act(xs, g, r, r.act_bits_of(*names))
     sst = scaled_stats(st, lam) if (r.search_gptq or r.spectral_k) else st
     ratios = r.search_ratios if r.search_ratios is not None and r.clip else None
     qls = quantize_group({n: blk[n] * lam.unsqueeze(0) for n in names}, sst, r, fast=True, ratios=ratios)

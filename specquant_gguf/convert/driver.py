@@ -62,7 +62,7 @@ def embed(tokens: torch.Tensor, emb: torch.Tensor, cfg: ModelConfig) -> torch.Te
 
 def sim_block(qb: QBlock, r: Recipe) -> tuple[dict[str, torch.Tensor], Callable]:
     """The converted block as a forward.block_forward (weights, linear function) pair."""
-    sims = {n: SimLinear(ql, r.act_bits, r.rotation == "wht") for n, ql in qb.linears.items()}
+    sims = {n: SimLinear(ql, r.act_bits_of(n), r.rotation == "wht") for n, ql in qb.linears.items()}
     return dict(qb.norms), sim_linear_fn(sims)
 
 
@@ -377,6 +377,9 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
     }
     for key, (value, vtype) in keys.items():
         w.add_kv(key, value, vtype)
+    if r.quantized and r.a8_linears:  # GGUF cannot store empty arrays: absent = none
+        w.add_kv("specquant.act_bits_a8_linears", list(r.a8_linears), gguf.GGUFValueType.ARRAY,
+                 gguf.GGUFValueType.STRING)
     if r.smoothing and summary.alphas:
         w.add_kv("specquant.smooth.alphas", [float(x) for x in summary.alphas], gguf.GGUFValueType.ARRAY,
                  gguf.GGUFValueType.FLOAT32)

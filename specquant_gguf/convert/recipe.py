@@ -10,6 +10,28 @@ NO_CLIP: tuple[float, ...] = (1.0,)
 METHODS = ("specquant", "smoothquant", "rtn", "f16", "q8")
 QUANT_METHODS = ("specquant", "smoothquant", "rtn")
 DEFAULT_ALPHA_GRID: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+# the linear kinds of a block (arch.LINEAR_GROUPS), in file order: what --a8-linears may name
+LINEAR_KINDS: tuple[str, ...] = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+# kinds that read one quantized input: listed together or not at all
+SHARED_INPUTS: tuple[tuple[str, ...], ...] = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))
+
+
+def parse_a8_linears(names: "list[str] | tuple[str, ...]") -> tuple[str, ...]:
+    """The linear kinds whose input activations stay 8-bit when the SQ4 layers run at 4 bits
+    (specquant.act_bits_a8_linears, docs/FORMAT.md), in file order; ValueError with a one-line
+    message for an unknown or repeated kind, or a shared input listed in part."""
+    seen: list[str] = []
+    for n in names:
+        if n not in LINEAR_KINDS:
+            raise ValueError(f"{n!r} is not a linear kind ({', '.join(LINEAR_KINDS)})")
+        if n in seen:
+            raise ValueError(f"{n!r} is listed twice")
+        seen.append(n)
+    for group in SHARED_INPUTS:
+        inside = [n for n in group if n in seen]
+        if inside and len(inside) != len(group):
+            raise ValueError(f"{', '.join(group)} share one quantized input: list all of them or none")
+    return tuple(n for n in LINEAR_KINDS if n in seen)
 
 
 # the α search of a large model's default recipe (above calibrate.BIG_MODEL_PARAMS or --large-model yes)
@@ -44,6 +66,9 @@ class Recipe:
     search_gptq: bool = False  # use GPTQ (not RTN) inside the α search (slower)
     propagate: str = "float"  # calibration activations through the float or the quantized block
     head_type: str = "q8_0"
+    # linear kinds whose input activations stay 8-bit when the SQ4 layers run at 4 bits: the
+    # converter calibrates them at 8 and writes specquant.act_bits_a8_linears (parse_a8_linears)
+    a8_linears: tuple[str, ...] = ()
 
     @property
     def quantized(self) -> bool:
@@ -62,6 +87,10 @@ class Recipe:
     @property
     def ratios(self) -> tuple[float, ...]:
         return CLIP_RATIOS if self.clip else NO_CLIP
+
+    def act_bits_of(self, *names: str) -> int:
+        """Activation bits of the input that the linears `names` read: 8 when any is an a8 linear."""
+        return 8 if any(n in self.a8_linears for n in names) else self.act_bits
 
     def group_for(self, c_in: int) -> int:
         return self.group_size or c_in

@@ -462,6 +462,17 @@ class ReferenceModel:
         act_g = md.get("specquant.act_group_size", md.get("specquant.group_size"))
         if act_g is not None and md.get("specquant.group_size") is not None and act_g != md["specquant.group_size"]:
             raise FormatError("specquant.act_group_size must equal specquant.group_size")
+        a8 = md.get("specquant.act_bits_a8_linears", [])
+        if not isinstance(a8, (list, tuple)) or not all(isinstance(n, str) for n in a8):
+            raise FormatError("specquant.act_bits_a8_linears must be an array of strings")
+        # kinds whose input stays 8-bit when the SQ4 layers run at 4 (FORMAT.md §4.2)
+        kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+        if any(n not in kinds for n in a8) or len(set(a8)) != len(a8):
+            raise FormatError(f"specquant.act_bits_a8_linears {a8!r}: unknown or repeated linear kind")
+        for shared in ({"attn_q", "attn_k", "attn_v"}, {"ffn_gate", "ffn_up"}):
+            if shared & set(a8) and not shared <= set(a8):
+                raise FormatError(f"specquant.act_bits_a8_linears {a8!r}: {sorted(shared)} share one input")
+        self.a8_linears = set(a8)
         self.rotation = md.get("specquant.rotation", "none")
         if self.rotation not in ("none", "wht"):
             raise FormatError(f"unknown specquant.rotation {self.rotation!r}")
@@ -485,7 +496,9 @@ class ReferenceModel:
             wht = self.rotation == "wht"
             if wht and md_block(self.file.metadata, g) != g:
                 raise FormatError("specquant.rotation.block must equal the group size")
-            return SQ4Linear(q, d, g, self.act_bits, wht, exact=self.exact)
+            kind = name.split(".")[-2] if name.startswith("blk.") else None
+            bits = 8 if kind in self.a8_linears else self.act_bits
+            return SQ4Linear(q, d, g, bits, wht, exact=self.exact)
         if t.type_id == TYPE_Q8_0 and self.exact_q8:
             return Q8Linear(t.raw, shape[0], shape[1], exact=self.exact)
         return FloatLinear(self.file.dequantize(name).reshape(shape))

@@ -22,6 +22,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -189,10 +190,12 @@ def make_tiny_llama_gguf(
     rotation: str = "wht", spectral_k: int = 0, axis: str = "in", seed: int = 0, arch: str = "llama",
     qkv_bias: bool | None = None, tied: bool = True, head_type: str | None = None,
     rope_theta: float = 10000.0, rms_eps: float = 1e-5, context_length: int = 256, add_bos: bool = False,
+    a8_linears: Sequence | None = None,
 ) -> TinyModel:
     """Writes a tiny random model file; see the module docstring. group_size 0 = per-row groups
     (G = each matrix's C_in, as specquant.group_size = 0 means). head_type: "f16" | "q8" for
-    token_embd/output (default: f16 for method f16, q8 otherwise). qkv_bias defaults to arch == "qwen2"."""
+    token_embd/output (default: f16 for method f16, q8 otherwise). qkv_bias defaults to arch == "qwen2".
+    a8_linears: written as specquant.act_bits_a8_linears as given (unchecked, for error tests too)."""
     path = Path(path)
     if method not in ("specquant", "rtn", "smoothquant", "f16", "q8"):
         raise ValueError(f"unknown method {method!r}")
@@ -210,7 +213,8 @@ def make_tiny_llama_gguf(
     config = dict(arch=arch, method=method, n_layers=n_layers, hidden=hidden, heads=heads, kv_heads=kv_heads,
                   head_dim=head_dim, ffn=ffn, vocab=vocab, group_size=group_size, act_bits=act_bits,
                   rotation=rotation if sq4 else "none", spectral_k=spectral_k if sq4 else 0, axis=axis,
-                  rope_theta=rope_theta, rms_eps=rms_eps, tied=tied, head_type=head_type, qkv_bias=qkv_bias)
+                  rope_theta=rope_theta, rms_eps=rms_eps, tied=tied, head_type=head_type, qkv_bias=qkv_bias,
+                  a8_linears=None if a8_linears is None else list(a8_linears))
     fw: dict[str, np.ndarray] = {}
 
     def normal(shape: tuple[int, ...], std: float) -> np.ndarray:
@@ -290,6 +294,8 @@ def _write_metadata(w: ModelWriter, c: dict, tokens: list[str], types: list[int]
     w.add_kv("specquant.smooth.alpha", 0.0)
     w.add_kv("specquant.calibration.source", "none")
     w.add_kv("specquant.calibration.tokens", 0)
+    if c["a8_linears"] is not None:
+        w.add_kv("specquant.act_bits_a8_linears", c["a8_linears"])
 
 
 def _write_tensor(w: ModelWriter, name: str, value: np.ndarray, c: dict, rng: np.random.Generator, sq4: bool) -> None:
