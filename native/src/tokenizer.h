@@ -13,7 +13,10 @@
  * A file whose specquant.tokenizer.normalizer is "nfc" (Qwen2's tokenizer.json normalizer) has each
  * piece of text between special tokens put in Unicode NFC before it is split and merged, like HF.
  * Control tokens (<|im_end|>, <s>, ...) are recognised in text only when parse_special; user-defined
- * tokens always, like the Hugging Face tokenizer. The result equals Hugging Face's ids (tests).
+ * tokens always, like the Hugging Face tokenizer. A recognised token listed in
+ * specquant.tokenizer.lstrip / rstrip (HF added tokens with lstrip / rstrip: Phi-3's <|assistant|>,
+ * </s>) takes the whitespace before / after it with it, as HF does. The result equals Hugging Face's
+ * ids (tests).
  *
  * Wiring (model.c): at load, after parsing the file,
  *     m->vocab = sq_vocab_from_gguf(&m->gguf);      // NULL -> error already set, fail the load
@@ -71,6 +74,10 @@ typedef struct {
     /* specquant.tokenizer.space_prefix (SPM): NULL or "sentencepiece", "metaspace-first",
      * "metaspace-always" (NUL-terminated) */
     const char *space_prefix;
+    /* specquant.tokenizer.lstrip / rstrip: ids of the tokens that, when recognised in the text,
+     * swallow the whitespace (Unicode White_Space) before / after them; NULL / 0: none */
+    const int32_t *lstrip, *rstrip;
+    int32_t n_lstrip, n_rstrip;
 } sq_vocab_desc;
 
 /* NULL on error (set with sq_set_error: SQ_ERR_FORMAT for bad metadata, SQ_ERR_UNSUPPORTED for an

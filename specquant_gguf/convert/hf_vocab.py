@@ -33,6 +33,12 @@ NORMALIZERS = {"NFC": "nfc"}
 SPACE_PREFIX_KEY = "specquant.tokenizer.space_prefix"
 SPACE_PREFIXES = ("sentencepiece", "metaspace-first", "metaspace-always")
 
+# HF added tokens with lstrip / rstrip (Phi-3: <|assistant|>, </s>, ...) take the whitespace before /
+# after them when they are recognised in the text: our keys (docs/FORMAT.md), arrays of token ids;
+# llama.cpp has none (it sets rstrip on Phi-3's special tokens by the model's name).
+LSTRIP_KEY = "specquant.tokenizer.lstrip"
+RSTRIP_KEY = "specquant.tokenizer.rstrip"
+
 # names --pre-tokenizer accepts: those the runtime runs (tokenizer.c), one per behaviour, spelled as
 # llama.cpp spells tokenizer.ggml.pre (it refuses "gpt2": its name is "gpt-2"); "gpt2" is an alias
 PRE_TOKENIZERS = ("gpt-2", "llama-bpe", "qwen2", "smollm")
@@ -148,6 +154,18 @@ def _is_tiktoken(path: Path) -> bool:
     return len(line) == 2 and line[1].strip().isdigit() and all(32 < c < 127 for c in line[0])
 
 
+_SPM_USER_DEFINED = 4  # sentencepiece_model.proto: ModelProto.SentencePiece.Type.USER_DEFINED
+
+
+def _spm_piece_types(path: Path) -> list[int]:
+    """The type of each piece of a SentencePiece model (NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, ...)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    return [p.type for p in proto.pieces]
+
+
 def _spm_special_ids(path: Path) -> dict[str, int]:
     """bos / eos / unk / pad ids a SentencePiece model defines itself (trainer_spec; -1 = none)."""
     from sentencepiece import SentencePieceProcessor
@@ -194,18 +212,48 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
         toks.append(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text)
         scores.append(float(score))
         types.append(int(ttype))
-    if model == "gpt2":
+    if model == "llama":
+        # gguf's SentencePieceVocab types no piece USER_DEFINED (its check is commented out): sentencepiece
+        # takes those whole wherever they occur in the text (Gemma: <start_of_turn>, "\n\n", "\t\t", <sup>,
+        # ...; never formed by merges), and so does the runtime with the type, so take it from the model
+        for i, piece_type in enumerate(_spm_piece_types(spm)):
+            if piece_type == _SPM_USER_DEFINED and i < len(types):
+                types[i] = int(gguf.TokenType.USER_DEFINED)
+    n_base = len(toks)
+    lstrip: list[int] = []
+    rstrip: list[int] = []
+    if model == "llama" and tjson.is_file():
+        try:
+            tj = json.loads(tjson.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise SpecQuantError(f"{tjson}: unreadable ({exc})") from None
+    if model == "gpt2" or tjson.is_file():
         # tokenizer.json's added tokens (gguf's BpeVocab misses them when a vocab.json sits beside it,
-        # as in Qwen2.5 repos): special ones are CONTROL, the others USER_DEFINED, as llama.cpp writes them
+        # as in Qwen2.5 repos; its SentencePieceVocab reads only added_tokens.json, which Phi-3-vision's
+        # folder lacks: <|user|>, <|end|>, ... after the 32000 pieces): special ones are CONTROL, the
+        # others USER_DEFINED, as llama.cpp writes them. A SentencePiece model's own unknown, control
+        # and byte pieces keep their type, and a text that is not the piece's own is not taken.
+        # lstrip / rstrip (the token takes the whitespace before / after it, Phi-3's <|assistant|>):
+        # specquant.tokenizer.lstrip / rstrip list them
+        keep = (int(gguf.TokenType.UNKNOWN), int(gguf.TokenType.CONTROL), int(gguf.TokenType.BYTE))
         for added in tj.get("added_tokens") or []:
             tid, text = added.get("id"), added.get("content")
             if not isinstance(tid, int) or not isinstance(text, str) or tid < 0:
+                continue
+            if model == "llama" and tid < n_base and toks[tid] != text:
+                continue
+            for flag, ids in (("lstrip", lstrip), ("rstrip", rstrip)):
+                if added.get(flag):
+                    ids.append(tid)
+            if model == "llama" and tid < n_base and types[tid] in keep:
                 continue
             while len(toks) <= tid:
                 toks.append(f"[PAD{len(toks)}]")
                 scores.append(-1000.0)
                 types.append(int(gguf.TokenType.UNUSED))
-            toks[tid], scores[tid] = text, 0.0
+            toks[tid] = text
+            if model == "gpt2":
+                scores[tid] = 0.0  # (SentencePiece: -1000 like gguf's added tokens; never merged into)
             types[tid] = int(gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED)
     if len(toks) > config.vocab_size:
         raise SpecQuantError(f"{folder}: the tokenizer has {len(toks)} tokens but the model only {config.vocab_size} "
@@ -234,6 +282,9 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
         out["tokenizer.ggml.add_space_prefix"] = (add_prefix, None)
         if add_prefix and scheme != "sentencepiece":  # the runtime's default needs no key
             out[SPACE_PREFIX_KEY] = (scheme, None)
+    for key, ids in ((LSTRIP_KEY, lstrip), (RSTRIP_KEY, rstrip)):
+        if ids:
+            out[key] = (sorted(set(ids)), (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32))
     out["tokenizer.ggml.tokens"] = (toks, None)
     out["tokenizer.ggml.scores"] = (scores, (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32))
     out["tokenizer.ggml.token_type"] = (types, (gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.INT32))

@@ -21,7 +21,7 @@ from .. import arch as archs
 from ..arch import LINEARS, NORMS, POST_NORMS, QKV_BIASES, ModelConfig, stored_rope
 from ..errors import SpecQuantError
 from ..paths import regular_file
-from .hf_vocab import NORMALIZER_KEY, SPACE_PREFIX_KEY, hf_tokenizer_kv
+from .hf_vocab import LSTRIP_KEY, NORMALIZER_KEY, RSTRIP_KEY, SPACE_PREFIX_KEY, hf_tokenizer_kv
 from .hub import resolve
 
 def _first_line(exc: BaseException) -> str:
@@ -227,7 +227,7 @@ class GGUFSource(ModelSource):
 
         out: dict[str, tuple[Any, Any]] = {}
         for key, field in self.reader.fields.items():
-            if key.startswith("tokenizer.") or key in (NORMALIZER_KEY, SPACE_PREFIX_KEY):
+            if key.startswith("tokenizer.") or key in (NORMALIZER_KEY, SPACE_PREFIX_KEY, LSTRIP_KEY, RSTRIP_KEY):
                 vtype = field.types[0]
                 if vtype == gguf.GGUFValueType.ARRAY:
                     out[key] = (field.contents(), (vtype, field.types[-1]))
