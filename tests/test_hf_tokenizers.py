@@ -278,6 +278,8 @@ def test_space_prefix_by_content(tmp_path: Path) -> None:
     folder = _spm_folder("mistral-v0.1", tmp_path / "m")
     kv = hf_tokenizer_kv(folder, _config(32000))
     assert kv["tokenizer.ggml.add_space_prefix"][0] is True and SPACE_PREFIX_KEY not in kv
+    # the special ids under the keys llama.cpp and the runtime read (unknown, not "unk")
+    assert kv["tokenizer.ggml.unknown_token_id"][0] == 0 and "tokenizer.ggml.unk_token_id" not in kv
     (folder / "tokenizer.json").write_text(json.dumps(meta(prepend_scheme="first", split=False)))
     kv = hf_tokenizer_kv(folder, _config(32000))
     assert kv["tokenizer.ggml.add_space_prefix"][0] is True and kv[SPACE_PREFIX_KEY][0] == "metaspace-first"
@@ -338,7 +340,7 @@ def test_real_gemma2_sentencepiece(tmp_path: Path) -> None:
     toks, types = kv["tokenizer.ggml.tokens"][0], kv["tokenizer.ggml.token_type"][0]
     assert kv["tokenizer.ggml.model"][0] == "llama" and len(toks) == sp.get_piece_size() == 256000
     assert kv["tokenizer.ggml.add_space_prefix"][0] is False and SPACE_PREFIX_KEY not in kv
-    assert [kv[f"tokenizer.ggml.{k}_token_id"][0] for k in ("bos", "eos", "unk", "padding")] \
+    assert [kv[f"tokenizer.ggml.{k}_token_id"][0] for k in ("bos", "eos", "unknown", "padding")] \
         == [2, 1, 3, 0]
     assert (toks[106], types[106], toks[107], types[107]) == ("<start_of_turn>", 4, "<end_of_turn>", 4)
     assert sum(t == 4 for t in types) == 245 and sum(t == 6 for t in types) == 256 and types[:4] == [3, 3, 3, 2]

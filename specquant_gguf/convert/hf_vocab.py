@@ -33,6 +33,10 @@ NORMALIZERS = {"NFC": "nfc"}
 SPACE_PREFIX_KEY = "specquant.tokenizer.space_prefix"
 SPACE_PREFIXES = ("sentencepiece", "metaspace-first", "metaspace-always")
 
+# gguf.SpecialVocab's names -> the GGUF key's spelling (llama.cpp's and our runtime's:
+# tokenizer.ggml.unknown_token_id, seperator_token_id [sic], padding_token_id)
+GGUF_ID_NAMES = {"unk": "unknown", "sep": "seperator", "pad": "padding"}
+
 # HF added tokens with lstrip / rstrip (Phi-3: <|assistant|>, </s>, ...) take the whitespace before /
 # after them when they are recognised in the text: our keys (docs/FORMAT.md), arrays of token ids;
 # llama.cpp has none (it sets rstrip on Phi-3's special tokens by the model's name).
@@ -296,8 +300,7 @@ def hf_tokenizer_kv(folder: Path, config: ModelConfig, pre_tokenizer: str | None
         for typ, tid in _spm_special_ids(spm).items():
             ids.setdefault(typ, tid)
     for typ, tid in ids.items():
-        key = "padding" if typ == "pad" else typ
-        out[f"tokenizer.ggml.{key}_token_id"] = (int(tid), gguf.GGUFValueType.UINT32)
+        out[f"tokenizer.ggml.{GGUF_ID_NAMES.get(typ, typ)}_token_id"] = (int(tid), gguf.GGUFValueType.UINT32)
     for typ, value in special.add_special_token.items():
         out[f"tokenizer.ggml.add_{typ}_token"] = (bool(value), None)
     if special.chat_template:
