@@ -11,7 +11,8 @@ Terms:
 - Our converter writes q/k in the row order of the family it writes (`written_as`): llama, mistral,
   qwen2 and phi3 become "llama" files (normal RoPE, q/k permuted; qwen2's q/k/v biases are optional
   tensors there); gemma2 stays a "gemma2" file laid out as llama.cpp's (NEOX, unpermuted), because
-  its extra block parts (post-norms, soft-capping, sliding window) have no place in a llama file.
+  its extra block parts (post-norms, soft-capping, a window on every other layer) have no place in a
+  llama file. A llama file may carry a sliding window on every layer (Mistral v0.1, Phi-3).
 - Gemma's RMSNorm multiplies by (1 + w); GGUF files (llama.cpp's and ours) store w + 1, so every
   runtime norm is the plain x / rms(x) * w (`norm_offset` is what is added at reading HF weights).
 """
@@ -51,7 +52,9 @@ class Arch:
     fused: bool = False  # q/k/v and gate/up are fused tensors in the source (phi3); split on reading
     # Gemma 2's block (all False/0 for the llama family): post-attention / post-feed-forward norms,
     # GELU-tanh instead of SiLU in the gated MLP, embeddings scaled by sqrt(n_embd), HF norm weights
-    # offset by norm_offset, sliding-window attention on layers il % swa_pattern < swa_pattern - 1
+    # offset by norm_offset. swa_pattern: which layers a sliding window (ModelConfig.sliding_window)
+    # applies to: p > 0, layers il % p < p - 1 (Gemma 2's alternating local layers); 0, every layer
+    # (Mistral v0.1, Phi-3: a window on all layers, when the model has one)
     post_norms: bool = False
     gelu: bool = False
     embd_scale: bool = False
@@ -124,8 +127,9 @@ class ModelConfig:
     rope_freqs: tuple[float, ...] | None = None
     rope_scale: float = 1.0
     # Gemma 2 (0 = off): tanh soft-capping of attention scores and of the final logits (cap·tanh(x/cap)),
-    # the sliding window of the local layers (Arch.swa_pattern), and the attention scale
-    # (query_pre_attn_scalar^-0.5; 0 = head_dim^-0.5)
+    # and the attention scale (query_pre_attn_scalar^-0.5; 0 = head_dim^-0.5). sliding_window (0 = none):
+    # a query sees the last sliding_window positions, itself included, on the layers Arch.swa_pattern
+    # names (Gemma 2's local layers; every layer of the llama family: Mistral v0.1, Phi-3)
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     sliding_window: int = 0
@@ -143,7 +147,7 @@ class ModelConfig:
     def window(self, layer: int) -> int:
         """Positions a query of this layer sees (itself included); 0 = all (a global layer)."""
         p = self.family.swa_pattern
-        return self.sliding_window if p and self.sliding_window and layer % p < p - 1 else 0
+        return self.sliding_window if not p or layer % p < p - 1 else 0
 
     @property
     def q_dim(self) -> int:
@@ -170,6 +174,8 @@ class ModelConfig:
             raise SpecQuantError(f"{where}: {self.n_head} heads are not a multiple of {self.n_head_kv} KV heads")
         if self.head_dim % 2:
             raise SpecQuantError(f"{where}: head_dim {self.head_dim} is odd (RoPE needs pairs)")
+        if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) or self.sliding_window < 0:
+            raise SpecQuantError(f"{where}: sliding_window = {self.sliding_window!r} is not a non-negative integer")
         if not (self.rms_eps > 0 and self.rope_base > 0):
             raise SpecQuantError(f"{where}: rms_norm_eps and rope_theta must be positive")
         if not self.rope_scale > 0:

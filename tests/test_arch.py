@@ -415,3 +415,153 @@ def test_gemma2_file_without_post_norms_fails_in_one_line(tmp_path: Path) -> Non
         Model(bad, n_ctx=64, n_threads=1)
     with pytest.raises(SpecQuantError, match="blk.1.post_ffw_norm.weight"):
         ReferenceModel(bad)
+
+
+# ------------------------------------------------------------- a sliding window on every layer (llama family)
+
+WINDOW = 8  # IDS has 64 tokens: most positions lie beyond the window
+WINDOWED = {  # name -> (model_type, config fields): transformers windows every layer of these
+    "mistral": ("mistral", {"sliding_window": WINDOW}),
+    "phi3": ("phi3", {"sliding_window": WINDOW}),
+    "qwen2": ("qwen2", {"sliding_window": WINDOW, "use_sliding_window": True, "max_window_layers": 0}),
+}
+
+
+def _rel_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Relative error of each position's logits."""
+    return np.abs(a - b).max(-1) / np.abs(b).max(-1)
+
+
+def _windowed(family: str, seed: int = 3, **overrides):
+    model_type, extra = WINDOWED[family]
+    import torch
+
+    return tiny_hf_model(model_type, seed=seed, round_to=torch.float16, **{**extra, **overrides})
+
+
+@pytest.mark.parametrize("family", list(WINDOWED))
+def test_sliding_window_hf_folder_matches_transformers(tmp_path: Path, family: str) -> None:
+    """A windowed model converted with --method f16 writes llama.attention.sliding_window and gives
+    transformers' logits in the runtime and the oracle at each of 64 positions (56 beyond the
+    window), and the same greedy tokens decoded one by one through the KV cache."""
+    from specquant_gguf.cli import main
+    from specquant_gguf.gguf import read_model
+
+    hf = _windowed(family)
+    folder = save_hf_folder(hf, tmp_path / "hf")
+    out = tmp_path / "f16.gguf"
+    assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    assert read_model(out).metadata["llama.attention.sliding_window"] == WINDOW
+    want = hf_logits(hf, IDS)
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = _rel_rows(m.eval(IDS), want)
+    ref = _rel_rows(ReferenceModel(out).forward(IDS), want)
+    print(f"\n{family} window {WINDOW}: runtime vs transformers {got.max():.1e}, oracle {ref.max():.1e}")
+    assert got.max() < 1e-3, f"runtime: worst position {got.argmax()} ({got.max():.2e})"
+    assert ref.max() < 1e-3, f"oracle: worst position {ref.argmax()} ({ref.max():.2e})"
+    assert _native_greedy(out, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
+
+
+@pytest.mark.parametrize("family", ["mistral", "phi3"])
+def test_sliding_window_is_exercised(family: str) -> None:
+    """On the tiny models the window matters: logits equal those without a window up to position
+    WINDOW - 1 and differ beyond it; windows one shorter or longer give clearly other logits (an
+    off-by-one cannot pass the 1e-3 test above)."""
+    ids = IDS[:40]
+    a = hf_logits(_windowed(family), ids)
+    full = hf_logits(_windowed(family, sliding_window=None), ids)
+    assert _rel_rows(a[:WINDOW], full[:WINDOW]).max() < 1e-5
+    assert _rel_rows(a[WINDOW:], full[WINDOW:]).min() > 1e-2, "every position past the window should change"
+    for other in (WINDOW - 1, WINDOW + 1):  # peaky attention: not every position, but some by far
+        assert _rel_rows(a, hf_logits(_windowed(family, sliding_window=other), ids)).max() > 0.05, other
+
+
+def test_sliding_window_in_batch_and_converter_forward(tmp_path: Path) -> None:
+    """The window also holds in batch.c's attention hook (two sequences in one pass) and in the
+    converter's own forward (convert/forward.py: whole input and token by token through its cache)."""
+    import torch
+
+    from specquant_gguf.cli import main
+    from specquant_gguf.convert.forward import KVCache, block_forward, embed_tokens, head_logits
+    from specquant_gguf.convert.sources import HFSource
+
+    hf = _windowed("mistral", seed=4)
+    folder = save_hf_folder(hf, tmp_path / "hf")
+    out = tmp_path / "f16.gguf"
+    assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        single = m.eval(IDS[:20])
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32", n_seq=2) as m:
+        got = m.batch.eval([0] * 20 + [1] * 12, IDS[:20] + IDS[20:32], want="all")
+    assert np.array_equal(np.asarray(got)[:20], single)
+
+    src = HFSource(folder)
+    cfg, ids, n = src.config, torch.tensor([IDS[:24]]), 24
+    assert cfg.sliding_window == WINDOW and all(cfg.window(i) == WINDOW for i in range(cfg.n_layer))
+    blocks, emb = [src.block(i) for i in range(cfg.n_layer)], src.token_embd()
+    head = emb if cfg.tied else src.output()
+    want = hf_logits(hf, IDS[:n])
+    with torch.no_grad():
+        x = embed_tokens(ids, emb, cfg)
+        for i, blk in enumerate(blocks):
+            x = block_forward(x, blk, cfg, layer=i)
+        full = head_logits(x, src.output_norm(), head, cfg.rms_eps)[0].numpy()
+        caches = [KVCache(1, n, cfg.n_head_kv, cfg.head_dim, torch.float32) for _ in blocks]
+        steps = []
+        for pos in range(n):
+            x = embed_tokens(ids[:, pos:pos + 1], emb, cfg)
+            for i, (blk, cache) in enumerate(zip(blocks, caches)):
+                x = block_forward(x, blk, cfg, pos0=pos, cache=cache, layer=i)
+            steps.append(head_logits(x, src.output_norm(), head, cfg.rms_eps)[0, 0].numpy())
+    assert _rel(full, want) < 1e-4, f"full forward vs transformers {_rel(full, want):.2e}"
+    assert _rel(np.stack(steps), want) < 1e-4, f"cached decode vs transformers {_rel(np.stack(steps), want):.2e}"
+
+
+def test_llamacpp_phi3_window_as_convert_source(tmp_path: Path) -> None:
+    """A llama.cpp phi3 file carries phi3.attention.sliding_window: the converted file keeps it (as
+    llama.attention.sliding_window) and gives transformers' logits past the window."""
+    from specquant_gguf.cli import main
+    from specquant_gguf.gguf import read_model
+
+    hf = _windowed("phi3", seed=6)
+    src = write_llamacpp_gguf(hf, tmp_path / "phi3.gguf")
+    out = tmp_path / "phi3.f16.gguf"
+    assert main(["convert", str(src), "--out", str(out), "--method", "f16", "--quiet"]) == 0
+    assert read_model(out).metadata["llama.attention.sliding_window"] == WINDOW
+    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = _rel_rows(m.eval(IDS), hf_logits(hf, IDS))
+    assert got.max() < 1e-3, f"worst position {got.argmax()} ({got.max():.2e})"
+
+
+@pytest.mark.parametrize("model_type, fields", [
+    ("llama", {"sliding_window": WINDOW}),  # LlamaModel reads no window
+    ("mistral", {"sliding_window": None}),  # Mistral v0.2+
+    ("mistral", {"sliding_window": 256}),  # = max_position_embeddings: never masks anything
+    ("qwen2", {"sliding_window": WINDOW}),  # use_sliding_window false (Qwen2's default)
+    ("qwen2", {"sliding_window": WINDOW, "use_sliding_window": True, "max_window_layers": 2}),  # no layer >= 2
+])
+def test_no_window_written_where_transformers_applies_none(tmp_path: Path, model_type: str, fields: dict) -> None:
+    from specquant_gguf.convert.sources import HFSource
+
+    folder = save_hf_folder(tiny_hf_model(model_type, seed=1, **fields), tmp_path / "hf")
+    cfg = HFSource(folder).config
+    assert cfg.sliding_window == 0 and cfg.window(0) == 0
+
+
+def test_bad_window_configs_fail_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Qwen2 with a window on some layers only (max_window_layers, layer_types) has no place in a
+    llama file; a bad sliding_window is refused."""
+    import json
+
+    folder = save_hf_folder(_windowed("qwen2", seed=1), tmp_path / "hf")
+    cfg_path, cfg = folder / "config.json", json.loads((folder / "config.json").read_text())
+    cfg.pop("layer_types", None)
+
+    def with_config(**kw) -> str:
+        cfg_path.write_text(json.dumps({**cfg, **kw}))
+        return _convert_error(folder, tmp_path / "x.gguf", capsys)
+
+    assert "a sliding window on layers 1.. only" in with_config(max_window_layers=1)
+    assert "layers 1.. only" in with_config(layer_types=["full_attention", "sliding_attention"])
+    assert "sliding_window = -4 is not a positive integer" in with_config(sliding_window=-4)
+    assert "layer_types must list" in with_config(layer_types=["sliding_attention"])

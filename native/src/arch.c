@@ -16,6 +16,11 @@ static const sq_arch k_archs[] = {
 };
 #define N_ARCHS (sizeof k_archs / sizeof k_archs[0])
 
+int sq_arch_layer_windowed(const sq_arch *a, int il) {
+    const int p = a->swa_pattern;
+    return p == 0 || il % p < p - 1;
+}
+
 const char *const sq_linear_names[SQ_N_LINEAR] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
                                                   "ffn_gate", "ffn_up", "ffn_down"};
 

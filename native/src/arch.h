@@ -11,6 +11,11 @@
  * post-norms on both branch outputs, GELU-tanh, embeddings times sqrt(n_embd), tanh soft-capping of
  * attention scores and logits, and a sliding window on every other layer. Norm weights are stored
  * with Gemma's +1 already added, so every norm is the plain RMSNorm.
+ *
+ * Sliding window: <arch>.attention.sliding_window (hp->n_swa) applies to the layers swa_pattern
+ * names. Gemma 2 (pattern 2): the even layers, window 4096 when the key is absent (llama.cpp's).
+ * The llama family (pattern 0): every layer, when the file has the key (Mistral v0.1, Phi-3);
+ * absent, no window.
  */
 #ifndef SQ_ARCH_H
 #define SQ_ARCH_H
@@ -32,8 +37,11 @@ typedef struct {
     sq_act act;
     int embd_scale;     /* embeddings times sqrt(n_embd) */
     int softcap;        /* <arch>.attn_logit_softcapping / final_logit_softcapping / attention.scale keys */
-    int swa_pattern;    /* layers il % p < p - 1 attend within <arch>.attention.sliding_window (0: none) */
+    int swa_pattern;    /* p > 0: layers il % p < p - 1 attend within the sliding window; 0: every layer */
 } sq_arch;
+
+/* Whether layer il of the architecture attends within the file's sliding window (if it has one). */
+int sq_arch_layer_windowed(const sq_arch *a, int il);
 
 /* The row for a general.architecture value (len bytes, not NUL-terminated); NULL when unknown. */
 const sq_arch *sq_arch_find(const char *name, size_t len);

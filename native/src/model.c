@@ -243,6 +243,12 @@ static sq_status read_gemma2_keys(const meta_reader *r, sq_hparams *hp) {
     return st;
 }
 
+/* The llama family's sliding window, on every layer (Mistral v0.1, Phi-3): only when the file has the
+ * key; absent, full attention (our converter writes it only for a window shorter than the context). */
+static sq_status read_window_key(const meta_reader *r, sq_hparams *hp) {
+    return arch_u32(r, "attention.sliding_window", 0, 0, MAX_CTX, &hp->n_swa);
+}
+
 static sq_status read_hparams(sq_model *m) {
     meta_reader r = {&m->gguf, ""};
     sq_hparams *hp = &m->hp;
@@ -264,7 +270,7 @@ static sq_status read_hparams(sq_model *m) {
     if (!st) st = arch_f32(&r, "rope.freq_base", 10000.0f, 1e-3f, 1e12f, &hp->rope_base);
     if (!st) st = read_rope_scaling(m, &r);
     hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
-    if (!st && hp->arch->softcap) st = read_gemma2_keys(&r, hp);
+    if (!st) st = hp->arch->softcap ? read_gemma2_keys(&r, hp) : read_window_key(&r, hp);
     if (!st) st = read_specquant_keys(m);
     return st;
 }
@@ -730,10 +736,9 @@ static void forward_layer(sq_model *m, int il, int nb, int pos0) {
 
 void sq_model_attn_layer(const sq_model *m, int il, sq_attn_args *a) {
     const sq_hparams *hp = &m->hp;
-    const int p = hp->arch->swa_pattern;
     a->scale = hp->attn_scale;
     a->softcap = hp->attn_softcap;
-    a->window = p && il % p < p - 1 ? hp->n_swa : 0;
+    a->window = sq_arch_layer_windowed(hp->arch, il) ? hp->n_swa : 0;
 }
 
 /* Runs nb tokens at positions pos0.. (every layer; the hidden states end in m->x). */

@@ -42,7 +42,7 @@ typedef struct {
     float eps, rope_base, rope_freq_scale;
     float attn_scale;                 /* score scale: 1/sqrt(head_dim), or the file's (Gemma 2) */
     float attn_softcap, final_softcap; /* Gemma 2's tanh caps (0 = none) */
-    int n_swa;                        /* Gemma 2's sliding window of the local layers (0 = none) */
+    int n_swa;                        /* sliding window of the layers arch->swa_pattern names (0 = none) */
     int group_size;   /* SQ4 G (0 = per row) */
     int act_bits;     /* 4 or 8: what the file was calibrated for (specquant.act_bits); the run's
                          bits are exec.act_bits (sq_model_params.act_bits, auto per backend) */

@@ -70,11 +70,14 @@ static const char *wtype_name(int wtype) {
 static const char *gpu_unsupported(const sq_model *m) {
     static __thread char why[160];
     const sq_hparams *hp = &m->hp;
-    /* Gemma 2's block parts (post-norms, GELU-tanh, soft-capping, sliding window, embedding scale)
+    /* Gemma 2's block parts (post-norms, GELU-tanh, soft-capping, embedding scale), a sliding window
      * and a head_dim other than n_embd / n_head are not in the GPU forward: refused, never run wrong */
-    if (hp->arch->post_norms || hp->arch->act != SQ_ACT_SILU || hp->arch->embd_scale || hp->arch->softcap ||
-        hp->arch->swa_pattern) {
+    if (hp->arch->post_norms || hp->arch->act != SQ_ACT_SILU || hp->arch->embd_scale || hp->arch->softcap) {
         snprintf(why, sizeof why, "architecture %s runs on the CPU backend only", hp->arch->name);
+        return why;
+    }
+    if (hp->n_swa > 0 && hp->n_swa < m->n_ctx) { /* a longer window never masks anything: no-op */
+        snprintf(why, sizeof why, "a sliding window (%d positions) runs on the CPU backend only", hp->n_swa);
         return why;
     }
     if (hp->n_head * hp->head_dim != hp->n_embd) {

@@ -143,6 +143,17 @@ static void test_selection(int have_dev) {
                     "cuda with a gemma2 file");
 #endif
     free(gbuf);
+    tiny_cfg wc = tiny_default(); /* a sliding window is not in the GPU forward either */
+    wc.sliding_window = 4;
+    size_t wsize;
+    uint8_t *wbuf = tiny_model_build(&wc, &wsize);
+    expect_backend(wbuf, wsize, SQ_BACKEND_AUTO, SQ_KV_F16, "cpu", "auto with a sliding window");
+#ifdef SQ_HAVE_CUDA
+    if (have_dev)
+        expect_fail(wbuf, wsize, SQ_BACKEND_CUDA, SQ_KV_F16, SQ_ERR_BACKEND,
+                    "a sliding window (4 positions) runs on the CPU backend only", "cuda with a sliding window");
+#endif
+    free(wbuf);
     sq_model *m = load(fbuf, fsize, SQ_BACKEND_AUTO, SQ_KV_F16);
     CHECK(m && sq_model_act_bits(m) == 0, "F16 weights: act_bits %d (0 expected: no SQ4 layer)", sq_model_act_bits(m));
     sq_model_free(m);

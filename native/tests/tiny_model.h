@@ -90,6 +90,7 @@ typedef struct {
     int block_count;     /* <arch>.block_count (0: n_layer) */
     int vocab;           /* a byte-level BPE tokenizer (n_vocab must be TINY_VOCAB_TOKENS) */
     const char *chat_template; /* tokenizer.chat_template (NULL: none) */
+    int sliding_window;  /* <arch>.attention.sliding_window (0: no key) */
 } tiny_cfg;
 
 static tiny_cfg tiny_default(void) {
@@ -253,6 +254,8 @@ static void write_metadata(tbuf *b, const tiny_cfg *c, uint64_t *n_kv) {
     snprintf(k, sizeof k, "%s.attention.head_count_kv", a), KV(kv_u32(b, k, (uint32_t)c->n_kv_head));
     snprintf(k, sizeof k, "%s.rope.freq_base", a), KV(kv_f32(b, k, 10000.0f));
     snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", a), KV(kv_f32(b, k, 1e-5f));
+    if (c->sliding_window)
+        snprintf(k, sizeof k, "%s.attention.sliding_window", a), KV(kv_u32(b, k, (uint32_t)c->sliding_window));
     KV(kv_u32(b, "specquant.version", c->version ? (uint32_t)c->version : 1));
     KV(kv_u32(b, "specquant.group_size", (uint32_t)c->group));
     KV(kv_u32(b, "specquant.act_bits", (uint32_t)c->act_bits));

@@ -349,6 +349,7 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
         w.add_kv(f"{a}.rope.scaling.factor", float(c.rope_scale))
     w.add_kv(f"{a}.attention.layer_norm_rms_epsilon", float(c.rms_eps))
     write_gemma2_keys(w, c, a)
+    write_window_key(w, c, a)
     for key, (value, vtype) in source.tokenizer_kv().items():
         if isinstance(value, (list, tuple)) and len(value) == 0:
             continue  # GGUF cannot store empty arrays
@@ -395,6 +396,14 @@ def write_gemma2_keys(w: Any, c: ModelConfig, a: str) -> None:
     w.add_kv(f"{a}.final_logit_softcapping", float(c.final_softcap))
     w.add_kv(f"{a}.attention.sliding_window", int(c.sliding_window))
     w.add_kv(f"{a}.attention.scale", float(c.scale))
+
+
+def write_window_key(w: Any, c: ModelConfig, a: str) -> None:
+    """A llama-family model's sliding window (Mistral v0.1, Phi-3), on every layer: the key is written
+    only when there is one, so that a file without it means full attention (what the runtime and the
+    oracle read for an absent key). Gemma 2's window is among its own keys."""
+    if c.sliding_window and not ARCHS[c.arch].post_norms:
+        w.add_kv(f"{a}.attention.sliding_window", int(c.sliding_window))
 
 
 # ------------------------------------------------------------------------------------------ run

@@ -67,7 +67,8 @@ def embed_tokens(tokens: torch.Tensor, emb: torch.Tensor, cfg: ModelConfig) -> t
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cfg: ModelConfig, layer: int,
                pos0: int) -> torch.Tensor:
     """softmax(cap(q·kᵀ·scale) + mask)·v for q (B, H, T, hd), k/v (B, Hkv, S, hd), S = pos0 + T: causal,
-    and limited to the layer's sliding window. The llama family goes through SDPA, as before."""
+    and limited to the layer's sliding window (Gemma 2's local layers; every layer of a llama-family model
+    with one: Mistral v0.1, Phi-3). Without caps, window or scale of its own, through SDPA, as before."""
     window = cfg.window(layer)
     t, s = q.shape[2], k.shape[2]
     if not (cfg.attn_softcap or window or cfg.attn_scale):

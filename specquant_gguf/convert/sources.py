@@ -159,8 +159,18 @@ class GGUFSource(ModelSource):
             tied="output.weight" not in self.tensors,
             qkv_bias="blk.0.attn_q.bias" in self.tensors,
             rope_freqs=rope_freqs, rope_scale=rope_scale,
-            **(self._gemma2_config(arch, n_embd, n_head, head_dim, int(need("block_count"))) if family.post_norms else {}),
+            **(self._gemma2_config(arch, n_embd, n_head, head_dim, int(need("block_count"))) if family.post_norms
+               else {"sliding_window": self._window(arch)}),
         )
+
+    def _window(self, arch: str) -> int:
+        """A llama-family file's sliding window on every layer (llama.cpp writes phi3.attention.sliding_window
+        for Phi-3; absent: none), 0 when it cannot mask anything within context_length."""
+        window = self._field(f"{arch}.attention.sliding_window", 0)
+        if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+            raise SpecQuantError(f"{self.path}: {arch}.attention.sliding_window = {window!r} is not a "
+                                 f"non-negative integer")
+        return effective_window(window, int(self._field(f"{arch}.context_length", 2048)))
 
     def _gemma2_config(self, arch: str, n_embd: int, n_head: int, head_dim: int, n_layer: int) -> dict[str, Any]:
         """A llama.cpp gemma2 file's keys, with llama.cpp's defaults where absent (its loader's: caps
@@ -341,6 +351,59 @@ def hf_gemma2(c: dict, where: str, head_dim: int) -> dict[str, Any]:
                 sliding_window=int(window or 0), attn_scale=(scalar or head_dim) ** -0.5)
 
 
+# transformers' sliding_window when config.json has none: MistralConfig's and Qwen2Config's default
+# (Qwen2 applies it only with use_sliding_window); Phi3Config's is None (no window)
+HF_DEFAULT_WINDOW = {"mistral": 4096, "qwen2": 4096}
+
+
+def effective_window(window: int, ctx_len: int) -> int:
+    """A window that masks something within the model's context, else 0: a window no shorter than the
+    context length never leaves a position out (the runtime's n_ctx is at most context_length)."""
+    return window if 0 < window < ctx_len else 0
+
+
+def hf_llama_window(c: dict, where: str, n_layer: int, ctx_len: int) -> int:
+    """The sliding window of a llama-family config.json (0: none) as transformers applies it: on every
+    layer for Mistral and Phi-3 (create_sliding_window_causal_mask whenever config.sliding_window is
+    set); never for Llama (LlamaModel reads no window); for Qwen2 only with use_sliding_window, on the
+    layers layer_types (by default: those >= max_window_layers) call sliding. A Qwen2 mix of windowed
+    and full layers has no place in a llama file: refused."""
+    mtype = c.get("model_type")
+    if mtype == "llama":
+        return 0
+    window = c.get("sliding_window", HF_DEFAULT_WINDOW.get(mtype))
+    if mtype == "qwen2" and not c.get("use_sliding_window", False):
+        window = None  # Qwen2Config.__post_init__: sliding_window = None unless use_sliding_window
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window <= 0):
+        raise SpecQuantError(f"{where}: sliding_window = {window!r} is not a positive integer")
+    if mtype == "qwen2":
+        windowed = _qwen2_windowed_layers(c, where, n_layer, window is not None)
+        if windowed and window is None:
+            raise SpecQuantError(f"{where}: layer_types name sliding_attention layers but there is no sliding "
+                                 f"window (use_sliding_window is false)")
+        if 0 < len(windowed) < n_layer:
+            raise SpecQuantError(f"{where}: a sliding window on layers {windowed[0]}.. only (max_window_layers / "
+                                 f"layer_types) is not supported: a window applies to all layers or none")
+        window = window if windowed else None
+    return effective_window(int(window or 0), ctx_len)
+
+
+def _qwen2_windowed_layers(c: dict, where: str, n_layer: int, has_window: bool) -> list[int]:
+    """The layers Qwen2 runs with its sliding window: layer_types' sliding_attention ones, or, without
+    layer_types, those >= max_window_layers when there is a window (Qwen2Config.__post_init__)."""
+    types = c.get("layer_types")
+    if types is None:
+        start = c.get("max_window_layers", 28)
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise SpecQuantError(f"{where}: max_window_layers = {start!r} is not an integer")
+        return [i for i in range(n_layer) if has_window and i >= start]
+    kinds = {"sliding_attention", "full_attention"}
+    if not isinstance(types, list) or len(types) != n_layer or not set(types) <= kinds:
+        raise SpecQuantError(f"{where}: layer_types must list sliding_attention / full_attention for each of "
+                             f"the {n_layer} layers")
+    return [i for i, t in enumerate(types) if t == "sliding_attention"]
+
+
 class HFSource(ModelSource):
     """A local Hugging Face folder: config.json, *.safetensors (optionally sharded), tokenizer files."""
 
@@ -384,25 +447,22 @@ class HFSource(ModelSource):
             n_embd, n_head = int(c["hidden_size"]), int(c["num_attention_heads"])
             head_dim = int(c.get("head_dim") or (n_embd // n_head if n_head > 0 else 0))  # validate() reports 0
             theta, rope_freqs, rope_scale = hf_rope(c, f"{self.folder}/config.json", head_dim)
-            window, ctx = c.get("sliding_window"), int(c.get("max_position_embeddings", 2048))
-            gemma = hf_gemma2(c, f"{self.folder}/config.json", head_dim) if family.post_norms else {}
+            where = f"{self.folder}/config.json"
+            ctx = int(c.get("max_position_embeddings", 2048))
+            extra = (hf_gemma2(c, where, head_dim) if family.post_norms
+                     else {"sliding_window": hf_llama_window(c, where, int(c["num_hidden_layers"]), ctx)})
             if family.qkv_bias is False and c.get("attention_bias") is True:
                 raise SpecQuantError(f"{self.folder}/config.json: attention_bias is not supported for {mtype}")
-            if not gemma and isinstance(window, int) and 0 < window < ctx and c.get("use_sliding_window") is not False:
-                import sys
-
-                print(f"[convert] {self.folder}: sliding_window {window} is not applied by the runtime: "
-                      f"outputs are exact up to {window} tokens of context", file=sys.stderr)
             return ModelConfig(
                 arch=family.name,
                 name=str(c.get("_name_or_path") or self.folder.name).split("/")[-1] or self.folder.name,
                 n_layer=int(c["num_hidden_layers"]), n_embd=n_embd, n_ff=int(c["intermediate_size"]),
                 n_head=n_head, n_head_kv=int(c.get("num_key_value_heads") or n_head), head_dim=head_dim,
                 rope_base=theta, rms_eps=float(c.get("rms_norm_eps", 1e-6)),
-                vocab_size=int(c["vocab_size"]), ctx_len=int(c.get("max_position_embeddings", 2048)),
+                vocab_size=int(c["vocab_size"]), ctx_len=ctx,
                 # tie_word_embeddings' default: True for Gemma, False for the llama family
                 tied=bool(c.get("tie_word_embeddings", family.post_norms)), qkv_bias=family.qkv_bias,
-                rope_freqs=rope_freqs, rope_scale=rope_scale, **gemma,
+                rope_freqs=rope_freqs, rope_scale=rope_scale, **extra,
             )
         except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
             raise SpecQuantError(f"{self.folder}/config.json: missing or bad field ({type(exc).__name__}: {exc})") from None

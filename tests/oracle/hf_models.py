@@ -152,6 +152,8 @@ def write_llamacpp_gguf(model, path: Path, drop: tuple[str, ...] = ()) -> Path:
             w.add_kv(f"{a}.{key}", int(value))
         w.add_kv(f"{a}.rope.freq_base", float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
         w.add_kv(f"{a}.attention.layer_norm_rms_epsilon", float(cfg.rms_norm_eps))
+        if arch.fused and getattr(cfg, "sliding_window", None):  # llama.cpp's Phi3MiniModel writes the window
+            w.add_kv(f"{a}.attention.sliding_window", int(cfg.sliding_window))
         rope = dict(getattr(cfg, "rope_parameters", None) or {})
         if rope.get("rope_type") == "linear":
             w.add_kv(f"{a}.rope.scaling.type", "linear")

@@ -378,7 +378,8 @@ class Hparams:
     rope_theta: float
     rms_eps: float
     context_length: int
-    # Gemma 2 (0 = off): soft-capping of attention scores / final logits, sliding window, score scale
+    # Gemma 2 (0 = off): soft-capping of attention scores / final logits, score scale; sliding window
+    # (0 = off): Gemma 2's local layers, or every layer of a llama-family file (Mistral v0.1, Phi-3)
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     sliding_window: int = 0
@@ -418,7 +419,7 @@ def read_hparams(m: ModelFile) -> Hparams:
                    rms_eps=float(md.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
                    context_length=int(md.get(f"{arch}.context_length", 2048)),
                    **(_gemma2_hparams(md, arch, hidden, heads, head_dim, need("block_count"))
-                      if ARCHS[arch].post_norms else {}))
+                      if ARCHS[arch].post_norms else _window_hparams(md, arch)))
 
 
 def _gemma2_hparams(md: dict, arch: str, hidden: int, heads: int, head_dim: int, n_layers: int) -> dict:
@@ -430,6 +431,22 @@ def _gemma2_hparams(md: dict, arch: str, hidden: int, heads: int, head_dim: int,
     return dict(attn_softcap=float(md.get(f"{arch}.attn_logit_softcapping", 50.0)),
                 final_softcap=float(md.get(f"{arch}.final_logit_softcapping", 30.0)),
                 sliding_window=int(md.get(f"{arch}.attention.sliding_window", 4096)), attn_scale=float(scale))
+
+
+def _window_hparams(md: dict, arch: str) -> dict:
+    """A llama-family file's sliding window on every layer (Mistral v0.1, Phi-3); absent: none."""
+    window = md.get(f"{arch}.attention.sliding_window", 0)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise FormatError(f"bad {arch}.attention.sliding_window {window!r}")
+    return dict(sliding_window=window)
+
+
+def _visible(t: int, window: int) -> torch.Tensor:
+    """(T, T) bool: query i sees key j when j <= i and, with a window, i - j < window (the last
+    `window` positions, itself included: transformers' sliding_window_overlay, kv > q - window)."""
+    pos = torch.arange(t)
+    dist = pos[:, None] - pos[None, :]
+    return (dist >= 0) & ((dist < window) if window else True)
 
 
 class ReferenceModel:
@@ -613,7 +630,9 @@ class ReferenceModel:
         if ARCHS[hp.arch].post_norms:
             o = self._gemma2_attention(q.transpose(0, 1), k, v, window)
         else:
-            o = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k, v, is_causal=True)
+            mask = _visible(t, window) if window else None  # the plain causal path as before otherwise
+            o = torch.nn.functional.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask,
+                                                                 is_causal=mask is None)
         o = o.transpose(0, 1).reshape(t, hp.heads * hp.head_dim)
         return layer["attn_output"](o)
 
@@ -624,14 +643,13 @@ class ReferenceModel:
         s = (q @ k.transpose(1, 2)) * hp.attn_scale
         if hp.attn_softcap:
             s = torch.tanh(s / hp.attn_softcap) * hp.attn_softcap
-        pos = torch.arange(q.shape[1])
-        dist = pos[:, None] - pos[None, :]
-        visible = (dist >= 0) & ((dist < window) if window else True)
-        return torch.softmax(s.masked_fill(~visible, float("-inf")), dim=-1) @ v
+        return torch.softmax(s.masked_fill(~_visible(q.shape[1], window), float("-inf")), dim=-1) @ v
 
     def _window(self, i: int) -> int:
-        """Gemma 2's local layers (even ones, llama.cpp's pattern 2) see `sliding_window` positions."""
-        return self.hp.sliding_window if ARCHS[self.hp.arch].swa_pattern and i % 2 == 0 else 0
+        """The positions layer i sees (0: all): Gemma 2's local layers (i % p < p - 1, llama.cpp's pattern
+        p = 2: the even ones), every layer of a llama-family file with a window (arch.swa_pattern 0)."""
+        p = ARCHS[self.hp.arch].swa_pattern
+        return self.hp.sliding_window if not p or i % p < p - 1 else 0
 
     def _ffn(self, layer: dict, x: torch.Tensor) -> torch.Tensor:
         qx = self._shared_input(x, [layer["ffn_gate"]])
