@@ -145,3 +145,20 @@ def test_same_bytes_compares_whole_files(tmp_path):
     assert compare._same_bytes(a, b) and not compare._same_bytes(a, c)
     c.write_bytes(b"x")
     assert not compare._same_bytes(a, c)
+
+
+def test_arch_matrix_measures_one_family(tmp_path):
+    """bench/arch_matrix.py on one family and one check (the f16 file in both config layouts: the
+    work of one test_hf_folder_f16_matches_transformers case, twice): JSON and a Markdown row."""
+    import json
+
+    import arch_matrix
+
+    out = tmp_path / "m.json"
+    assert arch_matrix.main(["--families", "llama3.1", "--checks", "f16", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    f16 = res["families"]["llama3.1"]["f16"]
+    assert set(f16) == {"t4", "t5"} and all(f16[k]["rel_runtime"] < 1e-3 for k in f16)
+    assert all(f16[k]["greedy_equal"] == f16[k]["greedy_n"] == 32 for k in f16)
+    md = arch_matrix.markdown(res)
+    assert "| llama3.1 (llama) |" in md and "/ 32/32 |" in md and "python convert.py llama3.1-8b-instruct" in md
