@@ -441,6 +441,15 @@ static void test_sq4(int iters) {
         mm_case many = {5, 32 * 600, 32, nt, 8, 0, 0};
         run_sq4_case(&many);
     }
+    /* the prefill path over several segments of a row tile (K > 1024 values: the running sums
+     * continue across segments, in y itself for full 16-row × 4-token tiles, in a stack copy for
+     * the tail rows and tokens), both activation widths, extreme values included */
+    for (int gi = 0; gi < 4; gi++)
+        for (int bits = 4; bits <= 8; bits += 4) {
+            mm_case seg = {rnd_int(33, 47), groups[gi] * (2560 / groups[gi] + rnd_int(0, 3)), groups[gi], rnd_int(9, 15),
+                           bits, gi == 1 ? 1 : 0, gi == 2 ? 2 : 0};
+            run_sq4_case(&seg);
+        }
     /* the largest per-row group the math must hold: K = G = 8192, u8 activations at the extremes */
     mm_case big = {3, 8192, 8192, 2, 8, 1, 2};
     run_sq4_case(&big);

@@ -374,39 +374,65 @@ static inline __m256i bcast4(const uint8_t *p) {
     return _mm256_set1_epi32(v);
 }
 
-/* One token quad over one segment. qa[t]: token t's activations at the segment start. yt: float
- * accumulators [token][row]; accv (group sums mode): [local group][token][row]. */
+/* One token quad over one segment. qa[t]: token t's activations at the segment start. yp[t]: the
+ * running fp32 sums of token t's 16 rows (the output rows themselves for a full tile, a stack copy
+ * for a tail tile); accv (group sums mode): [local group][token][row].
+ *
+ * Registers (16 ymm on AVX2): the k loop keeps PF_T·PF_RV = 8 s16 accumulators, 2 weight vectors
+ * and a broadcast live. PF_KEEP pins each accumulator in its register after every step: without
+ * it GCC reassociated the unrolled add chains into trees whose temporaries spilled, or kept an
+ * accumulator on the stack, whose store-to-load forwarding (~7 cycles per k-step, on the chain of
+ * 1-cycle adds) halved the speed. When a group spans several sub-blocks (u8 activations: 32 values
+ * per sub-block for G = 64 … 256), the widened int32 sums of the earlier sub-blocks wait in accm,
+ * explicitly in memory (touched once per sub-block), not in 8 more registers. */
+#define PF_KEEP(v) __asm__("" : "+x"(v))
+
 SQ_INLINE void pf_quad(const pf_tile *tl, const uint8_t *const qa[PF_T], const int32_t *const za[PF_T],
-                       const float *const da[PF_T], int ngs, float yt[PF_T][PF_R], int32_t *accv, const int G,
+                       const float *const da[PF_T], int ngs, float *const yp[PF_T], int32_t *accv, const int G,
                        const int subk) {
+    const int multi = G > subk; /* the group spans several sub-blocks */
+    int32_t accm[PF_T][PF_R] __attribute__((aligned(32)));
     for (int gl = 0; gl < ngs; gl++) {
         const int k0 = gl * G;
         __m256i acc[PF_T][PF_RV];
-        for (int t = 0; t < PF_T; t++)
+        for (int t = 0; t < PF_T; t++) /* dead stores (every path assigns acc), for -Wmaybe-uninitialized */
             for (int v = 0; v < PF_RV; v++) acc[t][v] = _mm256_setzero_si256();
         for (int sb = k0; sb < k0 + G; sb += subk) {
             __m256i p[PF_T][PF_RV];
             for (int t = 0; t < PF_T; t++)
                 for (int v = 0; v < PF_RV; v++) p[t][v] = _mm256_setzero_si256();
-            /* k-steps of this sub-block; a compile-time constant for the common G ≤ subk */
-            const int nk = G <= subk ? G / 4 : (k0 + G - sb < subk ? k0 + G - sb : subk) / 4;
+            /* k-steps of this sub-block: a compile-time constant for G ≤ subk or G % subk == 0 */
+            const int nk = !multi ? G / 4 : G % subk == 0 ? subk / 4 : (k0 + G - sb < subk ? k0 + G - sb : subk) / 4;
             const int8_t *wp = tl->w8[sb / 4][0];
-#pragma GCC unroll 4
+#pragma GCC unroll 8
             for (int j = 0; j < nk; j++) {
                 __m256i wv[PF_RV];
                 for (int v = 0; v < PF_RV; v++)
                     wv[v] = _mm256_load_si256((const __m256i *)(wp + (size_t)j * 4 * PF_R + 32 * v));
                 for (int t = 0; t < PF_T; t++) {
                     const __m256i a = bcast4(qa[t] + sb + 4 * j);
-                    for (int v = 0; v < PF_RV; v++) p[t][v] = DOT_ACC(p[t][v], a, wv[v]);
+                    for (int v = 0; v < PF_RV; v++) {
+                        p[t][v] = DOT_ACC(p[t][v], a, wv[v]);
+                        PF_KEEP(p[t][v]);
+                    }
                 }
             }
-            for (int t = 0; t < PF_T; t++)
-                for (int v = 0; v < PF_RV; v++) {
-                    const __m256i s = WIDEN(p[t][v]);
-                    acc[t][v] = _mm256_add_epi32(acc[t][v], s);
-                }
+            if (multi) {
+                for (int t = 0; t < PF_T; t++)
+                    for (int v = 0; v < PF_RV; v++) {
+                        __m256i *m = (__m256i *)&accm[t][8 * v];
+                        const __m256i s = WIDEN(p[t][v]);
+                        _mm256_store_si256(m, sb == k0 ? s : _mm256_add_epi32(_mm256_load_si256(m), s));
+                    }
+                __asm__("" : "+m"(accm)); /* keep accm a memory buffer (see above) */
+            } else {
+                for (int t = 0; t < PF_T; t++)
+                    for (int v = 0; v < PF_RV; v++) acc[t][v] = WIDEN(p[t][v]);
+            }
         }
+        if (multi)
+            for (int t = 0; t < PF_T; t++)
+                for (int v = 0; v < PF_RV; v++) acc[t][v] = _mm256_load_si256((const __m256i *)&accm[t][8 * v]);
         for (int t = 0; t < PF_T; t++) {
             const __m256i zt = _mm256_set1_epi32(za[t][gl]);
             const __m256 dxt = _mm256_set1_ps(da[t][gl]);
@@ -417,8 +443,8 @@ SQ_INLINE void pf_quad(const pf_tile *tl, const uint8_t *const qa[PF_T], const i
                     _mm256_storeu_si256((__m256i *)(accv + ((size_t)gl * PF_T + t) * PF_R + 8 * v), s);
                 } else {
                     const __m256 sc = _mm256_mul_ps(_mm256_loadu_ps(&tl->dw[gl][8 * v]), dxt);
-                    float *yp = &yt[t][8 * v];
-                    _mm256_storeu_ps(yp, _mm256_add_ps(_mm256_loadu_ps(yp), _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc)));
+                    float *y = yp[t] + 8 * v;
+                    _mm256_storeu_ps(y, _mm256_add_ps(_mm256_loadu_ps(y), _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc)));
                 }
             }
         }
@@ -426,13 +452,13 @@ SQ_INLINE void pf_quad(const pf_tile *tl, const uint8_t *const qa[PF_T], const i
 }
 
 typedef void (*pf_quad_fn)(const pf_tile *, const uint8_t *const[PF_T], const int32_t *const[PF_T],
-                           const float *const[PF_T], int, float[PF_T][PF_R], int32_t *);
+                           const float *const[PF_T], int, float *const[PF_T], int32_t *);
 
 /* one copy per (G, sub-block) so that the k loop has constant bounds */
 #define DEF_PF_QUAD(NAME, GG, SUBK)                                                                            \
     static void NAME(const pf_tile *tl, const uint8_t *const qa[PF_T], const int32_t *const za[PF_T],           \
-                     const float *const da[PF_T], int ngs, float yt[PF_T][PF_R], int32_t *accv) {               \
-        pf_quad(tl, qa, za, da, ngs, yt, accv, GG, SUBK);                                                       \
+                     const float *const da[PF_T], int ngs, float *const yp[PF_T], int32_t *accv) {              \
+        pf_quad(tl, qa, za, da, ngs, yp, accv, GG, SUBK);                                                       \
     }
 DEF_PF_QUAD(pf_quad_32_4, 32, SUBK_U4)
 DEF_PF_QUAD(pf_quad_64_4, 64, SUBK_U4)
@@ -445,10 +471,10 @@ DEF_PF_QUAD(pf_quad_256_8, 256, SUBK_U8)
 
 /* generic G (per-row groups): the group size comes from the tile */
 static void pf_quad_any(int G, int bits, const pf_tile *tl, const uint8_t *const qa[PF_T],
-                        const int32_t *const za[PF_T], const float *const da[PF_T], int ngs, float yt[PF_T][PF_R],
+                        const int32_t *const za[PF_T], const float *const da[PF_T], int ngs, float *const yp[PF_T],
                         int32_t *accv) {
-    if (bits == 4) pf_quad(tl, qa, za, da, ngs, yt, accv, G, SUBK_U4);
-    else pf_quad(tl, qa, za, da, ngs, yt, accv, G, SUBK_U8);
+    if (bits == 4) pf_quad(tl, qa, za, da, ngs, yp, accv, G, SUBK_U4);
+    else pf_quad(tl, qa, za, da, ngs, yp, accv, G, SUBK_U8);
 }
 
 static pf_quad_fn pick_pf_quad(int G, int bits) {
@@ -496,12 +522,27 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
                     da[j] = x->d + (size_t)tj * ng + g0;
                 }
                 const int ntt = nt - t < PF_T ? nt - t : PF_T;
-                /* later segments continue the running sums, so groups are added in order */
-                memset(yt, 0, sizeof yt);
-                if (g0 > 0 && !acc)
-                    for (int j = 0; j < ntt; j++) memcpy(yt[j], y + (size_t)(t + j) * ldy + r, sizeof(float) * nr);
-                if (fn) fn(&tl, qa, za, da, ngs, yt, acc ? accv : NULL);
-                else pf_quad_any(G, x->bits, &tl, qa, za, da, ngs, yt, acc ? accv : NULL);
+                /* Later segments continue the running sums, so groups are added in order. A full
+                 * tile (16 rows × 4 tokens) accumulates in y itself; a tail tile in the stack copy
+                 * yt. (The memset + memcpy of yt for every tile, 9 short rep stos / movs, took 8 % of
+                 * an 8B prefill's time.) */
+                float *yp[PF_T];
+                const int full = !acc && ntt == PF_T && nr == PF_R;
+                if (full) {
+                    for (int j = 0; j < PF_T; j++) {
+                        yp[j] = y + (size_t)(t + j) * ldy + r;
+                        if (g0 == 0) /* y starts at 0 (kernels.h: canonical sum) */
+                            for (int v = 0; v < PF_RV; v++) _mm256_storeu_ps(yp[j] + 8 * v, _mm256_setzero_ps());
+                    }
+                } else {
+                    memset(yt, 0, sizeof yt);
+                    if (g0 > 0 && !acc)
+                        for (int j = 0; j < ntt; j++) memcpy(yt[j], y + (size_t)(t + j) * ldy + r, sizeof(float) * nr);
+                    for (int j = 0; j < PF_T; j++) yp[j] = yt[j];
+                }
+                if (fn) fn(&tl, qa, za, da, ngs, yp, acc ? accv : NULL);
+                else pf_quad_any(G, x->bits, &tl, qa, za, da, ngs, yp, acc ? accv : NULL);
+                if (full) continue;
                 for (int j = 0; j < ntt; j++) {
                     if (acc) {
                         int32_t *dst = acc + (size_t)(t + j) * w->rows * ng + g0;
