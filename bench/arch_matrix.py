@@ -118,7 +118,7 @@ def check_llamacpp(family: str, tmp: Path) -> dict[str, Any]:
     arch = read_model(theirs).metadata["general.architecture"]
     try:
         direct: float | str = _rel(_eval(theirs), want)
-    except Exception as exc:  # phi3: the runtime refuses llama.cpp's fused layout in one line
+    except Exception as exc:  # a file the runtime refuses (one line): shown as such
         direct = f"refused: {str(exc).splitlines()[0][:80]}"
     ours = _convert(theirs, tmp / "reconverted.f16.gguf", "--method", "f16")
     return {"arch": arch, "rel_direct": direct, "rel_reconverted": _rel(_eval(ours), want),

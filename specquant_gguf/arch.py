@@ -70,8 +70,9 @@ ARCHS: dict[str, Arch] = {a.name: a for a in (
     Arch("mistral", ("mistral",), rope="normal", qkv_bias=False),
     Arch("qwen2", ("qwen2",), rope="neox", qkv_bias=True),
     # Phi-3: a llama block with fused qkv_proj / gate_up_proj, split into the seven linears on reading
-    # (FORMAT.md); written as "llama". llama.cpp's own phi3 files are a convert source, not run directly.
-    Arch("phi3", ("phi3",), rope="neox", qkv_bias=False, runtime=False, fused=True),
+    # (FORMAT.md); written as "llama". llama.cpp's own phi3 files (fused attn_qkv / ffn_up, NEOX q/k)
+    # run directly too: the runtime takes each linear as a row range of the fused tensor.
+    Arch("phi3", ("phi3",), rope="neox", qkv_bias=False, fused=True),
     # Gemma 2: its own file layout (llama.cpp's gemma2: NEOX q/k unpermuted, norms stored as w + 1)
     Arch("gemma2", ("gemma2",), rope="neox", qkv_bias=False, written_as="gemma2", post_norms=True, gelu=True,
          embd_scale=True, norm_offset=1.0, swa_pattern=2, spm_space_prefix=False),

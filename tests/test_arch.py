@@ -271,24 +271,60 @@ def test_gemma2_batch_matches_single_sequence(tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(got)[:20], want)
 
 
-def test_llamacpp_phi3_file_as_convert_source(tmp_path: Path) -> None:
-    """A llama.cpp phi3 file (fused attn_qkv and ffn_up, NEOX q/k) converts to a file with the
-    transformers logits; the runtime itself refuses phi3 files in one line."""
+def test_llamacpp_phi3_file_runs_and_converts(tmp_path: Path) -> None:
+    """A llama.cpp phi3 file (fused attn_qkv = [q; k; v] and ffn_up = [gate; up], NEOX q/k) runs in
+    the runtime (each linear a row view of the fused tensor) and the oracle with transformers' logits
+    and greedy tokens, and converts to a file with the same logits."""
     import torch
 
     from specquant_gguf.cli import main
-    from specquant_gguf.runtime import UnsupportedError
 
     hf = tiny_hf_model("phi3", seed=6, round_to=torch.float16)
     src = write_llamacpp_gguf(hf, tmp_path / "phi3.gguf")
-    with pytest.raises(UnsupportedError, match="phi3"):
-        Model(src, n_ctx=128, n_threads=1)
+    want = hf_logits(hf, IDS)
+    _runtime_and_oracle_match(src, want, "llama.cpp phi3")
+    assert _native_greedy(src, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
     out = tmp_path / "phi3.f16.gguf"
     assert main(["convert", str(src), "--out", str(out), "--method", "f16", "--quiet"]) == 0
     with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
         got = m.eval(IDS)
-    want = hf_logits(hf, IDS)
     assert _rel(got, want) < 1e-3, f"{_rel(got, want):.2e}"
+
+
+@pytest.mark.parametrize("partial", [0.5, 0.75])
+def test_llamacpp_phi3_partial_rotary_runs_directly(tmp_path: Path, partial: float) -> None:
+    """partial_rotary_factor < 1 (Phi-4-mini: 0.75): llama.cpp writes phi3.rope.dimension_count =
+    partial · n_embd / n_head, and RoPE turns only the first that many dims of each head (NEOX pairs
+    within them), as transformers does; the runtime and the oracle give its logits and greedy tokens.
+    (convert.py still refuses partial RoPE: its llama files have no place for it.)"""
+    import torch
+
+    from specquant_gguf.gguf import read_model
+
+    rope = {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": partial}
+    hf = tiny_hf_model("phi3", seed=6, round_to=torch.float16, rope_parameters=rope)
+    src = write_llamacpp_gguf(hf, tmp_path / "phi3.gguf")
+    assert read_model(src).metadata["phi3.rope.dimension_count"] == int(16 * partial)  # head_dim 16
+    want = hf_logits(hf, IDS)
+    assert _rel(hf_logits(tiny_hf_model("phi3", seed=6, round_to=torch.float16), IDS), want) > 0.05  # not a no-op
+    _runtime_and_oracle_match(src, want, f"llama.cpp phi3 partial rotary {partial}")
+    assert _native_greedy(src, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
+
+
+def test_llamacpp_phi3_longrope_is_refused(tmp_path: Path) -> None:
+    """Phi-3-128k's LongRoPE (llama.cpp's rope_factors_long / rope_factors_short tensors) is not
+    implemented: refused in one line by the runtime, the oracle and the converter."""
+    from specquant_gguf.cli import main
+    from specquant_gguf.errors import SpecQuantError
+    from specquant_gguf.runtime import UnsupportedError
+
+    hf = tiny_hf_model("phi3", seed=6)
+    src = write_llamacpp_gguf(hf, tmp_path / "phi3.gguf", longrope=True)
+    with pytest.raises(UnsupportedError, match="rope_factors_long.*LongRoPE"):
+        Model(src, n_ctx=128, n_threads=1)
+    with pytest.raises(SpecQuantError, match="LongRoPE"):
+        ReferenceModel(src)
+    assert main(["convert", str(src), "--out", str(tmp_path / "out.gguf"), "--method", "f16", "--quiet"]) != 0
 
 
 def _convert_error(folder: Path, out: Path, capsys: pytest.CaptureFixture) -> str:
@@ -531,6 +567,25 @@ def test_llamacpp_phi3_window_as_convert_source(tmp_path: Path) -> None:
     with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
         got = _rel_rows(m.eval(IDS), hf_logits(hf, IDS))
     assert got.max() < 1e-3, f"worst position {got.argmax()} ({got.max():.2e})"
+
+
+def test_llamacpp_phi3_window_runs_directly(tmp_path: Path) -> None:
+    """The same windowed llama.cpp phi3 file run as it is: phi3.attention.sliding_window on every
+    layer, transformers' logits at each of 64 positions (56 beyond the window) in the runtime and the
+    oracle, and the same greedy tokens decoded one by one through the KV cache."""
+    from specquant_gguf.gguf import read_model
+
+    hf = _windowed("phi3", seed=6)
+    src = write_llamacpp_gguf(hf, tmp_path / "phi3.gguf")
+    assert read_model(src).metadata["phi3.attention.sliding_window"] == WINDOW
+    want = hf_logits(hf, IDS)
+    with Model(src, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = _rel_rows(m.eval(IDS), want)
+    ref = _rel_rows(ReferenceModel(src).forward(IDS), want)
+    print(f"\nllama.cpp phi3 window {WINDOW}: runtime vs transformers {got.max():.1e}, oracle {ref.max():.1e}")
+    assert got.max() < 1e-3, f"runtime: worst position {got.argmax()} ({got.max():.2e})"
+    assert ref.max() < 1e-3, f"oracle: worst position {ref.argmax()} ({ref.max():.2e})"
+    assert _native_greedy(src, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
 
 
 @pytest.mark.parametrize("model_type, fields", [

@@ -10,6 +10,8 @@ static const sq_arch k_archs[] = {
     {"llama", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL, .act = SQ_ACT_SILU},
     {"mistral", SQ_ROPE_NORMAL, SQ_BIAS_OPTIONAL, .act = SQ_ACT_SILU}, /* = llama */
     {"qwen2", SQ_ROPE_NEOX, SQ_BIAS_REQUIRED, .act = SQ_ACT_SILU},
+    /* Phi-3: llama.cpp's layout (NEOX, unpermuted q/k, fused attn_qkv and [gate; up] ffn_up as row views) */
+    {"phi3", SQ_ROPE_NEOX, SQ_BIAS_NONE, .act = SQ_ACT_SILU, .fused = 1},
     /* Gemma 2: llama.cpp's layout (NEOX, unpermuted q/k); even layers local (llama.cpp's pattern 2) */
     {"gemma2", SQ_ROPE_NEOX, SQ_BIAS_NONE, .post_norms = 1, .act = SQ_ACT_GELU_TANH, .embd_scale = 1, .softcap = 1,
      .swa_pattern = 2},

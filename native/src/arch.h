@@ -16,6 +16,11 @@
  * names. Gemma 2 (pattern 2): the even layers, window 4096 when the key is absent (llama.cpp's).
  * The llama family (pattern 0): every layer, when the file has the key (Mistral v0.1, Phi-3);
  * absent, no window.
+ *
+ * Phi-3 (llama.cpp's phi3 files): a llama block with NEOX RoPE on unpermuted q/k, no biases, SiLU,
+ * the fused attn_qkv / ffn_up tensors taken as row views (sq_linear_init_rows), and
+ * phi3.attention.sliding_window on every layer (0 or absent: none). Phi-3-128k's "longrope"
+ * (rope_factors_long / rope_factors_short tensors) is refused at load.
  */
 #ifndef SQ_ARCH_H
 #define SQ_ARCH_H
@@ -38,6 +43,10 @@ typedef struct {
     int embd_scale;     /* embeddings times sqrt(n_embd) */
     int softcap;        /* <arch>.attn_logit_softcapping / final_logit_softcapping / attention.scale keys */
     int swa_pattern;    /* p > 0: layers il % p < p - 1 attend within the sliding window; 0: every layer */
+    /* Phi-3 (0 elsewhere): q/k/v may come fused as blk.N.attn_qkv.weight ([q; k; v] output rows) and gate/up
+     * as blk.N.ffn_up.weight ([gate; up] rows, no ffn_gate): the loader takes each linear as a row range
+     * (a view into the mapped tensor, no copy) */
+    int fused;
 } sq_arch;
 
 /* Whether layer il of the architecture attends within the file's sliding window (if it has one). */
@@ -45,7 +54,7 @@ int sq_arch_layer_windowed(const sq_arch *a, int il);
 
 /* The row for a general.architecture value (len bytes, not NUL-terminated); NULL when unknown. */
 const sq_arch *sq_arch_find(const char *name, size_t len);
-/* "llama, mistral, qwen2": the accepted names, for messages. */
+/* "llama, mistral, qwen2, phi3, gemma2": the accepted names, for messages. */
 const char *sq_arch_names(void);
 
 /* The seven linear layers of a block, in file order; sq_linear_names[i] is the tensor name part

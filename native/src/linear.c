@@ -22,8 +22,9 @@ static sq_status check_shape(const sq_gguf_tensor *t, const char *name, int64_t 
     return SQ_OK;
 }
 
-static sq_status init_weight(sq_linear *l, const sq_gguf_tensor *t, const char *tname, int G) {
-    l->data = t->data;
+/* data: the first of l->rows rows of l->cols values in t's mapping (t->data, or a row range of it) */
+static sq_status init_weight(sq_linear *l, const sq_gguf_tensor *t, const uint8_t *data, const char *tname, int G) {
+    l->data = data;
     switch (t->type) {
     case SQ_T_SQ4: {
         if (l->cols % G)
@@ -32,13 +33,13 @@ static sq_status init_weight(sq_linear *l, const sq_gguf_tensor *t, const char *
         size_t n = (size_t)l->rows * (l->cols / G);
         l->wsum = malloc(n * sizeof *l->wsum);
         if (!l->wsum) return sq_set_error(SQ_ERR_NOMEM, "out of memory for the group sums of '%s'", tname);
-        sq_sq4_group_sums(t->data, l->rows, l->cols, G, l->wsum);
-        l->sq4 = (sq_sq4_matrix){t->data, l->wsum, l->rows, l->cols, G};
+        sq_sq4_group_sums(data, l->rows, l->cols, G, l->wsum);
+        l->sq4 = (sq_sq4_matrix){data, l->wsum, l->rows, l->cols, G};
         l->wtype = SQ_W_SQ4;
         return SQ_OK;
     }
     case SQ_T_Q8_0:
-        l->q8 = (sq_q8_matrix){t->data, l->rows, l->cols};
+        l->q8 = (sq_q8_matrix){data, l->rows, l->cols};
         l->wtype = SQ_W_Q8;
         return SQ_OK;
     case SQ_T_F16: l->wtype = SQ_W_F16; return SQ_OK;
@@ -83,7 +84,7 @@ sq_status sq_linear_init(sq_linear *l, const sq_gguf *g, const char *name, int c
     const sq_gguf_tensor *t = sq_gguf_tensor_find(g, wn);
     if (!t) return sq_set_error(SQ_ERR_FORMAT, "tensor '%s' is missing", wn);
     sq_status st = check_shape(t, wn, cols, rows, -1);
-    if (!st) st = init_weight(l, t, wn, G ? G : cols);
+    if (!st) st = init_weight(l, t, t->data, wn, G ? G : cols);
     if (!st && spec_axis >= 0) st = init_spectral(l, g, name, spec_axis, tau);
     const sq_gguf_tensor *b = st ? NULL : sq_gguf_tensor_find(g, bn);
     if (b) {
@@ -92,6 +93,37 @@ sq_status sq_linear_init(sq_linear *l, const sq_gguf *g, const char *name, int c
     }
     if (st) sq_linear_free(l);
     return st;
+}
+
+sq_status sq_linear_init_rows(sq_linear *l, const sq_gguf *g, const char *name, int cols, int total_rows, int row0,
+                              int rows, const char *part) {
+    memset(l, 0, sizeof *l);
+    l->rows = rows;
+    l->cols = cols;
+    char wn[160], xn[160];
+    snprintf(wn, sizeof wn, "%s.weight", name);
+    const sq_gguf_tensor *t = sq_gguf_tensor_find(g, wn);
+    if (!t) return sq_set_error(SQ_ERR_FORMAT, "tensor '%s' is missing", wn);
+    sq_status st = check_shape(t, wn, cols, total_rows, -1);
+    if (st) return st;
+    size_t row_bytes;
+    switch (t->type) { /* each output row is contiguous: a row range is a pointer offset */
+    case SQ_T_F32: row_bytes = (size_t)cols * 4; break;
+    case SQ_T_F16: row_bytes = (size_t)cols * 2; break;
+    case SQ_T_Q8_0: row_bytes = (size_t)(cols / 32) * 34; break; /* the parser checked cols % 32 */
+    default:
+        return sq_set_error(SQ_ERR_UNSUPPORTED, "fused tensor '%s' has type %s; its %s rows are read in place from F32, "
+                            "F16 or Q8_0 only", wn, sq_ggml_type_name(t->type), part);
+    }
+    /* what a separate linear may carry has no meaning for a row range: refused, never ignored */
+    static const char *const extras[] = {"bias", "spectral", "spectral_k"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(xn, sizeof xn, "%s.%s", name, extras[i]);
+        if (sq_gguf_tensor_find(g, xn))
+            return sq_set_error(SQ_ERR_UNSUPPORTED, "fused tensor '%s' has a '%s' tensor, which the runtime does not read",
+                                wn, xn);
+    }
+    return init_weight(l, t, t->data + (size_t)row0 * row_bytes, wn, cols);
 }
 
 void sq_linear_free(sq_linear *l) {

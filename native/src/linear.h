@@ -59,6 +59,11 @@ typedef struct {
  * optional spectral tensors and bias. name is used in error messages. */
 sq_status sq_linear_init(sq_linear *l, const sq_gguf *g, const char *name, int cols, int rows, int G,
                          int spec_axis, float tau);
+/* Builds a linear layer from rows [row0, row0 + rows) of tensor name.weight (F32 / F16 / Q8_0,
+ * ne = [cols, total_rows]): a view into the mapping, no copy (Phi-3's fused attn_qkv / ffn_up). part
+ * names the layer in messages; a bias or spectral branch of the fused tensor is refused. */
+sq_status sq_linear_init_rows(sq_linear *l, const sq_gguf *g, const char *name, int cols, int total_rows, int row0,
+                              int rows, const char *part);
 void sq_linear_free(sq_linear *l);
 
 /* Quantizes / projects x (n_tok × K) for the n layers in lins (all with cols == K). */

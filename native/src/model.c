@@ -352,10 +352,27 @@ static sq_status load_layer(sq_model *m, int il) {
     /* [cols, rows] of each linear, in sq_linear_names order */
     const int shape[SQ_N_LINEAR][2] = {{D, qw}, {D, kvw}, {D, kvw}, {qw, D}, {D, F}, {D, F}, {F, D}};
     char name[96];
+    int fused_qkv = 0, fused_gu = 0;
+    if (hp->arch->fused) { /* Phi-3 (llama.cpp): attn_qkv = [q; k; v] rows; ffn_up = [gate; up] rows, no ffn_gate */
+        snprintf(name, sizeof name, "blk.%d.attn_qkv.weight", il);
+        fused_qkv = sq_gguf_tensor_find(g, name) != NULL;
+        snprintf(name, sizeof name, "blk.%d.ffn_gate.weight", il);
+        fused_gu = sq_gguf_tensor_find(g, name) == NULL;
+    }
     for (int i = 0; i < SQ_N_LINEAR; i++) {
-        snprintf(name, sizeof name, "blk.%d.%s", il, sq_linear_names[i]);
-        sq_status st = sq_linear_init(&L->lin[i], g, name, shape[i][0], shape[i][1], hp->group_size, hp->spec_axis,
-                                      m->spectral_tau);
+        sq_status st;
+        if (fused_qkv && i <= SQ_LIN_V) { /* rows [0, qw) q, [qw, qw + kvw) k, then v */
+            snprintf(name, sizeof name, "blk.%d.attn_qkv", il);
+            st = sq_linear_init_rows(&L->lin[i], g, name, D, qw + 2 * kvw, i == SQ_LIN_Q ? 0 : qw + (i - SQ_LIN_K) * kvw,
+                                     shape[i][1], sq_linear_names[i]);
+        } else if (fused_gu && (i == SQ_LIN_GATE || i == SQ_LIN_UP)) { /* rows [0, F) gate, [F, 2F) up */
+            snprintf(name, sizeof name, "blk.%d.ffn_up", il);
+            st = sq_linear_init_rows(&L->lin[i], g, name, D, 2 * F, i == SQ_LIN_GATE ? 0 : F, F, sq_linear_names[i]);
+        } else {
+            snprintf(name, sizeof name, "blk.%d.%s", il, sq_linear_names[i]);
+            st = sq_linear_init(&L->lin[i], g, name, shape[i][0], shape[i][1], hp->group_size, hp->spec_axis,
+                                m->spectral_tau);
+        }
         if (st) return st;
         L->lin[i].a8 = (hp->a8_mask >> i) & 1;
     }
@@ -412,6 +429,14 @@ static sq_status build_bases(sq_model *m) {
 }
 
 static sq_status load_rope(sq_model *m) {
+    /* Phi-3-128k's "longrope": per-frequency factors switched by sequence length plus an attention
+     * factor (llama.cpp's rope_factors_long / rope_factors_short): not implemented, refused */
+    for (uint64_t i = 0; i < m->gguf.n_tensors; i++) {
+        sq_str n = m->gguf.tensors[i].name;
+        if (memmem(n.ptr, n.len, "rope_factors_", 13))
+            return sq_set_error(SQ_ERR_UNSUPPORTED, "tensor '%.*s': LongRoPE scaling (Phi-3 128k) is not supported",
+                                (int)(n.len > 64 ? 64 : n.len), n.ptr);
+    }
     const sq_gguf_tensor *t = sq_gguf_tensor_find(&m->gguf, "rope_freqs.weight");
     const float *factors = NULL;
     if (t) { /* llama3-style per-frequency divisors */

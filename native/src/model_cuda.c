@@ -13,7 +13,9 @@
  *
  * Not on the GPU (backend cuda refuses with a clear message, auto stays on the CPU): F16/F32
  * linear weights, KV types other than f16, head_dim outside 8..256 or not a multiple of 8 or not
- * n_embd / n_head, gemma2 files (arch.h's Gemma 2 parts).
+ * n_embd / n_head, gemma2 files (arch.h's Gemma 2 parts). llama.cpp's phi3 files need nothing of their
+ * own: their q/k/v and gate/up are row views of the fused tensors (sq_linear_init_rows: data, rows,
+ * cols describe the range), uploaded like any other matrix.
  */
 #include "model_cuda.h"
 

@@ -386,6 +386,64 @@ static void test_sliding_window(void) {
     check_consistency("llama window 4", &c);
 }
 
+/* llama.cpp's phi3 files fuse q/k/v (attn_qkv) and gate/up (ffn_up = [gate; up]); the runtime takes
+ * each linear as a row range of the mapped tensor. The same weights fused and as seven tensors give
+ * identical logits (same bytes, same kernels) for F32, F16 and Q8_0; the views point into the
+ * mapping at the right rows (no copies); SQ4 fused tensors and LongRoPE factors are refused. */
+static void test_phi3_fused(void) {
+    static const uint32_t types[] = {SQ_T_F32, SQ_T_F16, SQ_T_Q8_0};
+    static const size_t elt[] = {4, 2, 0};
+    for (int ti = 0; ti < 3; ti++) {
+        tiny_cfg c = tiny_default();
+        c.arch = "phi3", c.wtype = types[ti], c.embd_type = SQ_T_F16, c.seed = 0xF1F1 + ti, c.tied = 0;
+        c.n_head = 8, c.n_kv_head = 2; /* head_dim 8, GQA 4: q, k and v rows of different lengths */
+        size_t sf, ss;
+        c.fused = 1;
+        uint8_t *fused = tiny_model_build(&c, &sf);
+        c.fused = 0;
+        uint8_t *split = tiny_model_build(&c, &ss);
+        sq_model *a = load(fused, sf, 2, SQ_KV_F32, 1.0f), *b = load(split, ss, 2, SQ_KV_F32, 1.0f);
+        if (a && b) {
+            CHECK(a->rope.mode == SQ_ROPE_NEOX, "phi3 rope mode %d", a->rope.mode);
+            const sq_layer *L = &a->layers[1];
+            const int D = a->hp.n_embd, hd = a->hp.head_dim, F = a->hp.n_ff;
+            const size_t rb = elt[ti] ? (size_t)D * elt[ti] : (size_t)D / 32 * 34;
+            const sq_gguf_tensor *qkv = sq_gguf_tensor_find(&a->gguf, "blk.1.attn_qkv.weight"),
+                                 *up = sq_gguf_tensor_find(&a->gguf, "blk.1.ffn_up.weight");
+            CHECK(qkv && up && L->q.data == qkv->data && L->k.data == qkv->data + (size_t)8 * hd * rb &&
+                      L->v.data == qkv->data + (size_t)10 * hd * rb && L->gate.data == up->data &&
+                      L->up.data == up->data + (size_t)F * rb,
+                  "type %u: the views are not the fused tensors' row ranges", types[ti]);
+            CHECK(L->q.rows == 8 * hd && L->k.rows == 2 * hd && L->v.rows == 2 * hd && L->gate.rows == F &&
+                      L->up.rows == F && L->q.cols == D,
+                  "type %u: view shapes", types[ti]);
+            float *la = eval_all(a, k_toks, NTOK), *lb = eval_all(b, k_toks, NTOK);
+            size_t n = (size_t)NTOK * sq_model_n_vocab(a);
+            CHECK(memcmp(la, lb, n * sizeof *la) == 0, "type %u: fused vs separate tensors differ (%g)", types[ti],
+                  rel_err(la, lb, n));
+            free(la);
+            free(lb);
+        }
+        sq_model_free(a);
+        sq_model_free(b);
+        free(fused);
+        free(split);
+    }
+    tiny_cfg c = tiny_default(); /* batch, decode, threads and rewinds with views and a window */
+    c.arch = "phi3", c.fused = 1, c.wtype = SQ_T_Q8_0, c.sliding_window = 4, c.seed = 0xF2F2;
+    check_consistency("phi3 fused q8 window 4", &c);
+    size_t size;
+    c = tiny_default();
+    c.arch = "phi3", c.fused = 1, c.seed = 0xF3F3; /* SQ4 */
+    uint8_t *buf = tiny_model_build(&c, &size);
+    expect_load_message(buf, size, SQ_ERR_UNSUPPORTED, "phi3 fused SQ4", "attn_qkv", "SQ4");
+    free(buf);
+    c.wtype = SQ_T_F16, c.extra_f32 = "rope_factors_long.weight";
+    buf = tiny_model_build(&c, &size);
+    expect_load_message(buf, size, SQ_ERR_UNSUPPORTED, "phi3 longrope", "rope_factors_long", "LongRoPE");
+    free(buf);
+}
+
 /* Logits of buf run at act_bits (0 = auto), checking what sq_model_act_bits reports. */
 static float *run_bits(const uint8_t *buf, size_t size, int act_bits, int want) {
     sq_model_params p = sq_model_default_params();
@@ -514,7 +572,7 @@ static void test_file_limits(void) {
     c.arch = "gpt2";
     buf = tiny_model_build(&c, &size);
     expect_load_message(buf, size, SQ_ERR_UNSUPPORTED, "unknown architecture", "'gpt2' is not supported",
-                        "(llama, mistral, qwen2, gemma2)");
+                        "(llama, mistral, qwen2, phi3, gemma2)");
     free(buf);
     /* a directory and a FIFO as the model path: a clear error, never a hang in open() */
     CHECK(sq_model_load("/tmp", NULL) == NULL && sq_last_status() == SQ_ERR_IO && strstr(sq_last_error(), "is a directory"),
@@ -545,5 +603,6 @@ int main(void) {
     test_act_bits();
     test_file_limits();
     test_sliding_window(); /* last: its files draw from the shared random stream the tests above share */
+    test_phi3_fused();     /* after it: seeded files only */
     return test_finish("test_model");
 }

@@ -9,7 +9,8 @@
  * on both (also other than the file's).
  *
  * With a device: tiny random models (SQ4 with rotation, spectral branch axis in and out, qwen2
- * biases, 8-bit activations, both tensor-core paths, Q8_0 weights, an untied head) run on the GPU
+ * biases, 8-bit activations, both tensor-core paths, Q8_0 weights, an untied head, llama.cpp's
+ * fused phi3 layout as row views) run on the GPU
  * and on the CPU: prompt logits, a second prefill chunk at a later position, last_only, and 64
  * greedy decode steps must give the same tokens, and logits within 1e-3 (max |gpu - cpu| / max
  * |cpu| per row) — all but the odd row where a 4-bit rounding flips (check_stats), and none beyond
@@ -293,6 +294,9 @@ static void test_tiny_models(void) {
     test_parity("A4 file at A8, int8 path", a, "int8", 8);
     o.seed = 5;
     test_parity("A8 file run at A4 (act_bits 4)", o, NULL, 4);
+    tiny_cfg p = c; /* llama.cpp's phi3 layout: q/k/v and gate/up uploaded from row views of the fused tensors */
+    p.arch = "phi3", p.fused = 1, p.wtype = SQ_T_Q8_0, p.tied = 0, p.seed = 8;
+    test_parity("phi3 fused Q8_0 (row views, NEOX)", p, NULL, 0);
 }
 
 #ifndef SQ_CUDA_EMU

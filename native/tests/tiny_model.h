@@ -91,6 +91,9 @@ typedef struct {
     int vocab;           /* a byte-level BPE tokenizer (n_vocab must be TINY_VOCAB_TOKENS) */
     const char *chat_template; /* tokenizer.chat_template (NULL: none) */
     int sliding_window;  /* <arch>.attention.sliding_window (0: no key) */
+    int fused;           /* llama.cpp's phi3 layout: blk.N.attn_qkv = [q; k; v] rows, ffn_up = [gate; up] rows,
+                            no attn_q/k/v or ffn_gate (the same random weights as unfused; no bias/spectral) */
+    const char *extra_f32; /* one more F32 tensor of this name, [n_rot / 2] ones (NULL: none) */
 } tiny_cfg;
 
 static tiny_cfg tiny_default(void) {
@@ -280,12 +283,29 @@ static void write_metadata(tbuf *b, const tiny_cfg *c, uint64_t *n_kv) {
 #undef KV
 }
 
+/* The block's seven linears (the last seven tensors: q, k, v, o, gate, up, down) become llama.cpp's
+ * phi3 four: attn_qkv (q, k, v rows one after another), attn_output, ffn_up ([gate; up]), ffn_down. */
+static void tiny_fuse(tiny_list *l, int il, int D, int qkv_rows, int gu_rows) {
+    tiny_tensor *t = &l->t[l->n - SQ_N_LINEAR], lin[SQ_N_LINEAR];
+    memcpy(lin, t, sizeof lin);
+    l->n -= SQ_N_LINEAR;
+    tiny_tensor *qkv = tl_add(l, "", lin[SQ_LIN_Q].type, 2, (uint64_t)D, (uint64_t)qkv_rows, 1);
+    snprintf(qkv->name, sizeof qkv->name, "blk.%d.attn_qkv.weight", il);
+    for (int i = SQ_LIN_Q; i <= SQ_LIN_V; i++) tb_put(&qkv->data, lin[i].data.p, lin[i].data.n), free(lin[i].data.p);
+    l->t[l->n++] = lin[SQ_LIN_O];
+    tiny_tensor *gu = tl_add(l, "", lin[SQ_LIN_UP].type, 2, (uint64_t)D, (uint64_t)gu_rows, 1);
+    snprintf(gu->name, sizeof gu->name, "blk.%d.ffn_up.weight", il);
+    for (int i = SQ_LIN_GATE; i <= SQ_LIN_UP; i++) tb_put(&gu->data, lin[i].data.p, lin[i].data.n), free(lin[i].data.p);
+    l->t[l->n++] = lin[SQ_LIN_DOWN];
+}
+
 /* Writes the model; returns a malloc'ed buffer (free it) and its size. */
 static uint8_t *tiny_model_build(const tiny_cfg *c, size_t *size) {
     static tiny_list l; /* large: keep it off the stack */
     l.n = 0;
     if (c->seed) tm_rng = c->seed;
     if (c->vocab && c->n_vocab != TINY_VOCAB_TOKENS) abort(); /* tiny_vocab_cfg() sets it */
+    if (c->fused && (c->bias || c->spectral_k)) abort(); /* tiny_fuse moves the seven weights only */
     int D = c->n_embd, hd = D / c->n_head, qw = c->n_head * hd, kvw = c->n_kv_head * hd, F = c->n_ff;
     add_matrix(&l, c, "token_embd.weight", c->embd_type, D, c->n_vocab);
     if (!c->tied) add_matrix(&l, c, "output.weight", c->embd_type, D, c->n_vocab);
@@ -302,7 +322,9 @@ static uint8_t *tiny_model_build(const tiny_cfg *c, size_t *size) {
         }
         const int shape[SQ_N_LINEAR][2] = {{D, qw}, {D, kvw}, {D, kvw}, {qw, D}, {D, F}, {D, F}, {F, D}};
         for (int i = 0; i < SQ_N_LINEAR; i++) add_linear(&l, c, il, sq_linear_names[i], shape[i][0], shape[i][1]);
+        if (c->fused) tiny_fuse(&l, il, D, qw + 2 * kvw, 2 * F);
     }
+    if (c->extra_f32) fill_f32(tl_add(&l, c->extra_f32, SQ_T_F32, 1, (uint64_t)hd / 2, 1, 1), (size_t)hd / 2, 1.0f, 0.0f);
     tbuf kvs = {0}, out = {0};
     uint64_t n_kv;
     write_metadata(&kvs, c, &n_kv);

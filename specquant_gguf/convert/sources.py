@@ -142,6 +142,9 @@ class GGUFSource(ModelSource):
             raise SpecQuantError(f"{self.path}: RoPE scaling '{scaling}' is not supported (supported: linear, llama3)")
         rope_scale = float(self._field(f"{arch}.rope.scaling.factor", 1.0) if scaling == "linear"
                            else self._field(f"{arch}.rope.scale_linear", 1.0))
+        longrope = [n for n in ("rope_factors_long.weight", "rope_factors_short.weight") if n in self.tensors]
+        if longrope:  # Phi-3-128k: per-frequency factors switched by length, an attention factor
+            raise SpecQuantError(f"{self.path}: tensor {longrope[0]}: LongRoPE scaling (Phi-3 128k) is not supported")
         rope_freqs = None
         if "rope_freqs.weight" in self.tensors:  # Llama-3.1 scaling, kept as it is
             rope_freqs = tuple(float(x) for x in self._tensor("rope_freqs.weight").reshape(-1))

@@ -130,10 +130,19 @@ def _llamacpp_rope_factors(base: float, dim: int, rs: dict) -> np.ndarray:
     return np.asarray(torch.tensor(out, dtype=torch.float32).numpy(), dtype=np.float32)
 
 
-def write_llamacpp_gguf(model, path: Path, drop: tuple[str, ...] = ()) -> Path:
+def _rope_dims(cfg, heads: int, head_dim: int) -> int:
+    """rope.dimension_count as llama.cpp's Phi3MiniModel writes it: int(partial_rotary_factor · n_embd) //
+    n_head (head_dim when the factor is 1)."""
+    rope = dict(getattr(cfg, "rope_parameters", None) or {})
+    pct = rope.get("partial_rotary_factor", getattr(cfg, "partial_rotary_factor", None) or 1.0)
+    return head_dim if pct == 1.0 else int(pct * cfg.hidden_size) // heads
+
+
+def write_llamacpp_gguf(model, path: Path, drop: tuple[str, ...] = (), longrope: bool = False) -> Path:
     """The model as llama.cpp's convert_hf_to_gguf.py writes it: F32 tensors, the family's own
     general.architecture and key prefix, q/k rows permuted only for "normal"-RoPE families.
-    drop: tensor names left out (Gemma 2 only: broken files for error tests)."""
+    drop: tensor names left out (Gemma 2 only: broken files for error tests). longrope: add Phi-3-128k's
+    rope_factors_long / rope_factors_short tensors (ones; for refusal tests)."""
     cfg = model.config
     arch = ARCHS[cfg.model_type]
     a = arch.name
@@ -148,7 +157,7 @@ def write_llamacpp_gguf(model, path: Path, drop: tuple[str, ...] = ()) -> Path:
         for key, value in (("context_length", cfg.max_position_embeddings), ("embedding_length", cfg.hidden_size),
                            ("block_count", cfg.num_hidden_layers), ("feed_forward_length", cfg.intermediate_size),
                            ("attention.head_count", heads), ("attention.head_count_kv", kv_heads),
-                           ("rope.dimension_count", head_dim), ("vocab_size", cfg.vocab_size)):
+                           ("rope.dimension_count", _rope_dims(cfg, heads, head_dim)), ("vocab_size", cfg.vocab_size)):
             w.add_kv(f"{a}.{key}", int(value))
         w.add_kv(f"{a}.rope.freq_base", float(getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]))
         w.add_kv(f"{a}.attention.layer_norm_rms_epsilon", float(cfg.rms_norm_eps))
@@ -160,6 +169,9 @@ def write_llamacpp_gguf(model, path: Path, drop: tuple[str, ...] = ()) -> Path:
             w.add_kv(f"{a}.rope.scaling.factor", float(rope["factor"]))
         if rope.get("rope_type") == "llama3":  # llama.cpp's LlamaModel.generate_extra_tensors
             w.add_tensor("rope_freqs.weight", _llamacpp_rope_factors(float(rope["rope_theta"]), head_dim, rope))
+        if longrope:
+            for n in ("rope_factors_long.weight", "rope_factors_short.weight"):
+                w.add_tensor(n, np.ones(head_dim // 2, dtype=np.float32))
         write_tiny_tokenizer(w, tokens, types, merges)
         w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
         for i in range(cfg.num_hidden_layers):

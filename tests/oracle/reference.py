@@ -520,6 +520,25 @@ class ReferenceModel:
             return Q8Linear(t.raw, shape[0], shape[1], exact=self.exact)
         return FloatLinear(self.file.dequantize(name).reshape(shape))
 
+    def _fused_rows(self, prefix: str, total: int, cols: int, parts: dict[str, tuple[int, int]]) -> dict[str, Linear]:
+        """Linears that are row ranges [r0, r1) of one fused matrix prefix.weight (llama.cpp's phi3:
+        attn_qkv = [q; k; v], ffn_up = [gate; up]), in the type the file stores it (F32 / F16 / Q8_0)."""
+        name = prefix + ".weight"
+        t = self.file.tensor(name)
+        if t.shape != (total, cols):
+            raise FormatError(f"tensor {name!r} has shape {t.shape}, expected {(total, cols)}")
+        for extra in (".bias", ".spectral", ".spectral_k"):
+            if prefix + extra in self.file:
+                raise FormatError(f"fused tensor {name!r} has {prefix + extra}, which the runtime does not read")
+        if t.type_id == TYPE_Q8_0 and self.exact_q8:
+            raw = np.asarray(t.raw, dtype=np.uint8).reshape(total, cols // 32 * 34)
+            return {k: Linear(Q8Linear(np.ascontiguousarray(raw[r0:r1]).reshape(-1), r1 - r0, cols,
+                                       exact=self.exact), None, None) for k, (r0, r1) in parts.items()}
+        if t.type_id == SQ4_TYPE_ID:
+            raise FormatError(f"fused tensor {name!r} is SQ4: row views need F32, F16 or Q8_0")
+        w = self.file.dequantize(name).reshape(total, cols)
+        return {k: Linear(FloatLinear(np.ascontiguousarray(w[r0:r1])), None, None) for k, (r0, r1) in parts.items()}
+
     def _linear(self, prefix: str, shape: tuple[int, int]) -> Linear:
         core = self._matrix(prefix + ".weight", shape)
         branch = None
@@ -556,7 +575,16 @@ class ReferenceModel:
         self.layers = []
         for i in range(hp.n_layers):
             p = f"blk.{i}"
-            layer = {part: self._linear(f"{p}.{part}", shape) for part, shape in shapes.items()}
+            fused: dict[str, Linear] = {}
+            if ARCHS[hp.arch].fused and f"{p}.attn_qkv.weight" in self.file:  # phi3: [q; k; v] rows
+                q, kv = hp.heads * hd, hp.kv_heads * hd
+                fused.update(self._fused_rows(f"{p}.attn_qkv", q + 2 * kv, h, {
+                    "attn_q": (0, q), "attn_k": (q, q + kv), "attn_v": (q + kv, q + 2 * kv)}))
+            if ARCHS[hp.arch].fused and f"{p}.ffn_gate.weight" not in self.file:  # phi3: ffn_up = [gate; up]
+                fused.update(self._fused_rows(f"{p}.ffn_up", 2 * hp.ffn, h, {
+                    "ffn_gate": (0, hp.ffn), "ffn_up": (hp.ffn, 2 * hp.ffn)}))
+            layer = {part: fused[part] if part in fused else self._linear(f"{p}.{part}", shape)
+                     for part, shape in shapes.items()}
             layer["attn_norm"] = self._norm(f"{p}.attn_norm.weight")
             layer["ffn_norm"] = self._norm(f"{p}.ffn_norm.weight")
             if ARCHS[hp.arch].post_norms:  # Gemma 2: norms of each branch's output (stored as w + 1)
@@ -571,6 +599,9 @@ class ReferenceModel:
             inv = inv / float(md.get(f"{arch}.rope.scaling.factor", 1.0))
         elif md.get(f"{arch}.rope.scale_linear") is not None:
             inv = inv / float(md[f"{arch}.rope.scale_linear"])
+        longrope = [n for n in ("rope_factors_long.weight", "rope_factors_short.weight") if n in self.file]
+        if longrope:  # Phi-3-128k
+            raise SpecQuantError(f"tensor {longrope[0]!r}: LongRoPE scaling (Phi-3 128k) is not supported")
         if "rope_freqs.weight" in self.file:
             factors = np.asarray(self.file.dequantize("rope_freqs.weight"), dtype=np.float64).reshape(-1)
             if factors.shape != (hp.n_rot // 2,):
