@@ -49,6 +49,7 @@ VARIANTS: dict[str, list[str]] = {
     "sq-a8": ["--act-bits", "8"],
     "sq-a8-g32": ["--act-bits", "8", "--group-size", "32"],
     "sq-a8down": ["--a8-linears", "ffn_down"],
+    "sq-a8downout": ["--a8-linears", "attn_output,ffn_down"],
 }
 
 
