@@ -156,8 +156,11 @@ static inline __m256 load_scales8(const uint8_t *blk0, int bs) {
     uint16_t h[8];
     for (int j = 0; j < 8; j++) memcpy(&h[j], blk0 + (size_t)j * bs, 2);
     /* packed in general registers (idle integer ALUs), not vpinsrw (a shuffle-port uop each) */
-    const uint64_t a = (uint64_t)h[0] | (uint64_t)h[1] << 16 | (uint64_t)h[2] << 32 | (uint64_t)h[3] << 48;
-    const uint64_t b = (uint64_t)h[4] | (uint64_t)h[5] << 16 | (uint64_t)h[6] << 32 | (uint64_t)h[7] << 48;
+    uint64_t a = (uint64_t)h[0] | (uint64_t)h[1] << 16, a2 = (uint64_t)h[2] | (uint64_t)h[3] << 16;
+    uint64_t b = (uint64_t)h[4] | (uint64_t)h[5] << 16, b2 = (uint64_t)h[6] | (uint64_t)h[7] << 16;
+    __asm__("" : "+r"(a), "+r"(a2), "+r"(b), "+r"(b2)); /* keeps GCC's SLP vectorizer off (it shuffles) */
+    a |= a2 << 32;
+    b |= b2 << 32;
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)b, (long long)a));
 }
 
