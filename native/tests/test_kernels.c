@@ -453,6 +453,19 @@ static void test_sq4(int iters) {
     /* the largest per-row group the math must hold: K = G = 8192, u8 activations at the extremes */
     mm_case big = {3, 8192, 8192, 2, 8, 1, 2};
     run_sq4_case(&big);
+    /* one token (the unsigned-weight decode: nibble ^ 8 and 8·Σq_x per group): every G, both
+     * widths, extreme patterns, 8-group blocks plus leftover groups; K = G = 8192 at the extremes;
+     * more groups than CX_MAX (the signed-LUT row_decode fallback) */
+    for (int gi = 0; gi < 4; gi++)
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (int pat = 0; pat < 5; pat++) {
+                mm_case one = {rnd_int(1, 37), groups[gi] * rnd_int(9, 19), groups[gi], 1, bits, pat, pat % 4};
+                run_sq4_case(&one);
+            }
+    mm_case big1 = {3, 8192, 8192, 1, 8, 1, 2};
+    run_sq4_case(&big1);
+    mm_case many_groups = {3, 32 * 1100, 32, 1, 8, 0, 0};
+    run_sq4_case(&many_groups);
     /* per-row groups larger than a prefill segment, with enough tokens for the prefill path */
     for (int bits = 4; bits <= 8; bits += 4) {
         mm_case wide = {19, 2080, 2080, 5, bits, 0, 0};

@@ -14,7 +14,9 @@
  * Two shapes:
  * - decode (few tokens): one row at a time; the 8-lane partial sums of 8 groups are reduced
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
- *   exactly once (the path is bandwidth-bound).
+ *   exactly once. One token (row_decode_u): the nibbles go into maddubs as nibble ^ 8 (the weight
+ *   + 8, no sign-LUT shuffle) and 8·Σq_x per group is subtracted with z·Σq_w; rows are prefetched
+ *   DEC_PFD bytes ahead (without it, one thread read ~13 GB/s, below what the machine streams).
  * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
  */
@@ -30,6 +32,9 @@
 #error "define SQ_X86_VNNI (0: AVX2 maddubs, 1: AVX-512 VNNI dpbusd) before including matmul_x86_impl.h"
 #endif
 
+#ifndef DEC_PFD
+#define DEC_PFD 4096 /* decode: software prefetch distance in bytes of a row stream (bench_kernels --8b: +15% cold) */
+#endif
 #ifndef PF_RV
 #define PF_RV 2             /* prefill tile: row vectors of 8 rows */
 #endif
@@ -150,9 +155,101 @@ SQ_INLINE __m256i group_dot(const uint8_t *nib, const uint8_t *qx, int G) {
 static inline __m256 load_scales8(const uint8_t *blk0, int bs) {
     uint16_t h[8];
     for (int j = 0; j < 8; j++) memcpy(&h[j], blk0 + (size_t)j * bs, 2);
-    __m128i v = _mm_setr_epi16((short)h[0], (short)h[1], (short)h[2], (short)h[3], (short)h[4], (short)h[5],
-                               (short)h[6], (short)h[7]);
-    return _mm256_cvtph_ps(v);
+    /* packed in general registers (idle integer ALUs), not vpinsrw (a shuffle-port uop each) */
+    uint64_t a = (uint64_t)h[0] | (uint64_t)h[1] << 16, a2 = (uint64_t)h[2] | (uint64_t)h[3] << 16;
+    uint64_t b = (uint64_t)h[4] | (uint64_t)h[5] << 16, b2 = (uint64_t)h[6] | (uint64_t)h[7] << 16;
+    __asm__("" : "+r"(a), "+r"(a2), "+r"(b), "+r"(b2)); /* keeps GCC's SLP vectorizer off (it shuffles) */
+    a |= a2 << 32;
+    b |= b2 << 32;
+    return _mm256_cvtph_ps(_mm_set_epi64x((long long)b, (long long)a));
+}
+
+/* One token, unsigned weights: as group_dot, but the nibbles enter maddubs as nibble ^ 8 (0..15,
+ * the int4 weight + 8: one xor per 32 bytes) instead of through the sign LUT, which saves two shuffle-port uops per 32
+ * bytes (the decode loop's bottleneck on Zen 3); the caller subtracts 8·Σq_x of the group. A lane
+ * is at most 2·255·15 = 7650, so 4 maddubs (128 values) add up in 16 bits. */
+#if SQ_X86_VNNI
+#define SUB_MAX_U (1 << 30)
+#else
+#define SUB_MAX_U 128
+#endif
+SQ_INLINE __m256i group_dot_u(const uint8_t *nib, const uint8_t *qx, int G) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8((char)0x88);
+    const int h = G / 2;
+    __m256i acc = _mm256_setzero_si256(), p = _mm256_setzero_si256();
+    int o = 0, n = 0;
+    for (; o + 32 <= h; o += 32) {
+        __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(nib + o)), flip);
+        __m256i lo = _mm256_and_si256(v, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + o)), lo);
+        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + h + o)), hi);
+        n += 2;
+        if (n == SUB_MAX_U / 32) {
+            acc = _mm256_add_epi32(acc, WIDEN(p));
+            p = _mm256_setzero_si256();
+            n = 0;
+        }
+    }
+    if (o < h) { /* G/2 ≡ 16 (mod 32): the last 16 bytes give values o..o+15 and h+o..h+o+15 */
+        __m256i v = _mm256_xor_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o))), flip);
+        v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
+        __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qx + o))),
+                                            _mm_loadu_si128((const __m128i *)(qx + h + o)), 1);
+        p = DOT_ACC(p, a, _mm256_and_si256(v, m4));
+    }
+    return _mm256_add_epi32(acc, WIDEN(p));
+}
+
+/* cx[g] = 8·Σ q_x over group g (ng groups of G values, G % 32 == 0) */
+static inline void act_sums8(const uint8_t *qx, int ng, int G, int32_t *cx) {
+    for (int g = 0; g < ng; g++) {
+        __m256i s = _mm256_setzero_si256();
+        for (int o = 0; o < G; o += 32)
+            s = _mm256_add_epi64(s, _mm256_sad_epu8(_mm256_loadu_si256((const __m256i *)(qx + (size_t)g * G + o)),
+                                                    _mm256_setzero_si256()));
+        __m128i t = _mm_add_epi64(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        t = _mm_add_epi64(t, _mm_unpackhi_epi64(t, t));
+        cx[g] = 8 * (int32_t)_mm_cvtsi128_si32(t);
+    }
+}
+
+/* row_decode with group_dot_u; cx: act_sums8 of token t. Same integers, same float order. */
+SQ_INLINE void row_decode_u(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, const int32_t *cx, float *y,
+                            int32_t *acc, const int G) {
+    const int K = w->K, ng = K / G, bs = 2 + G / 2;
+    const uint8_t *row = w->data + (size_t)r * bs * ng;
+    const uint8_t *qx = x->q + (size_t)t * K;
+    const int32_t *zt = x->z + (size_t)t * ng, *ws = w->wsum + (size_t)r * ng;
+    const float *dt = x->d + (size_t)t * ng;
+    float ys = 0.0f;
+    int g = 0;
+    for (; g + 8 <= ng; g += 8) {
+        __m256i v[8];
+#if DEC_PFD
+        for (int j = 0; j < 8 * bs; j += 64) _mm_prefetch((const char *)row + (size_t)g * bs + DEC_PFD + j, _MM_HINT_T0);
+#endif
+        for (int j = 0; j < 8; j++) v[j] = group_dot_u(row + (size_t)(g + j) * bs + 2, qx + (size_t)(g + j) * G, G);
+        __m256i corr = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(cx + g)),
+                                        _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + g)),
+                                                           _mm256_loadu_si256((const __m256i *)(ws + g))));
+        __m256i s = _mm256_sub_epi32(reduce8(v), corr);
+        if (acc) {
+            _mm256_storeu_si256((__m256i *)(acc + g), s);
+        } else {
+            __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
+            float term[8];
+            _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
+            for (int j = 0; j < 8; j++) ys += term[j];
+        }
+    }
+    for (; g < ng; g++) {
+        const uint8_t *blk = row + (size_t)g * bs;
+        int32_t s = hsum_epi32(group_dot_u(blk + 2, qx + (size_t)g * G, G)) - (cx[g] + zt[g] * ws[g]);
+        if (acc) acc[g] = s;
+        else ys += (float)s * (fp16_load(blk) * dt[g]);
+    }
+    if (!acc) *y = ys;
 }
 
 /* Row r, token t: writes y (float) or, when acc != NULL, the exact group sums acc[g]. */
@@ -558,10 +655,20 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
     }
 }
 
+#ifndef CX_MAX
+#define CX_MAX 1024 /* groups per row of the unsigned-weight decode (act_sums8 on the stack); more: row_decode */
+#endif
 /* rows [r0, r1) of token t; one copy per common G so that group_dot is compiled for it */
 #define DEF_DECODE_ROWS(NAME, GEXPR)                                                                     \
     static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int t, float *y, int32_t *acc) { \
         const int ng = w->K / w->G;                                                                     \
+        if (ng <= CX_MAX) {                                                                             \
+            int32_t cx[CX_MAX];                                                                         \
+            act_sums8(x->q + (size_t)t * w->K, ng, w->G, cx);                                           \
+            for (int r = r0; r < r1; r++)                                                               \
+                row_decode_u(w, x, r, t, cx, y ? y + r : NULL, acc ? acc + (size_t)r * ng : NULL, GEXPR); \
+            return;                                                                                     \
+        }                                                                                               \
         for (int r = r0; r < r1; r++)                                                                   \
             row_decode(w, x, r, t, y ? y + r : NULL, acc ? acc + (size_t)r * ng : NULL, GEXPR);         \
     }
