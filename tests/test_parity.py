@@ -269,6 +269,13 @@ def test_smollm2_sq4_matches_reference_statistically(smollm2_sq4, bits) -> None:
     # another order) cross rounding boundaries in every layer and the logits differ by ~2% from the
     # first position on (scalar vs AVX2 of the runtime itself differ as much at A8: max 0.75 on
     # logits of ~25, measured 2026-12-06); the statistical criteria below are the bar for both.
-    assert np.median(rel[: len(rel) // 2]) < (1e-4 if bits == 4 else 5e-2)
+    # Where the first flip cascades depends on the file's exact bits: three default conversions of
+    # 2026-12-07 (10 k bytes apart) diverged from position 2, 6 and 10 of 44, so a bar on the first
+    # half's median failed or passed by chance. What any bug in the per-token path would break is
+    # the first positions, computed before anything can cascade into them.
+    if bits == 4:
+        assert rel[:2].max() < 1e-4, f"first positions differ: {rel[:4]}"
+    else:
+        assert np.median(rel[: len(rel) // 2]) < 5e-2
     assert (got.argmax(1) == ref.argmax(1)).mean() > 0.75
     assert abs(np.exp(_nll(got, ids)) / np.exp(_nll(ref, ids)) - 1) < 0.25
