@@ -475,6 +475,19 @@ def _windowed(family: str, seed: int = 3, **overrides):
     return tiny_hf_model(model_type, seed=seed, round_to=torch.float16, **{**extra, **overrides})
 
 
+def _assert_windowed_matches_transformers(path: Path, hf, label: str) -> None:
+    """path's logits within 1e-3 of transformers' at each of 64 positions in the runtime and the
+    oracle, and the same 32 greedy tokens decoded one by one through the KV cache."""
+    want = hf_logits(hf, IDS)
+    with Model(path, n_ctx=128, n_threads=1, kv_type="f32") as m:
+        got = _rel_rows(m.eval(IDS), want)
+    ref = _rel_rows(ReferenceModel(path).forward(IDS), want)
+    print(f"\n{label} window {WINDOW}: runtime vs transformers {got.max():.1e}, oracle {ref.max():.1e}")
+    assert got.max() < 1e-3, f"runtime: worst position {got.argmax()} ({got.max():.2e})"
+    assert ref.max() < 1e-3, f"oracle: worst position {ref.argmax()} ({ref.max():.2e})"
+    assert _native_greedy(path, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
+
+
 @pytest.mark.parametrize("family", list(WINDOWED))
 def test_sliding_window_hf_folder_matches_transformers(tmp_path: Path, family: str) -> None:
     """A windowed model converted with --method f16 writes llama.attention.sliding_window and gives
@@ -488,14 +501,7 @@ def test_sliding_window_hf_folder_matches_transformers(tmp_path: Path, family: s
     out = tmp_path / "f16.gguf"
     assert main(["convert", str(folder), "--out", str(out), "--method", "f16", "--quiet"]) == 0
     assert read_model(out).metadata["llama.attention.sliding_window"] == WINDOW
-    want = hf_logits(hf, IDS)
-    with Model(out, n_ctx=128, n_threads=1, kv_type="f32") as m:
-        got = _rel_rows(m.eval(IDS), want)
-    ref = _rel_rows(ReferenceModel(out).forward(IDS), want)
-    print(f"\n{family} window {WINDOW}: runtime vs transformers {got.max():.1e}, oracle {ref.max():.1e}")
-    assert got.max() < 1e-3, f"runtime: worst position {got.argmax()} ({got.max():.2e})"
-    assert ref.max() < 1e-3, f"oracle: worst position {ref.argmax()} ({ref.max():.2e})"
-    assert _native_greedy(out, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
+    _assert_windowed_matches_transformers(out, hf, family)
 
 
 @pytest.mark.parametrize("family", ["mistral", "phi3"])
@@ -578,14 +584,7 @@ def test_llamacpp_phi3_window_runs_directly(tmp_path: Path) -> None:
     hf = _windowed("phi3", seed=6)
     src = write_llamacpp_gguf(hf, tmp_path / "phi3.gguf")
     assert read_model(src).metadata["phi3.attention.sliding_window"] == WINDOW
-    want = hf_logits(hf, IDS)
-    with Model(src, n_ctx=128, n_threads=1, kv_type="f32") as m:
-        got = _rel_rows(m.eval(IDS), want)
-    ref = _rel_rows(ReferenceModel(src).forward(IDS), want)
-    print(f"\nllama.cpp phi3 window {WINDOW}: runtime vs transformers {got.max():.1e}, oracle {ref.max():.1e}")
-    assert got.max() < 1e-3, f"runtime: worst position {got.argmax()} ({got.max():.2e})"
-    assert ref.max() < 1e-3, f"oracle: worst position {ref.argmax()} ({ref.max():.2e})"
-    assert _native_greedy(src, IDS[:16], 32) == _hf_greedy(hf, IDS[:16], 32)
+    _assert_windowed_matches_transformers(src, hf, "llama.cpp phi3")
 
 
 @pytest.mark.parametrize("model_type, fields", [
