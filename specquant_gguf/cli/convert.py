@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spectral-temp", type=float, default=None, metavar="T", help="softmax temperature (default 1)")
     p.add_argument("--rotation", choices=("wht", "none"), default=None,
                    help="in-group Walsh-Hadamard rotation of weights and activations (default wht)")
+    p.add_argument("--residual-rotation", choices=("none", "hadamard", "random"), default=None,
+                   help="orthogonal rotation of the residual stream merged into the weights (QuaRot's R1; "
+                        "a tied head is written untied): none, hadamard or random (default none)")
     p.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,
                    help="GPTQ error compensation of the int4 weights (default on)")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=None,
@@ -123,7 +126,8 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
     quant_flags = {"--act-bits": args.act_bits, "--a8-linears": args.a8_linears, "--group-size": args.group_size, "--alpha": args.alpha,
                    "--spectral-k": args.spectral_k, "--spectral-axis": args.spectral_axis,
                    "--spectral-rule": args.spectral_rule, "--spectral-temp": args.spectral_temp,
-                   "--rotation": args.rotation, "--gptq/--no-gptq": args.gptq,
+                   "--rotation": args.rotation, "--residual-rotation": args.residual_rotation,
+                   "--gptq/--no-gptq": args.gptq,
                    "--act-order/--no-act-order": args.act_order, "--clip/--no-clip": args.clip}
     if not r.quantized:
         given = [k for k, v in quant_flags.items() if v is not None]
@@ -156,7 +160,8 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
             raise UsageError(f"--spectral-k must be >= 0, got {args.spectral_k}")
         kw["spectral_k"] = args.spectral_k
     for flag, field_ in (("spectral_axis", "spectral_axis"), ("spectral_rule", "spectral_rule"),
-                         ("rotation", "rotation"), ("gptq", "gptq"), ("act_order", "act_order"), ("clip", "clip")):
+                         ("rotation", "rotation"), ("residual_rotation", "residual_rotation"), ("gptq", "gptq"),
+                         ("act_order", "act_order"), ("clip", "clip")):
         if getattr(args, flag) is not None:
             kw[field_] = getattr(args, flag)
     if args.spectral_temp is not None:

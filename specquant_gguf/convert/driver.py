@@ -35,6 +35,7 @@ from .calibrate import (Calibration, linear_params, block_stats, cache_path, gen
 from .forward import block_forward, embed_tokens
 from .qlinear import QLinear, SimLinear, sim_linear_fn
 from .recipe import LARGE_MODEL_SEARCH, Recipe
+from .residual import rotate_residual
 from .hub import resolve
 from .sources import ModelSource, open_source
 
@@ -369,6 +370,8 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
         "specquant.act_group_size": (g, gguf.GGUFValueType.UINT32),
         "specquant.rotation": (r.rotation if r.quantized else "none", None),
         "specquant.rotation.block": (g if r.quantized and r.rotation == "wht" else 0, gguf.GGUFValueType.UINT32),
+        # informational (the runtime needs nothing: the rotation is inside the weights)
+        "specquant.residual_rotation": (r.residual_rotation if r.quantized else "none", None),
         "specquant.spectral.axis": (r.spectral_axis, None),
         "specquant.spectral.k_max": (summary.k_max if spectral_on else 0, gguf.GGUFValueType.UINT32),
         "specquant.spectral.tau": (1.0, gguf.GGUFValueType.FLOAT32),
@@ -618,6 +621,8 @@ def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = C
                     work.save_calibration(calib)
         log(f"calibration: {calib.source}, {calib.tokens.shape[0]} x {calib.tokens.shape[1]} tokens "
             f"({time.time() - t0:.0f} s)", quiet)
+    if r.quantized:
+        source = rotate_residual(source, r.residual_rotation, seed)  # after the calibration text: same model
     summary = write_converted(source, r, calib, out, seed, quiet, clock, work)
     if work is not None:
         work.remove()

@@ -47,6 +47,9 @@ class Recipe:
     alpha: float | None = None  # None = per-group search over alpha_grid
     alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
     rotation: str = "wht"
+    # orthogonal rotation of the residual stream merged into the weights (residual.py): none,
+    # hadamard or random
+    residual_rotation: str = "none"
     gptq: bool = True
     act_order: bool = False
     clip: bool = True
