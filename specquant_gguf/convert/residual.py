@@ -33,10 +33,12 @@ RESIDUAL_ROTATIONS: tuple[str, ...] = ("none", "hadamard", "random")
 READERS: dict[str, tuple[str, ...]] = {"attn_norm": ("attn_q", "attn_k", "attn_v"), "ffn_norm": ("ffn_gate", "ffn_up")}
 WRITERS: tuple[str, ...] = ("attn_output", "ffn_down")
 
+
 def random_orthogonal(n: int, gen: torch.Generator) -> torch.Tensor:
     """A Haar-random orthogonal matrix (QR of a Gaussian, signs fixed so the draw is uniform)."""
     q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
     return (q * torch.sign(torch.diagonal(r))[None, :]).contiguous()
+
 
 def randomized_hadamard(n: int, gen: torch.Generator) -> torch.Tensor:
     """diag(±1)·(H_{2^k} ⊗ Q_m)/√2^k for n = 2^k·m: a Hadamard transform over the largest power-of-two
@@ -49,6 +51,7 @@ def randomized_hadamard(n: int, gen: torch.Generator) -> torch.Tensor:
     signs = torch.randint(0, 2, (n,), generator=gen, dtype=torch.float64) * 2 - 1
     return signs[:, None] * torch.kron(h, q)
 
+
 def residual_matrix(kind: str, n: int, seed: int) -> torch.Tensor:
     """The n × n orthogonal R of `kind` (float64), the same for the same seed."""
     gen = torch.Generator().manual_seed(0x5EED + seed)
@@ -58,9 +61,11 @@ def residual_matrix(kind: str, n: int, seed: int) -> torch.Tensor:
         return random_orthogonal(n, gen)
     raise SpecQuantError(f"residual rotation {kind!r} is not one of {', '.join(RESIDUAL_ROTATIONS)}")
 
+
 def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a·b in float64 (the rotation must not add rounding of its own), returned as float32."""
     return (a.to(torch.float64) @ b.to(torch.float64)).to(torch.float32)
+
 
 class ResidualRotated(ModelSource):
     """`source` with its residual stream rotated by R: the same model, tensor by tensor (module doc)."""
@@ -112,9 +117,11 @@ class ResidualRotated(ModelSource):
     def bos_id(self) -> int | None:
         return self.inner.bos_id
 
+
 def suppressed_channels(source: ModelSource, rel: float = 0.1, min_norms: int = 2) -> list[int]:
     """Residual channels whose norm gain is below rel × the norm's median in at least min_norms norms:
-    the channels of the massive activations, which the model itself silences before every linear."""
+    the channels of the massive activations, which the model itself silences before every linear.
+    Reads every block once (the norms are all it keeps)."""
     counts = torch.zeros(source.config.n_embd, dtype=torch.int64)
     for i in range(source.config.n_layer):
         blk = source.block(i)
@@ -126,7 +133,8 @@ def suppressed_channels(source: ModelSource, rel: float = 0.1, min_norms: int = 
 
 def rotation_keeping(rot_rest: torch.Tensor, keep: list[int], n: int) -> torch.Tensor:
     """An n × n orthogonal matrix that leaves the channels `keep` alone and turns the others by rot_rest."""
-    rest = [c for c in range(n) if c not in set(keep)]
+    kept = set(keep)
+    rest = [c for c in range(n) if c not in kept]
     r = torch.zeros(n, n, dtype=torch.float64)
     r[keep, keep] = 1.0
     idx = torch.tensor(rest)
