@@ -455,7 +455,7 @@ static void test_sq4(int iters) {
     run_sq4_case(&big);
     /* one token (the unsigned-weight decode: nibble ^ 8 and 8·Σq_x per group): every G, both
      * widths, extreme patterns, 8-group blocks plus leftover groups; K = G = 8192 at the extremes;
-     * more groups than CX_MAX (the signed-LUT row_decode fallback) */
+     * more groups than CX_MAX (row_decode segment by segment) */
     for (int gi = 0; gi < 4; gi++)
         for (int bits = 4; bits <= 8; bits += 4)
             for (int pat = 0; pat < 5; pat++) {
@@ -464,8 +464,12 @@ static void test_sq4(int iters) {
             }
     mm_case big1 = {3, 8192, 8192, 1, 8, 1, 2};
     run_sq4_case(&big1);
-    mm_case many_groups = {3, 32 * 1100, 32, 1, 8, 0, 0};
-    run_sq4_case(&many_groups);
+    for (int bits = 4; bits <= 8; bits += 4) { /* > CX_MAX groups: two segments, the sum continues in y */
+        mm_case many_groups = {3, 32 * 1100, 32, 1, bits, 0, 0};
+        run_sq4_case(&many_groups);
+        mm_case many_odd = {5, 64 * 1027, 64, 1, bits, bits == 8 ? 1 : 3, 2};
+        run_sq4_case(&many_odd);
+    }
     /* per-row groups larger than a prefill segment, with enough tokens for the prefill path */
     for (int bits = 4; bits <= 8; bits += 4) {
         mm_case wide = {19, 2080, 2080, 5, bits, 0, 0};

@@ -14,9 +14,10 @@
  * Two shapes:
  * - decode (few tokens): one row at a time; the 8-lane partial sums of 8 groups are reduced
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
- *   exactly once. One token (row_decode_u): the nibbles go into maddubs as nibble ^ 8 (the weight
- *   + 8, no sign-LUT shuffle) and 8·Σq_x per group is subtracted with z·Σq_w; rows are prefetched
- *   DEC_PFD bytes ahead (without it, one thread read ~13 GB/s, below what the machine streams).
+ *   exactly once, into maddubs as nibble ^ 8 (the weight + 8, no sign-LUT shuffle); 8·Σq_x per
+ *   group is subtracted with z·Σq_w. Rows are prefetched DEC_PFD bytes ahead (without it, one
+ *   thread read ~13 GB/s, below what the machine streams). One token: row_decode (the
+ *   few-token row_few still goes through the sign LUT).
  * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
  */
@@ -119,37 +120,6 @@ static inline float hsum_ps(__m256 v) {
 
 #define SQ_INLINE static inline __attribute__((always_inline))
 
-/* 8 int32 lanes whose sum is Σ q_x·q_w over one group (nib = the group's G/2 bytes). Inlined with
- * a constant G, the loop unrolls and the widening bookkeeping folds away. */
-SQ_INLINE __m256i group_dot(const uint8_t *nib, const uint8_t *qx, int G) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
-    const int h = G / 2;
-    __m256i acc = _mm256_setzero_si256(), p = _mm256_setzero_si256();
-    int o = 0, n = 0; /* n: maddubs results summed in p since the last widening */
-    for (; o + 32 <= h; o += 32) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(nib + o));
-        __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
-        __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + o)), lo);
-        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + h + o)), hi);
-        n += 2;
-        if (n == SUB_MAX / 32) {
-            acc = _mm256_add_epi32(acc, WIDEN(p));
-            p = _mm256_setzero_si256();
-            n = 0;
-        }
-    }
-    if (o < h) { /* G/2 ≡ 16 (mod 32): the last 16 bytes give values o..o+15 and h+o..h+o+15 */
-        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o)));
-        v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-        __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
-        __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qx + o))),
-                                            _mm_loadu_si128((const __m128i *)(qx + h + o)), 1);
-        p = DOT_ACC(p, a, wv);
-    }
-    return _mm256_add_epi32(acc, WIDEN(p));
-}
-
 /* fp16 scales of 8 consecutive blocks (stride bs bytes) as floats. Eight 16-bit loads beat
  * vpgatherdd here (a gather is ~40 uops on Zen 3 and stalled the decode loop). */
 static inline __m256 load_scales8(const uint8_t *blk0, int bs) {
@@ -164,10 +134,12 @@ static inline __m256 load_scales8(const uint8_t *blk0, int bs) {
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)b, (long long)a));
 }
 
-/* One token, unsigned weights: as group_dot, but the nibbles enter maddubs as nibble ^ 8 (0..15,
- * the int4 weight + 8: one xor per 32 bytes) instead of through the sign LUT, which saves two shuffle-port uops per 32
- * bytes (the decode loop's bottleneck on Zen 3); the caller subtracts 8·Σq_x of the group. A lane
- * is at most 2·255·15 = 7650, so 4 maddubs (128 values) add up in 16 bits. */
+/* 8 int32 lanes whose sum is Σ q_x·(q_w + 8) over one group (nib = the group's G/2 bytes): the
+ * nibbles enter maddubs as nibble ^ 8 (0..15, the int4 weight + 8: one xor per 32 bytes), not
+ * through a sign LUT (two shuffle-port uops per 32 bytes, the decode loop's bottleneck on Zen 3);
+ * the caller subtracts 8·Σq_x of the group (act_sums8). A lane is at most 2·255·15 = 7650, so 4
+ * maddubs (128 values) add up in 16 bits. Inlined with a constant G, the loop unrolls and the
+ * widening bookkeeping folds away. */
 #if SQ_X86_VNNI
 #define SUB_MAX_U (1 << 30)
 #else
@@ -214,17 +186,19 @@ static inline void act_sums8(const uint8_t *qx, int ng, int G, int32_t *cx) {
     }
 }
 
-/* row_decode with group_dot_u; cx: act_sums8 of token t. Same integers, same float order. */
-SQ_INLINE void row_decode_u(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, const int32_t *cx, float *y,
-                            int32_t *acc, const int G) {
+/* Row r, token t, groups [g0, g0 + ngs) (a segment: cx, act_sums8 of those groups, fits the
+ * stack): writes y (float) or, when acc != NULL, the exact group sums acc[0..ngs). A segment after
+ * the first continues the running sum left in *y, so terms are still added in group order. */
+SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, int g0, int ngs, const int32_t *cx,
+                          float *y, int32_t *acc, const int G) {
     const int K = w->K, ng = K / G, bs = 2 + G / 2;
-    const uint8_t *row = w->data + (size_t)r * bs * ng;
-    const uint8_t *qx = x->q + (size_t)t * K;
-    const int32_t *zt = x->z + (size_t)t * ng, *ws = w->wsum + (size_t)r * ng;
-    const float *dt = x->d + (size_t)t * ng;
-    float ys = 0.0f;
+    const uint8_t *row = w->data + ((size_t)r * ng + g0) * bs;
+    const uint8_t *qx = x->q + (size_t)t * K + (size_t)g0 * G;
+    const int32_t *zt = x->z + (size_t)t * ng + g0, *ws = w->wsum + (size_t)r * ng + g0;
+    const float *dt = x->d + (size_t)t * ng + g0;
+    float ys = !acc && g0 ? *y : 0.0f;
     int g = 0;
-    for (; g + 8 <= ng; g += 8) {
+    for (; g + 8 <= ngs; g += 8) {
         __m256i v[8];
 #if DEC_PFD
         for (int j = 0; j < 8 * bs; j += 64) _mm_prefetch((const char *)row + (size_t)g * bs + DEC_PFD + j, _MM_HINT_T0);
@@ -237,13 +211,14 @@ SQ_INLINE void row_decode_u(const sq_sq4_matrix *w, const sq_qact *x, int r, int
         if (acc) {
             _mm256_storeu_si256((__m256i *)(acc + g), s);
         } else {
+            /* terms acc_g·(d_w·d_x) in parallel, then added in group order (kernels.h: canonical sum) */
             __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
             float term[8];
             _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
             for (int j = 0; j < 8; j++) ys += term[j];
         }
     }
-    for (; g < ng; g++) {
+    for (; g < ngs; g++) {
         const uint8_t *blk = row + (size_t)g * bs;
         int32_t s = hsum_epi32(group_dot_u(blk + 2, qx + (size_t)g * G, G)) - (cx[g] + zt[g] * ws[g]);
         if (acc) acc[g] = s;
@@ -252,41 +227,8 @@ SQ_INLINE void row_decode_u(const sq_sq4_matrix *w, const sq_qact *x, int r, int
     if (!acc) *y = ys;
 }
 
-/* Row r, token t: writes y (float) or, when acc != NULL, the exact group sums acc[g]. */
-SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, float *y, int32_t *acc, const int G) {
-    const int K = w->K, ng = K / G, bs = 2 + G / 2;
-    const uint8_t *row = w->data + (size_t)r * bs * ng;
-    const uint8_t *qx = x->q + (size_t)t * K;
-    const int32_t *zt = x->z + (size_t)t * ng, *ws = w->wsum + (size_t)r * ng;
-    const float *dt = x->d + (size_t)t * ng;
-    float ys = 0.0f;
-    int g = 0;
-    for (; g + 8 <= ng; g += 8) {
-        __m256i v[8];
-        for (int j = 0; j < 8; j++) v[j] = group_dot(row + (size_t)(g + j) * bs + 2, qx + (size_t)(g + j) * G, G);
-        __m256i s = _mm256_sub_epi32(reduce8(v), _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + g)),
-                                                                    _mm256_loadu_si256((const __m256i *)(ws + g))));
-        if (acc) {
-            _mm256_storeu_si256((__m256i *)(acc + g), s);
-        } else {
-            /* terms acc_g·(d_w·d_x) in parallel, then added in group order (kernels.h: canonical sum) */
-            __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
-            float term[8];
-            _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
-            for (int j = 0; j < 8; j++) ys += term[j];
-        }
-    }
-    for (; g < ng; g++) {
-        const uint8_t *blk = row + (size_t)g * bs;
-        int32_t s = hsum_epi32(group_dot(blk + 2, qx + (size_t)g * G, G)) - zt[g] * ws[g];
-        if (acc) acc[g] = s;
-        else ys += (float)s * (fp16_load(blk) * dt[g]);
-    }
-    if (!acc) *y = ys;
-}
-
 /* ---- few tokens (a decode step of several sequences): one row, up to NT_MAX tokens -----------
- * group_dot for nt tokens at once: each 32-byte chunk of nibbles is unpacked once and multiplied
+ * group_dot_u with the sign LUT, for nt tokens at once: each 32-byte chunk of nibbles is unpacked once and multiplied
  * with every token's activations, so the weights are read once per step instead of once per token.
  * Per token the integer sums and the float terms are exactly row_decode's (same bits). */
 SQ_INLINE void group_dot_nt(const uint8_t *nib, const uint8_t *const qx[NT_MAX], int G, const int nt,
@@ -313,7 +255,7 @@ SQ_INLINE void group_dot_nt(const uint8_t *nib, const uint8_t *const qx[NT_MAX],
             n = 0;
         }
     }
-    if (o < h) { /* as in group_dot: the last 16 bytes */
+    if (o < h) { /* as in group_dot_u: the last 16 bytes */
         __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o)));
         v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
         __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
@@ -656,21 +598,21 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
 }
 
 #ifndef CX_MAX
-#define CX_MAX 1024 /* groups per row of the unsigned-weight decode (act_sums8 on the stack); more: row_decode */
+#define CX_MAX 1024 /* groups of a decode segment (act_sums8 on the stack, 4 KB) */
 #endif
-/* rows [r0, r1) of token t; one copy per common G so that group_dot is compiled for it */
+/* rows [r0, r1) of token t; one copy per common G so that group_dot_u is compiled for it. Rows of
+ * more than CX_MAX groups go segment by segment (all rows per segment, the sums wait in y). */
 #define DEF_DECODE_ROWS(NAME, GEXPR)                                                                     \
     static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int t, float *y, int32_t *acc) { \
         const int ng = w->K / w->G;                                                                     \
-        if (ng <= CX_MAX) {                                                                             \
-            int32_t cx[CX_MAX];                                                                         \
-            act_sums8(x->q + (size_t)t * w->K, ng, w->G, cx);                                           \
+        int32_t cx[CX_MAX];                                                                             \
+        for (int g0 = 0; g0 < ng; g0 += CX_MAX) {                                                       \
+            const int ngs = ng - g0 < CX_MAX ? ng - g0 : CX_MAX;                                        \
+            act_sums8(x->q + (size_t)t * w->K + (size_t)g0 * w->G, ngs, w->G, cx);                      \
             for (int r = r0; r < r1; r++)                                                               \
-                row_decode_u(w, x, r, t, cx, y ? y + r : NULL, acc ? acc + (size_t)r * ng : NULL, GEXPR); \
-            return;                                                                                     \
+                row_decode(w, x, r, t, g0, ngs, cx, y ? y + r : NULL, acc ? acc + (size_t)r * ng + g0 : NULL, \
+                           GEXPR);                                                                      \
         }                                                                                               \
-        for (int r = r0; r < r1; r++)                                                                   \
-            row_decode(w, x, r, t, y ? y + r : NULL, acc ? acc + (size_t)r * ng : NULL, GEXPR);         \
     }
 DEF_DECODE_ROWS(decode_rows_32, 32)
 DEF_DECODE_ROWS(decode_rows_64, 64)
