@@ -16,7 +16,7 @@
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
  *   exactly once, into maddubs as nibble ^ 8 (the weight + 8, no sign-LUT shuffle); 8·Σq_x per
  *   group is subtracted with z·Σq_w. Rows are prefetched DEC_PFD bytes ahead (without it, one
- *   thread read ~13 GB/s, below what the machine streams). One token: row_decode; 2..4 tokens
+ *   thread read ~13 GB/s, below what the machine streams). One token: row_decode; 2..8 tokens
  *   (a batched decode step): row_few, each unpacked chunk used by up to 4 tokens.
  * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
@@ -54,7 +54,10 @@
 #define SUBK_U8 32          /* prefill sub-block, u8 acts: lane ≤ 2040·16 */
 #endif
 #ifndef PREFILL_MIN_TOK
-#define PREFILL_MIN_TOK 5   /* from this many tokens on the tiled prefill; 2..4: decode_rows_nt (measured: bench_kernels -n 2,3,4,8) */
+/* from this many tokens on the tiled prefill; 2..8: decode_rows_nt. bench_kernels --8b -t 1 (Zen 3,
+ * the shapes of one block summed): 5..7 tokens are 1.3-1.6x faster there, 8 about 10%; 12 on is
+ * the prefill's. */
+#define PREFILL_MIN_TOK 9
 #endif
 #define NT_MAX 4            /* tokens that share one unpack of a weight chunk (registers: 2 per token) */
 
@@ -659,13 +662,19 @@ static void decode_rows(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
 #define FEW_BUF 1024
 #define FEW_ROWS 4
 
+/* first token of chunk c of n_ch: the ntb tokens split as evenly as possible (5 = 2 + 3, not
+ * 4 + 1: a chunk of one token fills half the lanes of row_few's epilogue, and costs about as much
+ * as a chunk of two) */
+static inline int few_chunk(int ntb, int n_ch, int c) { return c * ntb / n_ch; }
+
 /* zt / ct / dxt of chunk c at c·seg·NT_MAX: [group][lane], the chunk's nt tokens padded to 2 or 4
  * lanes (zeros); ct = 8·Σq_x of the group (the unsigned-weight correction, act_sums8) */
 static void few_interleave(const sq_qact *x, int ng, int tb, int ntb, int g0, int ngs, int seg, int32_t *zt,
                            int32_t *ct, float *dxt) {
     const int G = x->G;
-    for (int c = 0; c * NT_MAX < ntb; c++) {
-        const int c0 = c * NT_MAX, nt = ntb - c0 < NT_MAX ? ntb - c0 : NT_MAX, ntp = nt <= 2 ? 2 : 4;
+    const int n_ch = (ntb + NT_MAX - 1) / NT_MAX;
+    for (int c = 0; c < n_ch; c++) {
+        const int c0 = few_chunk(ntb, n_ch, c), nt = few_chunk(ntb, n_ch, c + 1) - c0, ntp = nt <= 2 ? 2 : 4;
         int32_t *zc = zt + (size_t)c * seg * NT_MAX, *cc = ct + (size_t)c * seg * NT_MAX;
         float *dc = dxt + (size_t)c * seg * NT_MAX;
         for (int t = 0; t < ntp; t++) {
@@ -741,7 +750,7 @@ SQ_INLINE void decode_few(const sq_sq4_matrix *w, const sq_qact *x, int r0, int 
             for (int rb = r0; rb < r1; rb += FEW_ROWS) {
                 const int nr = r1 - rb < FEW_ROWS ? r1 - rb : FEW_ROWS;
                 for (int c = 0; c < n_ch; c++) {
-                    const int t0 = tb + c * NT_MAX, nt = ntb - c * NT_MAX < NT_MAX ? ntb - c * NT_MAX : NT_MAX;
+                    const int t0 = tb + few_chunk(ntb, n_ch, c), nt = tb + few_chunk(ntb, n_ch, c + 1) - t0;
                     const uint8_t *qx[NT_MAX];
                     float ys[FEW_ROWS][NT_MAX] = {{0}};
                     for (int t = 0; t < nt; t++) {
