@@ -15,9 +15,9 @@
  * - decode (few tokens): one row at a time; the 8-lane partial sums of 8 groups are reduced
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
  *   exactly once, into maddubs as nibble ^ 8 (the weight + 8, no sign-LUT shuffle); 8·Σq_x per
- *   group is subtracted with z·Σq_w. Rows are prefetched DEC_PFD bytes ahead (without it, one
- *   thread read ~13 GB/s, below what the machine streams). One token: row_decode; 2..8 tokens
- *   (a batched decode step): row_few, each unpacked chunk used by up to 4 tokens.
+ *   group is subtracted with z·Σq_w. One token: row_decode, rows prefetched DEC_PFD bytes ahead
+ *   (without it, one thread read ~13 GB/s, below what the machine streams); 2..8 tokens (a
+ *   batched decode step): row_few, each unpacked chunk used by up to 4 tokens.
  * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
  */
@@ -308,10 +308,10 @@ SQ_INLINE void row_few(const uint8_t *row, const int32_t *ws, const uint8_t *con
                        const int PK) {
     const int NG = 8 / NTP, bs = 2 + G / 2;
     int g = 0;
+    /* no software prefetch here (row_decode has one): at 2..4 tokens the loop is compute-bound,
+     * and with it the same code ran 4096 x 14336 at 4 tokens in 5 or in 13 ms depending on the
+     * build's code layout (two identical objects, bench_kernels --8b -t 1) */
     for (; g + 8 <= ngs; g += 8) {
-#if DEC_PFD
-        for (int j = 0; j < 8 * bs; j += 64) _mm_prefetch((const char *)row + (size_t)g * bs + DEC_PFD + j, _MM_HINT_T0);
-#endif
         const __m256 dw8 = load_scales8(row + (size_t)g * bs, bs);
         const __m256i ws8 = _mm256_loadu_si256((const __m256i *)(ws + g));
 #pragma GCC unroll 4
