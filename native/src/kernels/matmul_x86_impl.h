@@ -237,8 +237,8 @@ SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t
  *
  * PK (u4 activations, AVX2): the 16-bit maddubs sums are not widened at all. A lane is at most
  * (G/32)·2·15·15 ≤ 3600 for G ≤ 256, so read as int32 lanes (lo + 65536·hi) they add up without
- * carries: reduce8 gives Σlo + 65536·Σhi with both sums ≤ G·112.5 < 65536, and (S & 0xFFFF) +
- * (S >> 16) is the group sum. That saves the madd per (group, token): at G = 64 a group is just two
+ * carries: reduce8 gives Σlo + 65536·Σhi with both sums ≤ G·112.5 < 32768, and lo + hi of that
+ * (pk_fix8) is the group sum. That saves the madd per (group, token): at G = 64 a group is just two
  * maddubs per token, so the widening was a third of the multiply-port work. u8 activations (a lane
  * up to 7650 per maddubs) and VNNI (int32 lanes already) widen as group_dot_u does. */
 #if SQ_X86_VNNI
@@ -288,10 +288,9 @@ SQ_INLINE void group_dot_ntu(const uint8_t *nib, const uint8_t *const qx[NT_MAX]
     for (int t = 0; t < nt; t++) out[t] = PK ? p[t] : _mm256_add_epi32(acc[t], WIDEN(p[t]));
 }
 
-/* the group sums from reduce8 (or hsum_epi32) of PK vectors: low + high 16-bit halves */
-static inline __m256i pk_fix8(__m256i s) {
-    return _mm256_add_epi32(_mm256_and_si256(s, _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(s, 16));
-}
+/* the group sums from reduce8 (or hsum_epi32) of PK vectors: low + high 16-bit halves. Both are
+ * at most G·112.5 ≤ 28800, valid int16, so one madd with ones adds them (and + shift + add before). */
+static inline __m256i pk_fix8(__m256i s) { return _mm256_madd_epi16(s, _mm256_set1_epi16(1)); }
 static inline int32_t pk_fix1(int32_t s) { return (int32_t)(((uint32_t)s & 0xFFFF) + ((uint32_t)s >> 16)); }
 
 /* Row `row` (its groups from the segment start on, ws its weight sums there), ngs groups of the
