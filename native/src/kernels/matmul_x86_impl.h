@@ -16,7 +16,7 @@
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
  *   exactly once, into maddubs as nibble ^ 8 (the weight + 8, no sign-LUT shuffle); 8·Σq_x per
  *   group is subtracted with z·Σq_w. One token: row_decode, rows prefetched DEC_PFD bytes ahead
- *   (without it, one thread read ~13 GB/s, below what the machine streams); 2..8 tokens (a
+ *   (without it, one thread read ~13 GB/s, below what the machine streams); 2..7 tokens (a
  *   batched decode step): row_few, each unpacked chunk used by up to 4 tokens.
  * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
@@ -54,10 +54,11 @@
 #define SUBK_U8 32          /* prefill sub-block, u8 acts: lane ≤ 2040·16 */
 #endif
 #ifndef PREFILL_MIN_TOK
-/* from this many tokens on the tiled prefill; 2..8: decode_rows_nt. bench_kernels --8b -t 1 (Zen 3,
- * the shapes of one block summed): 5..7 tokens are 1.3-1.6x faster there, 8 about 10%; 12 on is
- * the prefill's. */
-#define PREFILL_MIN_TOK 9
+/* from this many tokens on the tiled prefill; 2..7: decode_rows_nt. bench_kernels -t 1 (Zen 3):
+ * 5..7 tokens are 1.3-1.6x faster there (--8b, the shapes of one block summed). At 8 it is a tie:
+ * the Llama-8B block ~9% faster on decode_rows_nt, SmolLM2's shapes 3-9% slower (and its batched
+ * decode of 8 sequences ~10%), so 8 stays with the prefill; from 12 on the prefill wins. */
+#define PREFILL_MIN_TOK 8
 #endif
 #define NT_MAX 4            /* tokens that share one unpack of a weight chunk (registers: 2 per token) */
 
