@@ -431,14 +431,30 @@ static void test_sq4(int iters) {
     /* the few-token path (a batched decode step): many groups per row, so the epilogue's
      * (group, token) lanes and the leftover groups are both exercised */
     for (int it = 0; it < iters / 3 + 1; it++) {
-        mm_case c = {rnd_int(1, 37), 0, groups[rnd_int(0, 2)], rnd_int(2, 4), rnd_int(0, 1) ? 8 : 4, 0, 0};
+        mm_case c = {rnd_int(1, 37), 0, groups[rnd_int(0, 3)], rnd_int(2, 8), rnd_int(0, 1) ? 8 : 4, 0, 0};
         c.K = c.G * rnd_int(1, 40);
         if (it % 8 == 7) c.wpat = rnd_int(1, 4), c.apat = rnd_int(1, 3);
         run_sq4_case(&c);
     }
-    /* more groups than one segment of interleaved scales (2048 / 4 per token chunk) */
-    for (int nt = 2; nt <= 4; nt++) {
-        mm_case many = {5, 32 * 600, 32, nt, 8, 0, 0};
+    /* every token count of the few-token path (2..8: chunks of 2..4 tokens) × both activation
+     * widths (u4: the unwidened 16-bit sums), odd group counts (8-group blocks + leftovers), and
+     * the extreme patterns */
+    for (int nt = 2; nt <= 8; nt++)
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (int gi = 0; gi < 4; gi++) {
+                mm_case few = {rnd_int(5, 13), groups[gi] * (2 * rnd_int(4, 12) + 1), groups[gi], nt, bits,
+                               (nt + gi) % 5, (nt + gi) % 4};
+                run_sq4_case(&few);
+            }
+    /* the largest unwidened u4 sums: every weight 7 (nibble ^ 8 = 15) × every activation 15, G = 256 */
+    for (int gi = 0; gi < 4; gi++)
+        for (int nt = 2; nt <= 4; nt++) {
+            mm_case ext = {3, groups[gi] * 9, groups[gi], nt, 4, 2, 2};
+            run_sq4_case(&ext);
+        }
+    /* more groups than one segment of interleaved scales (1024 / 4 per token chunk) */
+    for (int nt = 2; nt <= 8; nt++) {
+        mm_case many = {5, 32 * 600, 32, nt, nt % 2 ? 8 : 4, 0, 0};
         run_sq4_case(&many);
     }
     /* the prefill path over several segments of a row tile (K > 1024 values: the running sums
@@ -455,7 +471,7 @@ static void test_sq4(int iters) {
     run_sq4_case(&big);
     /* one token (the unsigned-weight decode: nibble ^ 8 and 8·Σq_x per group): every G, both
      * widths, extreme patterns, 8-group blocks plus leftover groups; K = G = 8192 at the extremes;
-     * more groups than CX_MAX (the signed-LUT row_decode fallback) */
+     * more groups than CX_MAX (row_decode segment by segment) */
     for (int gi = 0; gi < 4; gi++)
         for (int bits = 4; bits <= 8; bits += 4)
             for (int pat = 0; pat < 5; pat++) {
@@ -464,8 +480,12 @@ static void test_sq4(int iters) {
             }
     mm_case big1 = {3, 8192, 8192, 1, 8, 1, 2};
     run_sq4_case(&big1);
-    mm_case many_groups = {3, 32 * 1100, 32, 1, 8, 0, 0};
-    run_sq4_case(&many_groups);
+    for (int bits = 4; bits <= 8; bits += 4) { /* > CX_MAX groups: two segments, the sum continues in y */
+        mm_case many_groups = {3, 32 * 1100, 32, 1, bits, 0, 0};
+        run_sq4_case(&many_groups);
+        mm_case many_odd = {5, 64 * 1027, 64, 1, bits, bits == 8 ? 1 : 3, 2};
+        run_sq4_case(&many_odd);
+    }
     /* per-row groups larger than a prefill segment, with enough tokens for the prefill path */
     for (int bits = 4; bits <= 8; bits += 4) {
         mm_case wide = {19, 2080, 2080, 5, bits, 0, 0};

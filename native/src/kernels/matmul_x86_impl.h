@@ -14,9 +14,10 @@
  * Two shapes:
  * - decode (few tokens): one row at a time; the 8-lane partial sums of 8 groups are reduced
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
- *   exactly once. One token (row_decode_u): the nibbles go into maddubs as nibble ^ 8 (the weight
- *   + 8, no sign-LUT shuffle) and 8·Σq_x per group is subtracted with z·Σq_w; rows are prefetched
- *   DEC_PFD bytes ahead (without it, one thread read ~13 GB/s, below what the machine streams).
+ *   exactly once, into maddubs as nibble ^ 8 (the weight + 8, no sign-LUT shuffle); 8·Σq_x per
+ *   group is subtracted with z·Σq_w. One token: row_decode, rows prefetched DEC_PFD bytes ahead
+ *   (without it, one thread read ~13 GB/s, below what the machine streams); 2..7 tokens (a
+ *   batched decode step): row_few, each unpacked chunk used by up to 4 tokens.
  * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
  */
@@ -53,7 +54,11 @@
 #define SUBK_U8 32          /* prefill sub-block, u8 acts: lane ≤ 2040·16 */
 #endif
 #ifndef PREFILL_MIN_TOK
-#define PREFILL_MIN_TOK 5   /* from this many tokens on the tiled prefill; 2..4: decode_rows_nt (measured: bench_kernels -n 2,3,4,8) */
+/* from this many tokens on the tiled prefill; 2..7: decode_rows_nt. bench_kernels -t 1 (Zen 3):
+ * 5..7 tokens are 1.3-1.6x faster there (--8b, the shapes of one block summed). At 8 it is a tie:
+ * the Llama-8B block ~9% faster on decode_rows_nt, SmolLM2's shapes 3-9% slower (and its batched
+ * decode of 8 sequences ~10%), so 8 stays with the prefill; from 12 on the prefill wins. */
+#define PREFILL_MIN_TOK 8
 #endif
 #define NT_MAX 4            /* tokens that share one unpack of a weight chunk (registers: 2 per token) */
 
@@ -119,37 +124,6 @@ static inline float hsum_ps(__m256 v) {
 
 #define SQ_INLINE static inline __attribute__((always_inline))
 
-/* 8 int32 lanes whose sum is Σ q_x·q_w over one group (nib = the group's G/2 bytes). Inlined with
- * a constant G, the loop unrolls and the widening bookkeeping folds away. */
-SQ_INLINE __m256i group_dot(const uint8_t *nib, const uint8_t *qx, int G) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
-    const int h = G / 2;
-    __m256i acc = _mm256_setzero_si256(), p = _mm256_setzero_si256();
-    int o = 0, n = 0; /* n: maddubs results summed in p since the last widening */
-    for (; o + 32 <= h; o += 32) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(nib + o));
-        __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
-        __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
-        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + o)), lo);
-        p = DOT_ACC(p, _mm256_loadu_si256((const __m256i *)(qx + h + o)), hi);
-        n += 2;
-        if (n == SUB_MAX / 32) {
-            acc = _mm256_add_epi32(acc, WIDEN(p));
-            p = _mm256_setzero_si256();
-            n = 0;
-        }
-    }
-    if (o < h) { /* G/2 ≡ 16 (mod 32): the last 16 bytes give values o..o+15 and h+o..h+o+15 */
-        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o)));
-        v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-        __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
-        __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qx + o))),
-                                            _mm_loadu_si128((const __m128i *)(qx + h + o)), 1);
-        p = DOT_ACC(p, a, wv);
-    }
-    return _mm256_add_epi32(acc, WIDEN(p));
-}
-
 /* fp16 scales of 8 consecutive blocks (stride bs bytes) as floats. Eight 16-bit loads beat
  * vpgatherdd here (a gather is ~40 uops on Zen 3 and stalled the decode loop). */
 static inline __m256 load_scales8(const uint8_t *blk0, int bs) {
@@ -164,10 +138,12 @@ static inline __m256 load_scales8(const uint8_t *blk0, int bs) {
     return _mm256_cvtph_ps(_mm_set_epi64x((long long)b, (long long)a));
 }
 
-/* One token, unsigned weights: as group_dot, but the nibbles enter maddubs as nibble ^ 8 (0..15,
- * the int4 weight + 8: one xor per 32 bytes) instead of through the sign LUT, which saves two shuffle-port uops per 32
- * bytes (the decode loop's bottleneck on Zen 3); the caller subtracts 8·Σq_x of the group. A lane
- * is at most 2·255·15 = 7650, so 4 maddubs (128 values) add up in 16 bits. */
+/* 8 int32 lanes whose sum is Σ q_x·(q_w + 8) over one group (nib = the group's G/2 bytes): the
+ * nibbles enter maddubs as nibble ^ 8 (0..15, the int4 weight + 8: one xor per 32 bytes), not
+ * through a sign LUT (two shuffle-port uops per 32 bytes, the decode loop's bottleneck on Zen 3);
+ * the caller subtracts 8·Σq_x of the group (act_sums8). A lane is at most 2·255·15 = 7650, so 4
+ * maddubs (128 values) add up in 16 bits. Inlined with a constant G, the loop unrolls and the
+ * widening bookkeeping folds away. */
 #if SQ_X86_VNNI
 #define SUB_MAX_U (1 << 30)
 #else
@@ -214,17 +190,19 @@ static inline void act_sums8(const uint8_t *qx, int ng, int G, int32_t *cx) {
     }
 }
 
-/* row_decode with group_dot_u; cx: act_sums8 of token t. Same integers, same float order. */
-SQ_INLINE void row_decode_u(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, const int32_t *cx, float *y,
-                            int32_t *acc, const int G) {
+/* Row r, token t, groups [g0, g0 + ngs) (a segment: cx, act_sums8 of those groups, fits the
+ * stack): writes y (float) or, when acc != NULL, the exact group sums acc[0..ngs). A segment after
+ * the first continues the running sum left in *y, so terms are still added in group order. */
+SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, int g0, int ngs, const int32_t *cx,
+                          float *y, int32_t *acc, const int G) {
     const int K = w->K, ng = K / G, bs = 2 + G / 2;
-    const uint8_t *row = w->data + (size_t)r * bs * ng;
-    const uint8_t *qx = x->q + (size_t)t * K;
-    const int32_t *zt = x->z + (size_t)t * ng, *ws = w->wsum + (size_t)r * ng;
-    const float *dt = x->d + (size_t)t * ng;
-    float ys = 0.0f;
+    const uint8_t *row = w->data + ((size_t)r * ng + g0) * bs;
+    const uint8_t *qx = x->q + (size_t)t * K + (size_t)g0 * G;
+    const int32_t *zt = x->z + (size_t)t * ng + g0, *ws = w->wsum + (size_t)r * ng + g0;
+    const float *dt = x->d + (size_t)t * ng + g0;
+    float ys = !acc && g0 ? *y : 0.0f;
     int g = 0;
-    for (; g + 8 <= ng; g += 8) {
+    for (; g + 8 <= ngs; g += 8) {
         __m256i v[8];
 #if DEC_PFD
         for (int j = 0; j < 8 * bs; j += 64) _mm_prefetch((const char *)row + (size_t)g * bs + DEC_PFD + j, _MM_HINT_T0);
@@ -237,13 +215,14 @@ SQ_INLINE void row_decode_u(const sq_sq4_matrix *w, const sq_qact *x, int r, int
         if (acc) {
             _mm256_storeu_si256((__m256i *)(acc + g), s);
         } else {
+            /* terms acc_g·(d_w·d_x) in parallel, then added in group order (kernels.h: canonical sum) */
             __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
             float term[8];
             _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
             for (int j = 0; j < 8; j++) ys += term[j];
         }
     }
-    for (; g < ng; g++) {
+    for (; g < ngs; g++) {
         const uint8_t *blk = row + (size_t)g * bs;
         int32_t s = hsum_epi32(group_dot_u(blk + 2, qx + (size_t)g * G, G)) - (cx[g] + zt[g] * ws[g]);
         if (acc) acc[g] = s;
@@ -252,60 +231,44 @@ SQ_INLINE void row_decode_u(const sq_sq4_matrix *w, const sq_qact *x, int r, int
     if (!acc) *y = ys;
 }
 
-/* Row r, token t: writes y (float) or, when acc != NULL, the exact group sums acc[g]. */
-SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, float *y, int32_t *acc, const int G) {
-    const int K = w->K, ng = K / G, bs = 2 + G / 2;
-    const uint8_t *row = w->data + (size_t)r * bs * ng;
-    const uint8_t *qx = x->q + (size_t)t * K;
-    const int32_t *zt = x->z + (size_t)t * ng, *ws = w->wsum + (size_t)r * ng;
-    const float *dt = x->d + (size_t)t * ng;
-    float ys = 0.0f;
-    int g = 0;
-    for (; g + 8 <= ng; g += 8) {
-        __m256i v[8];
-        for (int j = 0; j < 8; j++) v[j] = group_dot(row + (size_t)(g + j) * bs + 2, qx + (size_t)(g + j) * G, G);
-        __m256i s = _mm256_sub_epi32(reduce8(v), _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + g)),
-                                                                    _mm256_loadu_si256((const __m256i *)(ws + g))));
-        if (acc) {
-            _mm256_storeu_si256((__m256i *)(acc + g), s);
-        } else {
-            /* terms acc_g·(d_w·d_x) in parallel, then added in group order (kernels.h: canonical sum) */
-            __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
-            float term[8];
-            _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
-            for (int j = 0; j < 8; j++) ys += term[j];
-        }
-    }
-    for (; g < ng; g++) {
-        const uint8_t *blk = row + (size_t)g * bs;
-        int32_t s = hsum_epi32(group_dot(blk + 2, qx + (size_t)g * G, G)) - zt[g] * ws[g];
-        if (acc) acc[g] = s;
-        else ys += (float)s * (fp16_load(blk) * dt[g]);
-    }
-    if (!acc) *y = ys;
-}
-
 /* ---- few tokens (a decode step of several sequences): one row, up to NT_MAX tokens -----------
- * group_dot for nt tokens at once: each 32-byte chunk of nibbles is unpacked once and multiplied
- * with every token's activations, so the weights are read once per step instead of once per token.
- * Per token the integer sums and the float terms are exactly row_decode's (same bits). */
-SQ_INLINE void group_dot_nt(const uint8_t *nib, const uint8_t *const qx[NT_MAX], int G, const int nt,
-                            __m256i out[NT_MAX]) {
-    const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
+ * group_dot_u for nt tokens at once: each 32-byte chunk of nibbles is unpacked once (nibble ^ 8, as
+ * in row_decode) and multiplied with every token's activations, so the weights are read once per
+ * step instead of once per token. Per token the integer sums are row_decode's (same bits).
+ *
+ * PK (u4 activations, AVX2): the 16-bit maddubs sums are not widened at all. A lane is at most
+ * (G/32)·2·15·15 ≤ 3600 for G ≤ 256, so read as int32 lanes (lo + 65536·hi) they add up without
+ * carries: reduce8 gives Σlo + 65536·Σhi with both sums ≤ G·112.5 < 32768, and lo + hi of that
+ * (pk_fix8) is the group sum. That saves the madd per (group, token): at G = 64 a group is just two
+ * maddubs per token, so the widening was a third of the multiply-port work. u8 activations (a lane
+ * up to 7650 per maddubs) and VNNI (int32 lanes already) widen as group_dot_u does. */
+#if SQ_X86_VNNI
+#define FEW_PK(G, bits) 0
+#else
+#define FEW_PK(G, bits) ((bits) == 4 && (G) <= 256)
+#endif
+SQ_INLINE void group_dot_ntu(const uint8_t *nib, const uint8_t *const qx[NT_MAX], int G, const int nt, const int PK,
+                             __m256i out[NT_MAX]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8((char)0x88);
     const int h = G / 2;
     __m256i acc[NT_MAX], p[NT_MAX];
     for (int t = 0; t < nt; t++) acc[t] = p[t] = _mm256_setzero_si256();
     int o = 0, n = 0;
     for (; o + 32 <= h; o += 32) {
-        __m256i v = _mm256_loadu_si256((const __m256i *)(nib + o));
-        __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
-        __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+        __m256i v = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(nib + o)), flip);
+        __m256i lo = _mm256_and_si256(v, m4);
+        __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
         for (int t = 0; t < nt; t++) {
-            p[t] = DOT_ACC(p[t], _mm256_loadu_si256((const __m256i *)(qx[t] + o)), lo);
-            p[t] = DOT_ACC(p[t], _mm256_loadu_si256((const __m256i *)(qx[t] + h + o)), hi);
+            if (PK) { /* u4 acts fit the signed operand: the weights go first, the loads fold into maddubs */
+                p[t] = _mm256_add_epi16(p[t], _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(qx[t] + o))));
+                p[t] = _mm256_add_epi16(p[t], _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(qx[t] + h + o))));
+            } else {
+                p[t] = DOT_ACC(p[t], _mm256_loadu_si256((const __m256i *)(qx[t] + o)), lo);
+                p[t] = DOT_ACC(p[t], _mm256_loadu_si256((const __m256i *)(qx[t] + h + o)), hi);
+            }
         }
         n += 2;
-        if (n == SUB_MAX / 32) {
+        if (!PK && n == SUB_MAX_U / 32) {
             for (int t = 0; t < nt; t++) {
                 acc[t] = _mm256_add_epi32(acc[t], WIDEN(p[t]));
                 p[t] = _mm256_setzero_si256();
@@ -313,81 +276,81 @@ SQ_INLINE void group_dot_nt(const uint8_t *nib, const uint8_t *const qx[NT_MAX],
             n = 0;
         }
     }
-    if (o < h) { /* as in group_dot: the last 16 bytes */
-        __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o)));
+    if (o < h) { /* as in group_dot_u: the last 16 bytes */
+        __m256i v = _mm256_xor_si256(_mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(nib + o))), flip);
         v = _mm256_srlv_epi32(v, _mm256_setr_epi32(0, 0, 0, 0, 4, 4, 4, 4));
-        __m256i wv = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, m4));
+        const __m256i wv = _mm256_and_si256(v, m4);
         for (int t = 0; t < nt; t++) {
             __m256i a = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(qx[t] + o))),
                                                 _mm_loadu_si128((const __m128i *)(qx[t] + h + o)), 1);
-            p[t] = DOT_ACC(p[t], a, wv);
+            p[t] = PK ? _mm256_add_epi16(p[t], _mm256_maddubs_epi16(wv, a)) : DOT_ACC(p[t], a, wv);
         }
     }
-    for (int t = 0; t < nt; t++) out[t] = _mm256_add_epi32(acc[t], WIDEN(p[t]));
+    for (int t = 0; t < nt; t++) out[t] = PK ? p[t] : _mm256_add_epi32(acc[t], WIDEN(p[t]));
 }
 
+/* the group sums from reduce8 (or hsum_epi32) of PK vectors: low + high 16-bit halves. Both are
+ * at most G·112.5 ≤ 28800, valid int16, so one madd with ones adds them (and + shift + add before). */
+static inline __m256i pk_fix8(__m256i s) { return _mm256_madd_epi16(s, _mm256_set1_epi16(1)); }
+static inline int32_t pk_fix1(int32_t s) { return (int32_t)(((uint32_t)s & 0xFFFF) + ((uint32_t)s >> 16)); }
+
 /* Row `row` (its groups from the segment start on, ws its weight sums there), ngs groups of the
- * tokens qx[0..nt) (pointers at the segment start), running sums ys[0..nt). The integer group sums
- * are row_decode's; the epilogue works on (group, token) lanes: one reduce8 gives NG = 8 / NTP
- * groups × NTP tokens (nt ≤ NTP, lanes of missing tokens are zero and never stored), then
- * s − z·Σq_w and the terms s·(d_w·d_x), 8 lanes at a time, into tb[group][NTP]. zt / dxt: the
- * tokens' zero points and scales in the same [group][NTP] order (few_interleave). The terms are
- * added to ys in group order at the end, in a loop of their own: inside the main loop that
- * serial chain of adds (kept in memory for want of registers) bounded the speed. */
+ * tokens qx[0..nt) (pointers at the segment start): the terms s·(d_w·d_x) into tb[group][NTP]
+ * (lanes of missing tokens hold 0·d = 0 and are never read). The epilogue works on (group, token)
+ * lanes: one reduce8 gives NG = 8 / NTP groups × NTP tokens (nt ≤ NTP), then s − (8·Σq_x +
+ * z·Σq_w) and the terms, 8 lanes at a time. zt / ct / dxt: the tokens' zero points, 8·Σq_x and
+ * scales in the same [group][NTP] order (few_interleave). Blocks of 8 groups take their scales
+ * and weight sums in one load_scales8 / one load, spread to the lanes by a permute. The terms are
+ * added up by the caller (few_sum), several rows at a time: one row's serial chain of adds
+ * (3-cycle latency per group) had bounded the speed. */
 SQ_INLINE void row_few(const uint8_t *row, const int32_t *ws, const uint8_t *const qx[NT_MAX], const int32_t *zt,
-                       const float *dxt, int ngs, const int nt, float ys[NT_MAX], float *tb, const int G,
-                       const int NTP) {
+                       const int32_t *ct, const float *dxt, int ngs, const int nt, float *tb, const int G, const int NTP,
+                       const int PK) {
     const int NG = 8 / NTP, bs = 2 + G / 2;
     int g = 0;
-    for (; g + NG <= ngs; g += NG) {
-        __m256i v[8], o[NT_MAX];
-        const uint8_t *q[NT_MAX];
-        float dw[8];
-        for (int k = 0; k < NG; k++) {
-            const uint8_t *blk = row + (size_t)(g + k) * bs;
-            for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)(g + k) * G;
-            group_dot_nt(blk + 2, q, G, nt, o);
-            for (int t = 0; t < NTP; t++) v[k * NTP + t] = t < nt ? o[t] : _mm256_setzero_si256();
-            dw[k] = fp16_load(blk);
+    /* no software prefetch here (row_decode has one): at 2..4 tokens the loop is compute-bound,
+     * and with it the same code ran 4096 x 14336 at 4 tokens in 5 or in 13 ms depending on the
+     * build's code layout (two identical objects, bench_kernels --8b -t 1) */
+    for (; g + 8 <= ngs; g += 8) {
+        const __m256 dw8 = load_scales8(row + (size_t)g * bs, bs);
+        const __m256i ws8 = _mm256_loadu_si256((const __m256i *)(ws + g));
+#pragma GCC unroll 4
+        for (int k = 0; k < 8; k += NG) {
+            __m256i v[8], o[NT_MAX];
+            const uint8_t *q[NT_MAX];
+            for (int kk = 0; kk < NG; kk++) {
+                for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)(g + k + kk) * G;
+                group_dot_ntu(row + (size_t)(g + k + kk) * bs + 2, q, G, nt, PK, o);
+                for (int t = 0; t < NTP; t++) v[kk * NTP + t] = t < nt ? o[t] : _mm256_setzero_si256();
+            }
+            /* lane i: group g + k + i / NTP */
+            const __m256i idx = NTP == 4 ? _mm256_setr_epi32(k, k, k, k, k + 1, k + 1, k + 1, k + 1)
+                                         : _mm256_setr_epi32(k, k, k + 1, k + 1, k + 2, k + 2, k + 3, k + 3);
+            const size_t l = (size_t)(g + k) * NTP;
+            __m256i s = reduce8(v);
+            if (PK) s = pk_fix8(s);
+            const __m256i corr =
+                _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(ct + l)),
+                                 _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + l)),
+                                                    _mm256_permutevar8x32_epi32(ws8, idx)));
+            const __m256 sc = _mm256_mul_ps(_mm256_permutevar8x32_ps(dw8, idx), _mm256_loadu_ps(dxt + l));
+            _mm256_storeu_ps(tb + l, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(s, corr)), sc));
         }
-        __m256 dwv;
-        __m256i wsv;
-        if (NTP == 4) {
-            dwv = _mm256_setr_m128(_mm_set1_ps(dw[0]), _mm_set1_ps(dw[1]));
-            wsv = _mm256_setr_m128i(_mm_set1_epi32(ws[g]), _mm_set1_epi32(ws[g + 1]));
-        } else { /* NTP == 2 */
-            dwv = _mm256_setr_ps(dw[0], dw[0], dw[1], dw[1], dw[2], dw[2], dw[3], dw[3]);
-            wsv = _mm256_setr_epi32(ws[g], ws[g], ws[g + 1], ws[g + 1], ws[g + 2], ws[g + 2], ws[g + 3], ws[g + 3]);
-        }
-        const __m256i s = _mm256_sub_epi32(
-            reduce8(v), _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + (size_t)g * NTP)), wsv));
-        _mm256_storeu_ps(tb + (size_t)g * NTP,
-                         _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dwv, _mm256_loadu_ps(dxt + (size_t)g * NTP))));
     }
-    for (; g < ngs; g++) { /* the last ngs % NG groups, one at a time */
+    for (; g < ngs; g++) { /* the last ngs % 8 groups, one at a time */
         const uint8_t *blk = row + (size_t)g * bs;
         __m256i o[NT_MAX];
         const uint8_t *q[NT_MAX];
         for (int t = 0; t < nt; t++) q[t] = qx[t] + (size_t)g * G;
-        group_dot_nt(blk + 2, q, G, nt, o);
+        group_dot_ntu(blk + 2, q, G, nt, PK, o);
         const float dw = fp16_load(blk);
         for (int t = 0; t < nt; t++) {
-            const int32_t sg = hsum_epi32(o[t]) - zt[(size_t)g * NTP + t] * ws[g];
-            tb[(size_t)g * NTP + t] = (float)sg * (dw * dxt[(size_t)g * NTP + t]);
+            const size_t l = (size_t)g * NTP + t;
+            int32_t sg = hsum_epi32(o[t]);
+            if (PK) sg = pk_fix1(sg);
+            sg -= ct[l] + zt[l] * ws[g];
+            tb[l] = (float)sg * (dw * dxt[l]);
         }
-    }
-    if (NTP == 4) {
-        __m128 y4 = _mm_loadu_ps(ys);
-        for (g = 0; g < ngs; g++) y4 = _mm_add_ps(y4, _mm_loadu_ps(tb + (size_t)g * 4));
-        _mm_storeu_ps(ys, y4);
-    } else {
-        float y0 = ys[0], y1 = ys[1];
-        for (g = 0; g < ngs; g++) {
-            y0 += tb[(size_t)g * 2];
-            y1 += tb[(size_t)g * 2 + 1];
-        }
-        ys[0] = y0;
-        ys[1] = y1;
     }
 }
 
@@ -656,21 +619,21 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
 }
 
 #ifndef CX_MAX
-#define CX_MAX 1024 /* groups per row of the unsigned-weight decode (act_sums8 on the stack); more: row_decode */
+#define CX_MAX 1024 /* groups of a decode segment (act_sums8 on the stack, 4 KB) */
 #endif
-/* rows [r0, r1) of token t; one copy per common G so that group_dot is compiled for it */
+/* rows [r0, r1) of token t; one copy per common G so that group_dot_u is compiled for it. Rows of
+ * more than CX_MAX groups go segment by segment (all rows per segment, the sums wait in y). */
 #define DEF_DECODE_ROWS(NAME, GEXPR)                                                                     \
     static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int t, float *y, int32_t *acc) { \
         const int ng = w->K / w->G;                                                                     \
-        if (ng <= CX_MAX) {                                                                             \
-            int32_t cx[CX_MAX];                                                                         \
-            act_sums8(x->q + (size_t)t * w->K, ng, w->G, cx);                                           \
+        int32_t cx[CX_MAX];                                                                             \
+        for (int g0 = 0; g0 < ng; g0 += CX_MAX) {                                                       \
+            const int ngs = ng - g0 < CX_MAX ? ng - g0 : CX_MAX;                                        \
+            act_sums8(x->q + (size_t)t * w->K + (size_t)g0 * w->G, ngs, w->G, cx);                      \
             for (int r = r0; r < r1; r++)                                                               \
-                row_decode_u(w, x, r, t, cx, y ? y + r : NULL, acc ? acc + (size_t)r * ng : NULL, GEXPR); \
-            return;                                                                                     \
+                row_decode(w, x, r, t, g0, ngs, cx, y ? y + r : NULL, acc ? acc + (size_t)r * ng + g0 : NULL, \
+                           GEXPR);                                                                      \
         }                                                                                               \
-        for (int r = r0; r < r1; r++)                                                                   \
-            row_decode(w, x, r, t, y ? y + r : NULL, acc ? acc + (size_t)r * ng : NULL, GEXPR);         \
     }
 DEF_DECODE_ROWS(decode_rows_32, 32)
 DEF_DECODE_ROWS(decode_rows_64, 64)
@@ -691,58 +654,137 @@ static void decode_rows(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
 
 /* Rows [r0, r1) of 2 or more tokens (fewer than PREFILL_MIN_TOK, or any count when G > SEG_MAX):
  * per row, the tokens in chunks of NT_MAX (the row stays in L1 between chunks: it is read from
- * memory once per FEW_TOK tokens). Groups go in segments whose interleaved zero points and scales
- * (few_interleave) fit FEW_BUF entries; between segments the running sums wait in y, so groups
- * are still added in order. */
+ * memory once per FEW_TOK tokens). Groups go in segments whose interleaved zero points, act sums
+ * and scales (few_interleave) fit FEW_BUF entries; between segments the running sums wait in y, so
+ * groups are still added in order. Rows go FEW_ROWS at a time: their terms are summed together
+ * (few_sum), so the serial adds of one row overlap those of the others. */
 #define FEW_TOK 64
-#define FEW_BUF 2048
+#define FEW_BUF 1024
+#define FEW_ROWS 4
 
-/* zt / dxt of chunk c at c·seg·NT_MAX: [group][lane], the chunk's nt tokens padded to 2 or 4 lanes */
+/* first token of chunk c of n_ch: the ntb tokens split as evenly as possible (5 = 2 + 3, not
+ * 4 + 1: a chunk of one token fills half the lanes of row_few's epilogue, and costs about as much
+ * as a chunk of two) */
+static inline int few_chunk(int ntb, int n_ch, int c) { return c * ntb / n_ch; }
+
+/* zt / ct / dxt of chunk c at c·seg·NT_MAX: [group][lane], the chunk's nt tokens padded to 2 or 4
+ * lanes (zeros); ct = 8·Σq_x of the group (the unsigned-weight correction, act_sums8) */
 static void few_interleave(const sq_qact *x, int ng, int tb, int ntb, int g0, int ngs, int seg, int32_t *zt,
-                           float *dxt) {
-    for (int c = 0; c * NT_MAX < ntb; c++) {
-        const int nt = ntb - c * NT_MAX < NT_MAX ? ntb - c * NT_MAX : NT_MAX, ntp = nt <= 2 ? 2 : 4;
-        int32_t *zc = zt + (size_t)c * seg * NT_MAX;
+                           int32_t *ct, float *dxt) {
+    const int G = x->G;
+    const int n_ch = (ntb + NT_MAX - 1) / NT_MAX;
+    for (int c = 0; c < n_ch; c++) {
+        const int c0 = few_chunk(ntb, n_ch, c), nt = few_chunk(ntb, n_ch, c + 1) - c0, ntp = nt <= 2 ? 2 : 4;
+        int32_t *zc = zt + (size_t)c * seg * NT_MAX, *cc = ct + (size_t)c * seg * NT_MAX;
         float *dc = dxt + (size_t)c * seg * NT_MAX;
-        for (int g = 0; g < ngs; g++)
-            for (int t = 0; t < ntp; t++) {
-                const size_t src = (size_t)(tb + c * NT_MAX + t) * ng + g0 + g;
-                zc[(size_t)g * ntp + t] = t < nt ? x->z[src] : 0;
-                dc[(size_t)g * ntp + t] = t < nt ? x->d[src] : 0.0f;
+        for (int t = 0; t < ntp; t++) {
+            const int tt = tb + c0 + t;
+            int32_t cx[64];
+            for (int g = 0; g < ngs; g += 64) {
+                const int n = ngs - g < 64 ? ngs - g : 64;
+                if (t < nt) act_sums8(x->q + (size_t)tt * x->K + (size_t)(g0 + g) * G, n, G, cx);
+                for (int j = 0; j < n; j++) {
+                    const size_t src = (size_t)tt * ng + g0 + g + j, dst = (size_t)(g + j) * ntp + t;
+                    zc[dst] = t < nt ? x->z[src] : 0;
+                    cc[dst] = t < nt ? cx[j] : 0;
+                    dc[dst] = t < nt ? x->d[src] : 0.0f;
+                }
             }
+        }
     }
 }
 
+/* ys[j][0..nt) += the terms tb[j][group][NTP] of nr rows, in group order per row. With 4 rows the
+ * four chains of adds are independent, so they overlap (one row alone: 3 cycles per group). */
+SQ_INLINE void few_sum(const float *tb, int ngs, int nr, const int nt, const int NTP, float ys[FEW_ROWS][NT_MAX]) {
+    const size_t st = FEW_BUF; /* row stride of tb */
+    if (NTP == 4 && nr == FEW_ROWS) {
+        __m128 y0 = _mm_loadu_ps(ys[0]), y1 = _mm_loadu_ps(ys[1]), y2 = _mm_loadu_ps(ys[2]), y3 = _mm_loadu_ps(ys[3]);
+        for (int g = 0; g < ngs; g++) {
+            y0 = _mm_add_ps(y0, _mm_loadu_ps(tb + (size_t)g * 4));
+            y1 = _mm_add_ps(y1, _mm_loadu_ps(tb + st + (size_t)g * 4));
+            y2 = _mm_add_ps(y2, _mm_loadu_ps(tb + 2 * st + (size_t)g * 4));
+            y3 = _mm_add_ps(y3, _mm_loadu_ps(tb + 3 * st + (size_t)g * 4));
+        }
+        _mm_storeu_ps(ys[0], y0);
+        _mm_storeu_ps(ys[1], y1);
+        _mm_storeu_ps(ys[2], y2);
+        _mm_storeu_ps(ys[3], y3);
+        return;
+    }
+    if (NTP == 2 && nr == FEW_ROWS) { /* rows j and j + 2 share a vector: lanes [row j: 2 tokens, row j + 2] */
+        __m128 y02 = _mm_setr_ps(ys[0][0], ys[0][1], ys[2][0], ys[2][1]);
+        __m128 y13 = _mm_setr_ps(ys[1][0], ys[1][1], ys[3][0], ys[3][1]);
+        for (int g = 0; g < ngs; g++) {
+            const size_t o = (size_t)g * 2;
+            y02 = _mm_add_ps(y02, _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd((const double *)(tb + o))),
+                                               (const __m64 *)(tb + 2 * st + o)));
+            y13 = _mm_add_ps(y13, _mm_loadh_pi(_mm_castpd_ps(_mm_load_sd((const double *)(tb + st + o))),
+                                               (const __m64 *)(tb + 3 * st + o)));
+        }
+        float a[4], b[4];
+        _mm_storeu_ps(a, y02);
+        _mm_storeu_ps(b, y13);
+        ys[0][0] = a[0], ys[0][1] = a[1], ys[2][0] = a[2], ys[2][1] = a[3];
+        ys[1][0] = b[0], ys[1][1] = b[1], ys[3][0] = b[2], ys[3][1] = b[3];
+        return;
+    }
+    for (int j = 0; j < nr; j++)
+        for (int t = 0; t < nt; t++) {
+            float y = ys[j][t];
+            for (int g = 0; g < ngs; g++) y += tb[j * st + (size_t)g * NTP + t];
+            ys[j][t] = y;
+        }
+}
+
 SQ_INLINE void decode_few(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy, const int G) {
-    const int K = w->K, ng = K / G, bs = 2 + G / 2;
-    int32_t zt[FEW_BUF];
-    float dxt[FEW_BUF], terms[FEW_BUF];
+    const int K = w->K, ng = K / G, bs = 2 + G / 2, pk = FEW_PK(G, x->bits);
+    int32_t zt[FEW_BUF], ct[FEW_BUF];
+    float dxt[FEW_BUF], terms[FEW_ROWS * FEW_BUF];
     for (int tb = 0; tb < x->n_tok; tb += FEW_TOK) {
         const int ntb = x->n_tok - tb < FEW_TOK ? x->n_tok - tb : FEW_TOK, n_ch = (ntb + NT_MAX - 1) / NT_MAX;
         const int seg = FEW_BUF / (n_ch * NT_MAX);
         for (int g0 = 0; g0 < ng; g0 += seg) {
             const int ngs = ng - g0 < seg ? ng - g0 : seg;
-            few_interleave(x, ng, tb, ntb, g0, ngs, seg, zt, dxt);
-            for (int r = r0; r < r1; r++) {
-                const uint8_t *row = w->data + (size_t)r * bs * ng + (size_t)g0 * bs;
-                const int32_t *ws = w->wsum + (size_t)r * ng + g0;
+            few_interleave(x, ng, tb, ntb, g0, ngs, seg, zt, ct, dxt);
+            for (int rb = r0; rb < r1; rb += FEW_ROWS) {
+                const int nr = r1 - rb < FEW_ROWS ? r1 - rb : FEW_ROWS;
                 for (int c = 0; c < n_ch; c++) {
-                    const int t0 = tb + c * NT_MAX, nt = ntb - c * NT_MAX < NT_MAX ? ntb - c * NT_MAX : NT_MAX;
+                    const int t0 = tb + few_chunk(ntb, n_ch, c), nt = tb + few_chunk(ntb, n_ch, c + 1) - t0;
                     const uint8_t *qx[NT_MAX];
-                    float ys[NT_MAX] = {0};
+                    float ys[FEW_ROWS][NT_MAX] = {{0}};
                     for (int t = 0; t < nt; t++) {
                         qx[t] = x->q + (size_t)(t0 + t) * K + (size_t)g0 * G;
-                        if (g0 > 0) ys[t] = y[(size_t)(t0 + t) * ldy + r];
+                        if (g0 > 0)
+                            for (int j = 0; j < nr; j++) ys[j][t] = y[(size_t)(t0 + t) * ldy + rb + j];
                     }
-                    const int32_t *zc = zt + (size_t)c * seg * NT_MAX;
-                    const float *dc = dxt + (size_t)c * seg * NT_MAX;
-                    switch (nt) { /* constant nt: the token loops unroll */
-                    case 1: row_few(row, ws, qx, zc, dc, ngs, 1, ys, terms, G, 2); break;
-                    case 2: row_few(row, ws, qx, zc, dc, ngs, 2, ys, terms, G, 2); break;
-                    case 3: row_few(row, ws, qx, zc, dc, ngs, 3, ys, terms, G, 4); break;
-                    default: row_few(row, ws, qx, zc, dc, ngs, 4, ys, terms, G, 4); break;
+                    const size_t co = (size_t)c * seg * NT_MAX;
+                    for (int j = 0; j < nr; j++) {
+                        const uint8_t *row = w->data + (size_t)(rb + j) * bs * ng + (size_t)g0 * bs;
+                        const int32_t *ws = w->wsum + (size_t)(rb + j) * ng + g0;
+                        float *tj = terms + (size_t)j * FEW_BUF;
+#define FEW_ROW(NT, NTP, PK) row_few(row, ws, qx, zt + co, ct + co, dxt + co, ngs, NT, tj, G, NTP, PK)
+                        if (pk) {
+                            switch (nt) { /* constant nt: the token loops unroll */
+                            case 1: FEW_ROW(1, 2, 1); break;
+                            case 2: FEW_ROW(2, 2, 1); break;
+                            case 3: FEW_ROW(3, 4, 1); break;
+                            default: FEW_ROW(4, 4, 1); break;
+                            }
+                        } else {
+                            switch (nt) {
+                            case 1: FEW_ROW(1, 2, 0); break;
+                            case 2: FEW_ROW(2, 2, 0); break;
+                            case 3: FEW_ROW(3, 4, 0); break;
+                            default: FEW_ROW(4, 4, 0); break;
+                            }
+                        }
+#undef FEW_ROW
                     }
-                    for (int t = 0; t < nt; t++) y[(size_t)(t0 + t) * ldy + r] = ys[t];
+                    if (nt <= 2) few_sum(terms, ngs, nr, nt, 2, ys);
+                    else few_sum(terms, ngs, nr, nt, 4, ys);
+                    for (int t = 0; t < nt; t++)
+                        for (int j = 0; j < nr; j++) y[(size_t)(t0 + t) * ldy + rb + j] = ys[j][t];
                 }
             }
         }
