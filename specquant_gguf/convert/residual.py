@@ -11,7 +11,7 @@ of x computes the same logits when
 Nothing changes at run time: the file has the same tensors (plus an output head when the source
 tied it). What it is meant to buy (QuaRot, SpinQuant): the residual stream's outlier channels spread
 over all channels before the smoothing and the in-group Walsh–Hadamard rotation see them, for the
-4-bit activations of q/k/v and gate/up. Measured on SmolLM2-135M it loses (W4A4, 64 windows: 41.68
+4-bit activations of q/k/v and gate/up. Measured on SmolLM2-135M it loses (W4A4, 64 windows: 42.00
 against 38.17 without; docs/RESULTS.md, issue 16), so it is an option (--residual-rotation), not
 the default: the smoothing already silences those channels, and a random R spreads the weights'
 large columns (norm gains folded in) over every group instead. Gemma 2's post-norms (a gain after
@@ -147,7 +147,7 @@ def rotate_residual(source: ModelSource, kind: str, seed: int = 0) -> ModelSourc
     """`source` itself for kind "none", else the rotated view of it. The channels the model silences
     (suppressed_channels) stay where they are: turned into every channel, a massive activation would
     swamp the others before any gain could silence it (SmolLM2, 64 windows, W4A4: 48.05 rotating
-    all 576 channels, 41.68 keeping its 3 silenced ones; docs/RESULTS.md)."""
+    all 576 channels, 42.00 keeping its 3 silenced ones; docs/RESULTS.md)."""
     if kind == "none":
         return source
     n = source.config.n_embd
