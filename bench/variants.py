@@ -50,6 +50,7 @@ VARIANTS: dict[str, list[str]] = {
     "sq-a8-g32": ["--act-bits", "8", "--group-size", "32"],
     "sq-a8down": ["--a8-linears", "ffn_down"],
     "sq-a8downout": ["--a8-linears", "attn_output,ffn_down"],
+    "sq-g32-a8down": ["--group-size", "32", "--a8-linears", "ffn_down"],
     "sq-g32-a8downout": ["--group-size", "32", "--a8-linears", "attn_output,ffn_down"],
     "sq-r1": ["--residual-rotation", "random"],
     "sq-r1h": ["--residual-rotation", "hadamard"],
