@@ -105,3 +105,22 @@ def test_bad_flag_value_exits_2(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         main(["convert", "x", "--out", str(tmp_path / "o.gguf"), "--residual-rotation", "spin"])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_sources_read_the_norms_alone_like_the_block(tmp_path: Path, kind: str) -> None:
+    """ModelSource.norms (what suppressed_channels reads) equals the norms of block(i)."""
+    from specquant_gguf.convert.sources import open_source
+    from oracle.hf_models import save_hf_folder, tiny_hf_model
+
+    if kind == "gguf":
+        path = write_gguf(MemorySource(tiny_config(n_layer=2), seed=0), tmp_path / "tiny.f32.gguf")
+    else:
+        path = save_hf_folder(tiny_hf_model("llama", seed=1), tmp_path / "hf")
+    src = open_source(str(path), None)
+    for i in range(src.config.n_layer):
+        blk = src.block(i)
+        norms = src.norms(i)
+        assert sorted(norms) == ["attn_norm", "ffn_norm"]
+        for name, g in norms.items():
+            assert torch.equal(g, blk[name])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..convert.hf_vocab import PRE_TOKENIZERS
-from ..convert.recipe import METHODS, Recipe, method_defaults, parse_a8_linears
+from ..convert.recipe import METHODS, RESIDUAL_ROTATIONS, Recipe, method_defaults, parse_a8_linears
 from ..errors import UsageError
 from ..paths import writable_output
 
@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spectral-temp", type=float, default=None, metavar="T", help="softmax temperature (default 1)")
     p.add_argument("--rotation", choices=("wht", "none"), default=None,
                    help="in-group Walsh-Hadamard rotation of weights and activations (default wht)")
-    p.add_argument("--residual-rotation", choices=("none", "hadamard", "random"), default=None,
+    p.add_argument("--residual-rotation", choices=RESIDUAL_ROTATIONS, default=None,
                    help="orthogonal rotation of the residual stream merged into the weights (QuaRot's R1; "
                         "a tied head is written untied): none, hadamard or random (default none)")
     p.add_argument("--gptq", action=argparse.BooleanOptionalAction, default=None,

@@ -38,6 +38,9 @@ def parse_a8_linears(names: "list[str] | tuple[str, ...]") -> tuple[str, ...]:
 LARGE_MODEL_SEARCH: dict = {"search_rows": 512, "search_ratios": (1.0, 0.85, 0.7)}
 
 
+RESIDUAL_ROTATIONS: tuple[str, ...] = ("none", "hadamard", "random")
+
+
 @dataclass(frozen=True)
 class Recipe:
     method: str = "specquant"
@@ -47,8 +50,8 @@ class Recipe:
     alpha: float | None = None  # None = per-group search over alpha_grid
     alpha_grid: tuple[float, ...] = DEFAULT_ALPHA_GRID
     rotation: str = "wht"
-    # orthogonal rotation of the residual stream merged into the weights (residual.py): none,
-    # hadamard or random
+    # orthogonal rotation of the residual stream merged into the weights (residual.py): one of
+    # RESIDUAL_ROTATIONS
     residual_rotation: str = "none"
     gptq: bool = True
     act_order: bool = False

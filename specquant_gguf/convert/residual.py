@@ -26,10 +26,10 @@ from typing import Any
 import torch
 
 from ..errors import SpecQuantError
+from .recipe import RESIDUAL_ROTATIONS
 from .rotation import hadamard
 from .sources import Block, ModelSource
 
-RESIDUAL_ROTATIONS: tuple[str, ...] = ("none", "hadamard", "random")
 READERS: dict[str, tuple[str, ...]] = {"attn_norm": ("attn_q", "attn_k", "attn_v"), "ffn_norm": ("ffn_gate", "ffn_up")}
 WRITERS: tuple[str, ...] = ("attn_output", "ffn_down")
 
@@ -94,8 +94,7 @@ class ResidualRotated(ModelSource):
     def output(self) -> torch.Tensor:
         head = self.inner.output()
         head = self.inner.token_embd() if head is None else head
-        gain = self.inner.output_norm().to(torch.float32)
-        return _matmul(head.to(torch.float32) * gain[None, :], self.rot)
+        return _matmul(head.float() * self.inner.output_norm().float()[None, :], self.rot)
 
     def block(self, i: int) -> Block:
         blk = self.inner.block(i)
@@ -122,13 +121,11 @@ class ResidualRotated(ModelSource):
 def suppressed_channels(source: ModelSource, rel: float = 0.1, min_norms: int = 2) -> list[int]:
     """Residual channels whose norm gain is below rel × the norm's median in at least min_norms norms:
     the channels of the massive activations, which the model itself silences before every linear.
-    Reads every block once (the norms are all it keeps)."""
+    Reads the norm tensors alone (ModelSource.norms)."""
     counts = torch.zeros(source.config.n_embd, dtype=torch.int64)
     for i in range(source.config.n_layer):
-        blk = source.block(i)
-        for norm in READERS:
-            g = blk[norm].abs()
-            counts += (g < rel * g.median()).to(torch.int64)
+        for g in source.norms(i).values():
+            counts += (g.abs() < rel * g.abs().median()).to(torch.int64)
     return torch.nonzero(counts >= min_norms).flatten().tolist()
 
 

@@ -61,6 +61,11 @@ class ModelSource:
         """Block i's tensors as float32, fresh copies the caller owns (the driver quantizes them in place)."""
         raise NotImplementedError
 
+    def norms(self, i: int) -> Block:
+        """Block i's pre-norm gains (attn_norm, ffn_norm) alone; sources override it to skip the linears."""
+        blk = self.block(i)
+        return {n: blk[n] for n in NORMS}
+
     def tokenizer_kv(self) -> dict[str, tuple[Any, Any]]:
         """tokenizer.* keys for the output file: name -> (value, type), type = a GGUFValueType,
         (ARRAY, element GGUFValueType) for arrays, or None (inferred by the writer)."""
@@ -210,6 +215,9 @@ class GGUFSource(ModelSource):
 
     def output(self) -> torch.Tensor | None:
         return None if self.config.tied else self._tensor("output.weight")
+
+    def norms(self, i: int) -> Block:
+        return {n: self._tensor(f"blk.{i}.{n}.weight") for n in NORMS}
 
     def block(self, i: int) -> Block:
         c = self.config
@@ -537,6 +545,9 @@ class HFSource(ModelSource):
         if self.config.tied or "lm_head.weight" not in self._index:
             return None
         return self._tensor("lm_head.weight", keep_dtype=True)
+
+    def norms(self, i: int) -> Block:
+        return {n: self._norm(self.HF_PREFIX.format(i=i) + self.HF_NAMES[n]) for n in NORMS}
 
     def block(self, i: int) -> Block:
         c = self.config
