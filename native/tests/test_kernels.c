@@ -485,6 +485,9 @@ static void test_sq4(int iters) {
         run_sq4_case(&many_groups);
         mm_case many_odd = {5, 64 * 1027, 64, 1, bits, bits == 8 ? 1 : 3, 2};
         run_sq4_case(&many_odd);
+        /* G = 32's 8-row term sums (sum_rows8) across segments, with a partial last batch of rows */
+        mm_case many_rows = {21, 32 * 1100 + 32 * 3, 32, 1, bits, bits == 8 ? 2 : 4, 1};
+        run_sq4_case(&many_rows);
     }
     /* per-row groups larger than a prefill segment, with enough tokens for the prefill path */
     for (int bits = 4; bits <= 8; bits += 4) {

@@ -16,8 +16,9 @@
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
  *   exactly once, into maddubs as nibble ^ 8 (the weight + 8, no sign-LUT shuffle); 8·Σq_x per
  *   group is subtracted with z·Σq_w. One token: row_decode, rows prefetched DEC_PFD bytes ahead
- *   (without it, one thread read ~13 GB/s, below what the machine streams); 2..7 tokens (a
- *   batched decode step): row_few, each unpacked chunk used by up to 4 tokens.
+ *   (without it, one thread read ~13 GB/s, below what the machine streams); at G = 32 two groups
+ *   share a vector (pair_dot32) and 8 rows' terms are added up together (sum_rows8). 2..7 tokens
+ *   (a batched decode step): row_few, each unpacked chunk used by up to 4 tokens.
  * - prefill (many tokens): 16 rows × 4 tokens per tile; weights unpacked once per segment into a
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
  */
@@ -36,6 +37,10 @@
 #ifndef DEC_PFD
 #define DEC_PFD 4096 /* decode: software prefetch distance in bytes of a row stream (bench_kernels --8b: +15% cold) */
 #endif
+#ifndef CX_MAX
+#define CX_MAX 512 /* groups of a decode segment: act_sums8 (2 KB), terms of 8 rows (16 KB), G = 32's xp (16 KB) */
+#endif
+#define TB_STRIDE (CX_MAX + 8) /* floats between rows in the term buffer (not a multiple of 4 KB) */
 #ifndef PF_RV
 #define PF_RV 2             /* prefill tile: row vectors of 8 rows */
 #endif
@@ -190,45 +195,146 @@ static inline void act_sums8(const uint8_t *qx, int ng, int G, int32_t *cx) {
     }
 }
 
-/* Row r, token t, groups [g0, g0 + ngs) (a segment: cx, act_sums8 of those groups, fits the
- * stack): writes y (float) or, when acc != NULL, the exact group sums acc[0..ngs). A segment after
- * the first continues the running sum left in *y, so terms are still added in group order. */
-SQ_INLINE void row_decode(const sq_sq4_matrix *w, const sq_qact *x, int r, int t, int g0, int ngs, const int32_t *cx,
-                          float *y, int32_t *acc, const int G) {
-    const int K = w->K, ng = K / G, bs = 2 + G / 2;
+/* G = 32: [Σ q_x·(q_w + 8) of groups 0..7] of 8 consecutive blocks (blk: the first one's scale;
+ * xp: the activations in pair_interleave32's order). A group is 16 nibble bytes, half a vector, so
+ * groups k and k + 4 share one: lanes 0-3 hold group k's partial sums, lanes 4-7 group k + 4's.
+ * Four such vectors reduce to the 8 sums in natural order with 9 ops (reduce8 needs 21 for eight
+ * vectors), and every unpack and multiply works on full vectors. A 16-bit lane is at most
+ * 2·7650 before the madd. */
+SQ_INLINE __m256i pair_dot32(const uint8_t *blk, const uint8_t *xp) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8((char)0x88);
+    const int bs = 18;
+    __m256i v[4];
+    for (int k = 0; k < 4; k++) {
+        const uint8_t *a = blk + (size_t)k * bs + 2, *b = blk + (size_t)(k + 4) * bs + 2;
+        __m256i n = _mm256_xor_si256(_mm256_loadu2_m128i((const __m128i *)b, (const __m128i *)a), flip);
+        __m256i lo = _mm256_and_si256(n, m4), hi = _mm256_and_si256(_mm256_srli_epi16(n, 4), m4);
+        __m256i p = DOT_ACC(_mm256_setzero_si256(), _mm256_load_si256((const __m256i *)(xp + (size_t)k * 64)), lo);
+        p = DOT_ACC(p, _mm256_load_si256((const __m256i *)(xp + (size_t)k * 64 + 32)), hi);
+        v[k] = WIDEN(p);
+    }
+    __m256i t0 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[0], v[1]), _mm256_unpackhi_epi32(v[0], v[1]));
+    __m256i t1 = _mm256_add_epi32(_mm256_unpacklo_epi32(v[2], v[3]), _mm256_unpackhi_epi32(v[2], v[3]));
+    return _mm256_add_epi32(_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1));
+}
+
+/* The activations of ngs groups of 32 in pair_dot32's order: per 8 groups, for k = 0..3, 64 bytes
+ * [group k values 0-15, group k+4 0-15, group k 16-31, group k+4 16-31], the nibble layout of the
+ * two blocks side by side. Done once per token and segment; the last ngs % 8 groups are read from
+ * qx directly. */
+static inline void pair_interleave32(const uint8_t *qx, int ngs, uint8_t *xp) {
+    for (int g = 0; g + 8 <= ngs; g += 8)
+        for (int k = 0; k < 4; k++) {
+            const uint8_t *a = qx + (size_t)(g + k) * 32, *b = qx + (size_t)(g + k + 4) * 32;
+            uint8_t *o = xp + (size_t)g * 32 + (size_t)k * 64;
+            _mm256_store_si256((__m256i *)o, _mm256_loadu2_m128i((const __m128i *)b, (const __m128i *)a));
+            _mm256_store_si256((__m256i *)(o + 32),
+                               _mm256_loadu2_m128i((const __m128i *)(b + 16), (const __m128i *)(a + 16)));
+        }
+}
+
+/* The exact sums Σ q_x·(q_w + 8) of 8 consecutive groups of one row (blk: the first block; qx /
+ * xp: the token's activations at that group, xp only read at G = 32). */
+SQ_INLINE __m256i block_sums8(const uint8_t *blk, const uint8_t *qx, const uint8_t *xp, const int G) {
+    if (G == 32) return pair_dot32(blk, xp);
+    const int bs = 2 + G / 2;
+    __m256i v[8];
+    for (int j = 0; j < 8; j++) v[j] = group_dot_u(blk + (size_t)j * bs + 2, qx + (size_t)j * G, G);
+    return reduce8(v);
+}
+
+/* The token's per-segment inputs of the one-token decode: activations at the segment start (qx,
+ * and xp at G = 32), their zero points, scales and cx = 8·Σq_x (act_sums8) per group. */
+typedef struct {
+    const uint8_t *qx, *xp;
+    const int32_t *zt, *cx;
+    const float *dt;
+} dec_seg;
+
+/* Row r, groups [g0, g0 + ngs) of segment sg, one of three outputs: the exact group sums into
+ * acc[0..ngs) (acc != NULL); the terms acc_g·(d_w·d_x) into tb[0..ngs) for sum_rows8 (tb != NULL);
+ * or their sum, in group order, into *y (continuing the running sum of earlier segments). */
+SQ_INLINE void row_decode(const sq_sq4_matrix *w, const dec_seg *sg, int r, int g0, int ngs, float *y, float *tb,
+                          int32_t *acc, const int G) {
+    const int ng = w->K / G, bs = 2 + G / 2;
     const uint8_t *row = w->data + ((size_t)r * ng + g0) * bs;
-    const uint8_t *qx = x->q + (size_t)t * K + (size_t)g0 * G;
-    const int32_t *zt = x->z + (size_t)t * ng + g0, *ws = w->wsum + (size_t)r * ng + g0;
-    const float *dt = x->d + (size_t)t * ng + g0;
-    float ys = !acc && g0 ? *y : 0.0f;
+    const int32_t *ws = w->wsum + (size_t)r * ng + g0;
+    float ys = y && g0 ? *y : 0.0f;
     int g = 0;
     for (; g + 8 <= ngs; g += 8) {
-        __m256i v[8];
 #if DEC_PFD
         for (int j = 0; j < 8 * bs; j += 64) _mm_prefetch((const char *)row + (size_t)g * bs + DEC_PFD + j, _MM_HINT_T0);
+        _mm_prefetch((const char *)(ws + g) + DEC_PFD / 4, _MM_HINT_T0);
 #endif
-        for (int j = 0; j < 8; j++) v[j] = group_dot_u(row + (size_t)(g + j) * bs + 2, qx + (size_t)(g + j) * G, G);
-        __m256i corr = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(cx + g)),
-                                        _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(zt + g)),
+        __m256i corr = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(sg->cx + g)),
+                                        _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(sg->zt + g)),
                                                            _mm256_loadu_si256((const __m256i *)(ws + g))));
-        __m256i s = _mm256_sub_epi32(reduce8(v), corr);
+        __m256i s = _mm256_sub_epi32(block_sums8(row + (size_t)g * bs, sg->qx + (size_t)g * G, sg->xp + (size_t)g * G, G),
+                                     corr);
         if (acc) {
             _mm256_storeu_si256((__m256i *)(acc + g), s);
-        } else {
-            /* terms acc_g·(d_w·d_x) in parallel, then added in group order (kernels.h: canonical sum) */
-            __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(dt + g));
+            continue;
+        }
+        __m256 sc = _mm256_mul_ps(load_scales8(row + (size_t)g * bs, bs), _mm256_loadu_ps(sg->dt + g));
+        __m256 tv = _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc);
+        if (tb) {
+            _mm256_storeu_ps(tb + g, tv);
+        } else { /* added in group order (kernels.h: canonical sum) */
             float term[8];
-            _mm256_storeu_ps(term, _mm256_mul_ps(_mm256_cvtepi32_ps(s), sc));
+            _mm256_storeu_ps(term, tv);
             for (int j = 0; j < 8; j++) ys += term[j];
         }
     }
     for (; g < ngs; g++) {
         const uint8_t *blk = row + (size_t)g * bs;
-        int32_t s = hsum_epi32(group_dot_u(blk + 2, qx + (size_t)g * G, G)) - (cx[g] + zt[g] * ws[g]);
+        int32_t s = hsum_epi32(group_dot_u(blk + 2, sg->qx + (size_t)g * G, G)) - (sg->cx[g] + sg->zt[g] * ws[g]);
         if (acc) acc[g] = s;
-        else ys += (float)s * (fp16_load(blk) * dt[g]);
+        else if (tb) tb[g] = (float)s * (fp16_load(blk) * sg->dt[g]);
+        else ys += (float)s * (fp16_load(blk) * sg->dt[g]);
     }
-    if (!acc) *y = ys;
+    if (y) *y = ys;
+}
+
+/* columns of 8 vectors: out[i] lane j = in[j] lane i */
+static inline void transpose8_ps(__m256 v[8]) {
+    __m256 t[8], u[8];
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = _mm256_unpacklo_ps(v[j], v[j + 1]);
+        t[j + 1] = _mm256_unpackhi_ps(v[j], v[j + 1]);
+    }
+    for (int j = 0; j < 8; j += 4) {
+        u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
+        u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE);
+        u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
+        u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
+    }
+    for (int j = 0; j < 4; j++) {
+        v[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
+        v[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
+    }
+}
+
+/* y[j] (j < nr ≤ 8) += the terms tb[j·TB_STRIDE + g], g = 0..ngs−1 in order (kernels.h: canonical
+ * sum); y is set first when first != 0. One row's adds are a serial chain (3-cycle latency per
+ * group on Zen 3), longer than a group's dot product at G = 32; here 8 groups × 8 rows of terms
+ * are transposed so that lane j is row j, and one vector add per group advances all 8 chains. */
+static inline void sum_rows8(const float *tb, int ngs, int nr, float *y, int first) {
+    float ys[8] = {0};
+    if (!first) memcpy(ys, y, sizeof(float) * nr);
+    __m256 yv = _mm256_loadu_ps(ys);
+    int g = 0;
+    for (; g + 8 <= ngs; g += 8) {
+        __m256 v[8];
+        for (int j = 0; j < 8; j++) v[j] = j < nr ? _mm256_loadu_ps(tb + (size_t)j * TB_STRIDE + g) : _mm256_setzero_ps();
+        transpose8_ps(v);
+        for (int i = 0; i < 8; i++) yv = _mm256_add_ps(yv, v[i]);
+    }
+    _mm256_storeu_ps(ys, yv);
+    for (int j = 0; j < nr; j++) {
+        float a = ys[j];
+        for (int k = g; k < ngs; k++) a += tb[(size_t)j * TB_STRIDE + k];
+        y[j] = a;
+    }
 }
 
 /* ---- few tokens (a decode step of several sequences): one row, up to NT_MAX tokens -----------
@@ -618,21 +724,36 @@ static void sq4_prefill(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1
     }
 }
 
-#ifndef CX_MAX
-#define CX_MAX 1024 /* groups of a decode segment (act_sums8 on the stack, 4 KB) */
-#endif
 /* rows [r0, r1) of token t; one copy per common G so that group_dot_u is compiled for it. Rows of
- * more than CX_MAX groups go segment by segment (all rows per segment, the sums wait in y). */
+ * more than CX_MAX groups go segment by segment (all rows per segment, the sums wait in y). At
+ * G = 32 the rows' terms wait in tb and are added up 8 rows at a time (sum_rows8): there a group's
+ * dot product is cheaper than the 3-cycle add of its term to the row's running sum. At larger G
+ * the in-row sum hides behind the dot products (and a separate summing pass measured slower:
+ * nothing streams from memory during it). */
 #define DEF_DECODE_ROWS(NAME, GEXPR)                                                                     \
     static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int t, float *y, int32_t *acc) { \
-        const int ng = w->K / w->G;                                                                     \
+        const int G = (GEXPR), ng = w->K / G;                                                           \
         int32_t cx[CX_MAX];                                                                             \
+        float tb[(GEXPR) == 32 ? 8 * TB_STRIDE : 1];                                                    \
+        _Alignas(32) uint8_t xp[(GEXPR) == 32 ? CX_MAX * 32 : 32];                                      \
         for (int g0 = 0; g0 < ng; g0 += CX_MAX) {                                                       \
             const int ngs = ng - g0 < CX_MAX ? ng - g0 : CX_MAX;                                        \
-            act_sums8(x->q + (size_t)t * w->K + (size_t)g0 * w->G, ngs, w->G, cx);                      \
-            for (int r = r0; r < r1; r++)                                                               \
-                row_decode(w, x, r, t, g0, ngs, cx, y ? y + r : NULL, acc ? acc + (size_t)r * ng + g0 : NULL, \
-                           GEXPR);                                                                      \
+            const uint8_t *qx = x->q + (size_t)t * w->K + (size_t)g0 * G;                               \
+            act_sums8(qx, ngs, G, cx);                                                                  \
+            if (G == 32) pair_interleave32(qx, ngs, xp);                                                \
+            const dec_seg sg = {qx, xp, x->z + (size_t)t * ng + g0, cx, x->d + (size_t)t * ng + g0};    \
+            if (acc || G != 32) {                                                                       \
+                for (int r = r0; r < r1; r++)                                                           \
+                    row_decode(w, &sg, r, g0, ngs, acc ? NULL : y + r, NULL,                            \
+                               acc ? acc + (size_t)r * ng + g0 : NULL, GEXPR);                          \
+                continue;                                                                               \
+            }                                                                                           \
+            for (int rb = r0; rb < r1; rb += 8) {                                                       \
+                const int nr = r1 - rb < 8 ? r1 - rb : 8;                                               \
+                for (int j = 0; j < nr; j++)                                                            \
+                    row_decode(w, &sg, rb + j, g0, ngs, NULL, tb + (size_t)j * TB_STRIDE, NULL, GEXPR); \
+                sum_rows8(tb, ngs, nr, y + rb, g0 == 0);                                                \
+            }                                                                                           \
         }                                                                                               \
     }
 DEF_DECODE_ROWS(decode_rows_32, 32)
