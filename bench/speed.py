@@ -208,7 +208,7 @@ def format_table(res: dict[str, Any]) -> str:
 
 # -- activation bits (issue 16) ---------------------------------------------------------------
 
-ISAS = ("scalar", "avx2", "avx512", "neon")
+ISAS = ("scalar", "avx2", "avx512", "avx512-mix", "neon")
 
 
 def runnable_isas(probe: Path) -> list[str]:

@@ -2,7 +2,7 @@
 
 For every file variant (group 32/64, rotation wht/none, activations 4/8 bits, spectral axis in/out
 and runtime truncation, f16, q8, qwen2 with biases, untied head, GQA ratios) and every kernel set
-this CPU has (SQ_ISA=scalar, avx2, avx512): logits within 1e-3 relative (we see ~1e-7), the same
+this CPU has (SQ_ISA=scalar, avx2, avx512, avx512-mix): logits within 1e-3 relative (we see ~1e-7), the same
 greedy tokens for 64 steps, perplexity within 0.2%. The runtime's activation bits are a load-time
 choice (auto: 8 on the CPU), so each file runs at the bits the oracle runs: the file's own, and
 W4A4 files also at act_bits=8 against the oracle at 8 (test_a4_file_at_a8_matches_reference).
@@ -55,7 +55,7 @@ VARIANTS: dict[str, dict] = {
 
 def _isas() -> list[str]:
     """Kernel sets this machine can run (an unsupported one fails at load)."""
-    return [isa for isa in ("scalar", "avx2", "avx512", "neon") if _isa_available(isa)]
+    return [isa for isa in ("scalar", "avx2", "avx512", "avx512-mix", "neon") if _isa_available(isa)]
 
 
 def _isa_available(isa: str) -> bool:

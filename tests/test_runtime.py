@@ -18,7 +18,7 @@ def test_library_and_header() -> None:
     assert runtime.library_path().is_file()
     src = _native._cdef_source(_native._header_path().read_text())
     assert "#" not in src and "SQ_API" not in src and "sq_model_eval" in src
-    assert runtime.isa() in ("scalar", "avx2", "avx512", "neon")
+    assert runtime.isa() in ("scalar", "avx2", "avx512", "avx512-mix", "neon")
 
 
 def test_load_and_properties(tiny_sq4) -> None:
@@ -27,7 +27,7 @@ def test_load_and_properties(tiny_sq4) -> None:
         assert m.n_vocab == cfg["vocab"]
         assert m.n_ctx == 256 == m.n_ctx_train  # default: min(2048, the model's)
         assert m.n_past == 0
-        assert m.isa in ("scalar", "avx2", "avx512", "neon")
+        assert m.isa in ("scalar", "avx2", "avx512", "avx512-mix", "neon")
         assert m.metadata("general.architecture") == "llama"
         assert m.metadata("llama.embedding_length") == str(cfg["hidden"])
         assert m.metadata("specquant.rotation") == "wht"

@@ -37,7 +37,8 @@ SQ_API const char *sq_last_error(void);
 SQ_API sq_status sq_last_status(void);
 
 /* ---- CPU features ------------------------------------------------------------------------- */
-/* "scalar", "avx2", "avx512" (AVX-512 VNNI) or "neon": the kernel set in use. SQ_ISA=... in the
+/* "scalar", "avx2", "avx512" (AVX-512 VNNI), "avx512-mix" (VNNI, with the one-to-7-token SQ4
+ * kernels of avx2: what AMD Zen 5 runs fastest) or "neon": the kernel set in use. SQ_ISA=... in the
  * environment forces one ("auto" or unset: the best this CPU has); an unknown name or an ISA this
  * CPU / build lacks makes sq_model_load fail with SQ_ERR_UNSUPPORTED (the message lists the valid
  * names). */

@@ -45,7 +45,7 @@
 #endif
 
 /* the SIMD tables this CPU and build have (scalar excluded) */
-static const sq_kernel_table *g_simd[5];
+static const sq_kernel_table *g_simd[6];
 static int g_nsimd;
 
 /* ---- fp16 ------------------------------------------------------------------------------------ */
@@ -569,6 +569,12 @@ static void test_dispatch(void) {
     CHECK(strcmp(sq_isa_name(), sq_kernels()->name) == 0, "sq_isa_name");
     CHECK(sq_kernels_for("scalar") == &sq_kernels_scalar, "scalar table");
     CHECK(sq_kernels_for("bogus") == NULL && sq_kernels_for(NULL) == NULL, "unknown ISA");
+    /* the mixed table exists exactly where the VNNI one does, and auto picks one of the two there */
+    CHECK((sq_kernels_for("avx512-mix") != NULL) == (sq_kernels_for("avx512") != NULL), "avx512-mix iff avx512");
+    if (sq_kernels_for("avx512")) {
+        const sq_kernel_table *a = sq_kernels_parse("auto", NULL, 0);
+        CHECK(a == sq_kernels_for("avx512") || a == sq_kernels_for("avx512-mix"), "auto on a VNNI CPU");
+    }
     CHECK(sq_kernels_check_sq4("w", 4, 544, 64, 4, 0) == SQ_ERR_FORMAT, "544 %% 64 != 0 must fail");
     CHECK(sq_kernels_check_sq4("w", 4, 576, 576, 4, 0) == SQ_OK, "per-row G=576");
     CHECK(sq_kernels_check_sq4("w", 4, 576, 576, 4, 1) == SQ_ERR_FORMAT, "WHT needs a power of two");
@@ -579,8 +585,8 @@ static void test_dispatch(void) {
 }
 
 int main(void) {
-    static const char *const isas[] = {"avx2", "avx512", "neon"};
-    for (int i = 0; i < 3; i++) {
+    static const char *const isas[] = {"avx2", "avx512", "avx512-mix", "neon"};
+    for (int i = 0; i < 4; i++) {
         const sq_kernel_table *t = sq_kernels_for(isas[i]);
         if (t) g_simd[g_nsimd++] = t;
     }

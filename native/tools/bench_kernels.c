@@ -173,7 +173,7 @@ static void bench_read_bw(void) {
 
 int main(int argc, char **argv) {
     int nth = 1, G = 64, bits = 4, quick = 0, hot = 0, llama8b = 0;
-    const char *isas = "scalar,avx2,avx512,neon", *ntoks = "1,512";
+    const char *isas = "scalar,avx2,avx512,avx512-mix,neon", *ntoks = "1,512";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-t") && i + 1 < argc) nth = atoi(argv[++i]);
         else if (!strcmp(argv[i], "-g") && i + 1 < argc) G = atoi(argv[++i]);

@@ -198,7 +198,7 @@ def check(status: int) -> None:
 
 
 def isa() -> str:
-    """The kernel set in use: scalar, avx2, avx512 or neon (SQ_ISA=... forces one)."""
+    """The kernel set in use: scalar, avx2, avx512, avx512-mix or neon (SQ_ISA=... forces one)."""
     return ffi().string(lib().sq_isa_name()).decode()
 
 

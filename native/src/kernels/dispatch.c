@@ -1,6 +1,15 @@
 /* dispatch.c — which kernel table runs: CPUID (x86) / HWCAP (arm64), and the one parser of SQ_ISA.
  *
  * The only global state of the kernels lives here and is written exactly once (pthread_once).
+ *
+ * x86 with AVX-512 VNNI has two tables: "avx512" (every kernel with dpbusd) and "avx512-mix"
+ * (SQ4 decode steps of fewer than SQ_X86_PREFILL_MIN_TOK tokens on the AVX2 kernels, everything
+ * else on the VNNI ones). Measured on AMD Zen 5 (docs/RESULTS.md, "Kernel sets on AVX-512 VNNI"):
+ * a 256-bit dpbusd issues once per cycle there and maddubs twice, and the SQ4 decode kernels widen
+ * once per group, so maddubs decodes 10 % (one token) to 40 % (2-4 tokens) faster, while the
+ * prefill tile and the Q8_0 kernels (which widen every block) are faster with dpbusd. auto picks
+ * the mix on AMD family 0x1A (Zen 5) and later; Intel's cores run dpbusd at the maddubs rate, so
+ * they keep "avx512" (not measured here: no such CPU). All tables give the same bits.
  */
 #include "kernels.h"
 #include "error.h"
@@ -43,6 +52,17 @@ static int x86_has_avx2(void) {
     return (b & (1u << 5)) != 0; /* AVX2 */
 }
 
+/* AMD family 0x1A (Zen 5) or later: the CPUs where "avx512-mix" measured faster than "avx512" */
+static int x86_prefers_mix(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    if (!(b == 0x68747541u && d == 0x69746e65u && c == 0x444d4163u)) return 0; /* "AuthenticAMD" */
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    unsigned family = (a >> 8) & 0xF;
+    if (family == 0xF) family += (a >> 20) & 0xFF;
+    return family >= 0x1A;
+}
+
 static int x86_has_avx512vnni(void) {
     unsigned a, b, c, d;
     if (!x86_has_avx2()) return 0;
@@ -52,6 +72,35 @@ static int x86_has_avx512vnni(void) {
     if ((b & (f | dq | bw | vl)) != (f | dq | bw | vl)) return 0;
     return (c & (1u << 11)) != 0; /* AVX512_VNNI */
 }
+#endif
+
+#if defined(SQ_HAVE_X86)
+/* "avx512-mix": the SQ4 decode kernels of the AVX2 table, the rest of the VNNI table (file comment) */
+static void mix_matmul_sq4(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {
+    const sq_kernel_table *t = x->n_tok < SQ_X86_PREFILL_MIN_TOK ? &sq_kernels_avx2 : &sq_kernels_avx512;
+    t->matmul_sq4(w, x, r0, r1, y, ldy);
+}
+static void mix_group_sums_sq4(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int32_t *acc) {
+    const sq_kernel_table *t = x->n_tok < SQ_X86_PREFILL_MIN_TOK ? &sq_kernels_avx2 : &sq_kernels_avx512;
+    t->group_sums_sq4(w, x, r0, r1, acc);
+}
+static void mix_matmul_q8(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
+    sq_kernels_avx512.matmul_q8(w, x, r0, r1, y, ldy);
+}
+static void mix_quantize_act(const float *x, int t0, int t1, int wht, sq_qact *out) {
+    sq_kernels_avx512.quantize_act(x, t0, t1, wht, out);
+}
+static void mix_quantize_q8act(const float *x, int t0, int t1, sq_q8act *out) {
+    sq_kernels_avx512.quantize_q8act(x, t0, t1, out);
+}
+static const sq_kernel_table sq_kernels_avx512_mix = {
+    .name = "avx512-mix",
+    .matmul_sq4 = mix_matmul_sq4,
+    .matmul_q8 = mix_matmul_q8,
+    .group_sums_sq4 = mix_group_sums_sq4,
+    .quantize_act = mix_quantize_act,
+    .quantize_q8act = mix_quantize_q8act,
+};
 #endif
 
 #if defined(SQ_HAVE_NEON)
@@ -67,7 +116,7 @@ static int arm_has_dotprod(void) {
 #endif
 
 /* Every ISA name, best first: what "auto" tries and what the error message lists. */
-static const char *const k_isas[] = {"avx512", "avx2", "neon", "scalar"};
+static const char *const k_isas[] = {"avx512-mix", "avx512", "avx2", "neon", "scalar"};
 #define N_ISAS (sizeof k_isas / sizeof k_isas[0])
 
 const sq_kernel_table *sq_kernels_for(const char *isa) {
@@ -76,6 +125,7 @@ const sq_kernel_table *sq_kernels_for(const char *isa) {
 #if defined(SQ_HAVE_X86)
     if (strcmp(isa, "avx2") == 0) return x86_has_avx2() ? &sq_kernels_avx2 : NULL;
     if (strcmp(isa, "avx512") == 0) return x86_has_avx512vnni() ? &sq_kernels_avx512 : NULL;
+    if (strcmp(isa, "avx512-mix") == 0) return x86_has_avx512vnni() ? &sq_kernels_avx512_mix : NULL;
 #endif
 #if defined(SQ_HAVE_NEON)
     if (strcmp(isa, "neon") == 0) return arm_has_dotprod() ? &sq_kernels_neon : NULL;
@@ -85,6 +135,9 @@ const sq_kernel_table *sq_kernels_for(const char *isa) {
 
 const sq_kernel_table *sq_kernels_parse(const char *isa, char *why, size_t cap) {
     if (!isa || !*isa || strcmp(isa, "auto") == 0) {
+#if defined(SQ_HAVE_X86)
+        if (x86_has_avx512vnni()) return x86_prefers_mix() ? &sq_kernels_avx512_mix : &sq_kernels_avx512;
+#endif
         for (size_t i = 0; i < N_ISAS; i++) {
             const sq_kernel_table *t = sq_kernels_for(k_isas[i]);
             if (t) return t;
@@ -93,7 +146,7 @@ const sq_kernel_table *sq_kernels_parse(const char *isa, char *why, size_t cap) 
     }
     const sq_kernel_table *t = sq_kernels_for(isa);
     if (t || !why || !cap) return t;
-    char valid[64] = "auto";
+    char valid[96] = "auto";
     for (size_t i = 0; i < N_ISAS; i++)
         if (sq_kernels_for(k_isas[i])) {
             strcat(valid, ", ");

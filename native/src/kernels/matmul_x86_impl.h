@@ -63,7 +63,7 @@
  * 5..7 tokens are 1.3-1.6x faster there (--8b, the shapes of one block summed). At 8 it is a tie:
  * the Llama-8B block ~9% faster on decode_rows_nt, SmolLM2's shapes 3-9% slower (and its batched
  * decode of 8 sequences ~10%), so 8 stays with the prefill; from 12 on the prefill wins. */
-#define PREFILL_MIN_TOK 8
+#define PREFILL_MIN_TOK SQ_X86_PREFILL_MIN_TOK
 #endif
 #define NT_MAX 4            /* tokens that share one unpack of a weight chunk (registers: 2 per token) */
 
