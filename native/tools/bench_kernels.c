@@ -7,8 +7,9 @@
  *
  * For each shape (rows × K) and token count it prints the time per call, GOPS (2·rows·K·n_tok / t)
  * and the effective weight bandwidth (weight bytes / t). "cold" cycles over copies of the matrix
- * totalling > 256 MB so the weights come from DRAM, as they do in a real decode; "hot" reuses one
- * copy (cache-resident for the small shapes); --hot uses one copy for n_tok = 1 too. The 49152 × 576 head is Q8_0 × Q8_0.
+ * totalling > 256 MB so the weights come from DRAM, as they do in a real decode (1 to 7 tokens: a
+ * decode step of that many sequences); "hot" (prefill token counts) reuses one copy
+ * (cache-resident for the small shapes); --hot uses one copy for decode token counts too. The 49152 × 576 head is Q8_0 × Q8_0.
  * Rows are split across THREADS pthreads like the engine does. Times are the fastest of the calls
  * made in 0.5 s (the machine may be shared).
  */
@@ -214,7 +215,7 @@ int main(int argc, char **argv) {
                 if (shapes[s][1] % G && !shapes[s][2]) continue;
                 /* the scalar prefill of the head takes ~10 s: skip it in --quick */
                 if (quick && !strcmp(isa, "scalar") && nt > 1 && shapes[s][2]) continue;
-                bench_shape(isa, shapes[s][0], shapes[s][1], G, bits, shapes[s][2], nt, nth, nt == 1 && !hot);
+                bench_shape(isa, shapes[s][0], shapes[s][1], G, bits, shapes[s][2], nt, nth, nt < SQ_X86_PREFILL_MIN_TOK && !hot);
             }
         }
     }

@@ -65,6 +65,9 @@
  * decode of 8 sequences ~10%), so 8 stays with the prefill; from 12 on the prefill wins. */
 #define PREFILL_MIN_TOK SQ_X86_PREFILL_MIN_TOK
 #endif
+#ifndef FEW_PFD
+#define FEW_PFD 4096 /* 2..7 tokens: the same (bench_kernels --8b -t 2 -n 2,3,4 on Zen 5: 1.4-2x faster cold) */
+#endif
 #define NT_MAX 4            /* tokens that share one unpack of a weight chunk (registers: 2 per token) */
 
 /* ---- small helpers -------------------------------------------------------------------------- */
@@ -414,10 +417,11 @@ SQ_INLINE void row_few(const uint8_t *row, const int32_t *ws, const uint8_t *con
                        const int PK) {
     const int NG = 8 / NTP, bs = 2 + G / 2;
     int g = 0;
-    /* no software prefetch here (row_decode has one): at 2..4 tokens the loop is compute-bound,
-     * and with it the same code ran 4096 x 14336 at 4 tokens in 5 or in 13 ms depending on the
-     * build's code layout (two identical objects, bench_kernels --8b -t 1) */
     for (; g + 8 <= ngs; g += 8) {
+#if FEW_PFD
+        for (int j = 0; j < 8 * bs; j += 64) _mm_prefetch((const char *)row + (size_t)g * bs + FEW_PFD + j, _MM_HINT_T0);
+        _mm_prefetch((const char *)(ws + g) + FEW_PFD / 4, _MM_HINT_T0);
+#endif
         const __m256 dw8 = load_scales8(row + (size_t)g * bs, bs);
         const __m256i ws8 = _mm256_loadu_si256((const __m256i *)(ws + g));
 #pragma GCC unroll 4
