@@ -265,7 +265,7 @@ def run_act_bits(files: dict[str, Path], threads: int = 2, reps: int = 3, scalar
     return out
 
 
-KERNEL_LINE = r"^(\w+)\s+(sq4|q8_0)\s+(\d+) x (\d+)\s+(\d+)\s+(\d+)\s+([\d.]+) us\s+([\d.]+) GOPS"
+KERNEL_LINE = r"^([\w-]+)\s+(sq4|q8_0)\s+(\d+) x (\d+)\s+(\d+)\s+(\d+)\s+([\d.]+) us\s+([\d.]+) GOPS"
 
 
 def run_kernels(binary: Path, isas: Sequence[str], log=sys.stderr) -> list[dict[str, Any]]:

@@ -112,6 +112,8 @@ def test_bench_act_bits_tables() -> None:
 
     line = "avx2    sq4     4096 x 14336  64   512    399336.7 us     150.6 GOPS     0.08 GB/s  hot"
     assert re.match(speed.KERNEL_LINE, line).group(1, 3, 4, 6, 7) == ("avx2", "4096", "14336", "512", "399336.7")
+    mix = "avx512-mix sq4     4096 x 4096   64     1       304.7 us     110.1 GOPS    29.26 GB/s  cold"
+    assert re.match(speed.KERNEL_LINE, mix).group(1, 6, 7) == ("avx512-mix", "1", "304.7")
     rows = [{"name": "m", "isa": "avx2", "threads": 2, "act_bits": b, "prefill_tok_s": p, "decode_tok_s": d}
             for b, p, d in ((4, 200.0, 50.0), (8, 150.0, 50.0))]
     kern = [{"isa": "avx2", "act_bits": b, "rows": 8, "k": 64, "n_tok": 512, "us": u, "gops": 1.0, "shapes": "smollm2-135m"}
