@@ -271,11 +271,14 @@ def test_smollm2_sq4_matches_reference_statistically(smollm2_sq4, bits) -> None:
     # logits of ~25, measured 2026-12-06); the statistical criteria below are the bar for both.
     # Where the first flip cascades depends on the file's exact bits: three default conversions of
     # 2026-12-07 (10 k bytes apart) diverged from position 2, 6 and 10 of 44, so a bar on the first
-    # half's median failed or passed by chance. What any bug in the per-token path would break is
-    # the first positions, computed before anything can cascade into them.
+    # half's median failed or passed by chance; a fourth (CI on a Zen 5 machine, 9 k bytes from
+    # another) flipped a code at position 0 itself (1.3 %, every kernel set alike, scalar
+    # included), and A4 then agreed on 33 of 44 argmaxes. Position 0 cannot inherit anything from
+    # other positions: there the two differ by at most the few codes that round the other way
+    # (~1 % each), while a bug in the quantized path (zero points, scales, WHT) is off by far more.
     if bits == 4:
-        assert rel[:2].max() < 1e-4, f"first positions differ: {rel[:4]}"
+        assert rel[0] < 5e-2, f"position 0 differs: {rel[:4]}"
     else:
         assert np.median(rel[: len(rel) // 2]) < 5e-2
-    assert (got.argmax(1) == ref.argmax(1)).mean() > 0.75
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= (0.7 if bits == 4 else 0.9)
     assert abs(np.exp(_nll(got, ids)) / np.exp(_nll(ref, ids)) - 1) < 0.25

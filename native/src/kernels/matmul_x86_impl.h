@@ -511,6 +511,15 @@ static void unpack_tile(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int 
         for (int i = 0; i < 8; i++) {
             const int ri = rr[8 * v + i];
             const uint8_t *row = w->data + (size_t)ri * bs * ng;
+            /* the chunk this row's unpack will read next: its next segment, or after its last
+             * segment the row PF_R further down (the next tile's). 16 short streams per tile are
+             * more than the hardware prefetcher follows; at 8 tokens the unpack is bound by them. */
+            const uint8_t *next = g0 + ngs < ng ? row + (size_t)(g0 + ngs) * bs
+                                  : ri + PF_R < w->rows ? row + (size_t)PF_R * bs * ng : NULL;
+            if (next) {
+                const int nb = (ng - g0 - ngs < ngs && g0 + ngs < ng ? ng - g0 - ngs : ngs) * bs;
+                for (int j = 0; j < nb; j += 64) _mm_prefetch((const char *)next + j, _MM_HINT_T0);
+            }
             for (int gl = 0; gl < ngs; gl++) {
                 const uint8_t *blk = row + (size_t)(g0 + gl) * bs, *nib = blk + 2;
                 int8_t *dst = tmp[i] + (size_t)gl * G;
