@@ -8,8 +8,9 @@
  * a 256-bit dpbusd issues once per cycle there and maddubs twice, and the SQ4 decode kernels widen
  * once per group, so maddubs decodes 10 % (one token) to 40 % (2-4 tokens) faster, while the
  * prefill tile and the Q8_0 kernels (which widen every block) are faster with dpbusd. auto picks
- * the mix on AMD family 0x1A (Zen 5) and later; Intel's cores run dpbusd at the maddubs rate, so
- * they keep "avx512" (not measured here: no such CPU). All tables give the same bits.
+ * the mix on AMD family 0x1A (Zen 5) and later; other VNNI CPUs keep "avx512" (Intel's tables list
+ * dpbusd at the maddubs rate; neither Intel nor Zen 4 was measured here). All tables give the same
+ * bits.
  */
 #include "kernels.h"
 #include "error.h"
@@ -115,7 +116,8 @@ static int arm_has_dotprod(void) {
 }
 #endif
 
-/* Every ISA name, best first: what "auto" tries and what the error message lists. */
+/* Every ISA name, best first: what the error message lists, and what "auto" tries in this order
+ * on CPUs without AVX-512 VNNI (with it, auto picks avx512-mix or avx512: sq_kernels_parse). */
 static const char *const k_isas[] = {"avx512-mix", "avx512", "avx2", "neon", "scalar"};
 #define N_ISAS (sizeof k_isas / sizeof k_isas[0])
 

@@ -95,8 +95,8 @@ typedef struct {
 #define SQ_X86_PREFILL_MIN_TOK 8
 
 /* The one SQ_ISA parser. NULL, "" or "auto": the best table for this CPU; a name this build and
- * CPU support ("scalar", "avx2", "avx512", "avx512-mix", "neon"): its table. Anything else: NULL, and why (one
- * line naming the valid choices here) in why[0..cap) when why is not NULL. */
+ * CPU support ("scalar", "avx2", "avx512", "avx512-mix", "neon"): its table. Anything else: NULL,
+ * and why (one line naming the valid choices here) in why[0..cap) when why is not NULL. */
 const sq_kernel_table *sq_kernels_parse(const char *isa, char *why, size_t cap);
 /* The table SQ_ISA (read now from the environment) asks for: SQ_OK, or SQ_ERR_UNSUPPORTED with
  * sq_kernels_parse's line as sq_last_error(). What a model load uses (each load reads SQ_ISA). */
@@ -105,8 +105,8 @@ sq_status sq_kernels_from_env(const sq_kernel_table **out);
  * chosen once (thread-safe). Never NULL: an invalid SQ_ISA falls back to "auto" here (a model load
  * reports it). */
 const sq_kernel_table *sq_kernels(void);
-/* The table for one ISA by name ("scalar", "avx2", "avx512", "avx512-mix", "neon"); NULL if not compiled in or
- * not supported by this CPU ("auto" is not a name here: see sq_kernels_parse). */
+/* The table for one ISA by name ("scalar", "avx2", "avx512", "avx512-mix", "neon"); NULL if not
+ * compiled in or not supported by this CPU ("auto" is not a name here: see sq_kernels_parse). */
 const sq_kernel_table *sq_kernels_for(const char *isa);
 
 /* SQ_OK or SQ_ERR_FORMAT (with sq_last_error() text) if an SQ4 matrix of this shape, or its

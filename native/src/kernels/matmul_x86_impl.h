@@ -272,8 +272,8 @@ SQ_INLINE void row_decode(const sq_sq4_matrix *w, const dec_seg *sg, int r, int 
         __m256i corr = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(sg->cx + g)),
                                         _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(sg->zt + g)),
                                                            _mm256_loadu_si256((const __m256i *)(ws + g))));
-        __m256i s = _mm256_sub_epi32(block_sums8(row + (size_t)g * bs, sg->qx + (size_t)g * G, sg->xp + (size_t)g * G, G),
-                                     corr);
+        const __m256i sums = block_sums8(row + (size_t)g * bs, sg->qx + (size_t)g * G, sg->xp + (size_t)g * G, G);
+        __m256i s = _mm256_sub_epi32(sums, corr);
         if (acc) {
             _mm256_storeu_si256((__m256i *)(acc + g), s);
             continue;
@@ -328,7 +328,8 @@ static inline void sum_rows8(const float *tb, int ngs, int nr, float *y, int fir
     int g = 0;
     for (; g + 8 <= ngs; g += 8) {
         __m256 v[8];
-        for (int j = 0; j < 8; j++) v[j] = j < nr ? _mm256_loadu_ps(tb + (size_t)j * TB_STRIDE + g) : _mm256_setzero_ps();
+        for (int j = 0; j < 8; j++)
+            v[j] = j < nr ? _mm256_loadu_ps(tb + (size_t)j * TB_STRIDE + g) : _mm256_setzero_ps();
         transpose8_ps(v);
         for (int i = 0; i < 8; i++) yv = _mm256_add_ps(yv, v[i]);
     }
