@@ -69,6 +69,7 @@ static void attend_generic(const float *q, const float *K, const float *V, int l
 #include <immintrin.h>
 #define SQ_ATTN_AVX2 1
 
+#include "transpose8.h"
 #include "vexp.h"
 
 /* K rows [0, n_pos) (row-major, hd wide, hd % 8 == 0) -> Kt[b][d][j] = K[8b + j][d], zero past
@@ -79,27 +80,10 @@ __attribute__((target("avx2,fma"))) static void transpose_k(const float *K, int 
         const float *src = K + (size_t)b * 8 * hd;
         float *blk = Kt + (size_t)b * hd * 8;
         for (int d = 0; d < hd; d += 8) {
-            __m256 r[8], t[8];
+            __m256 r[8];
             for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src + (size_t)j * hd + d);
-            for (int j = 0; j < 8; j += 2) {
-                t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]);
-                t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-            }
-            for (int j = 0; j < 8; j += 4) {
-                r[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
-                r[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE);
-                r[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
-                r[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
-            }
-            /* r0..r3 hold rows 0-3 of columns (0,1,2,3 | 4,5,6,7); r4..r7 rows 4-7 */
-            _mm256_storeu_ps(blk + (d + 0) * 8, _mm256_permute2f128_ps(r[0], r[4], 0x20));
-            _mm256_storeu_ps(blk + (d + 1) * 8, _mm256_permute2f128_ps(r[1], r[5], 0x20));
-            _mm256_storeu_ps(blk + (d + 2) * 8, _mm256_permute2f128_ps(r[2], r[6], 0x20));
-            _mm256_storeu_ps(blk + (d + 3) * 8, _mm256_permute2f128_ps(r[3], r[7], 0x20));
-            _mm256_storeu_ps(blk + (d + 4) * 8, _mm256_permute2f128_ps(r[0], r[4], 0x31));
-            _mm256_storeu_ps(blk + (d + 5) * 8, _mm256_permute2f128_ps(r[1], r[5], 0x31));
-            _mm256_storeu_ps(blk + (d + 6) * 8, _mm256_permute2f128_ps(r[2], r[6], 0x31));
-            _mm256_storeu_ps(blk + (d + 7) * 8, _mm256_permute2f128_ps(r[3], r[7], 0x31));
+            sq_transpose8_ps(r); /* r[i] = column d + i of the 8 rows */
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(blk + (size_t)(d + i) * 8, r[i]);
         }
     }
     for (int b = full; b < nb; b++) {

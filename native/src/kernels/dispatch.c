@@ -77,13 +77,14 @@ static int x86_has_avx512vnni(void) {
 
 #if defined(SQ_HAVE_X86)
 /* "avx512-mix": the SQ4 decode kernels of the AVX2 table, the rest of the VNNI table (file comment) */
+static const sq_kernel_table *mix_sq4_table(const sq_qact *x) {
+    return x->n_tok < SQ_X86_PREFILL_MIN_TOK ? &sq_kernels_avx2 : &sq_kernels_avx512;
+}
 static void mix_matmul_sq4(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {
-    const sq_kernel_table *t = x->n_tok < SQ_X86_PREFILL_MIN_TOK ? &sq_kernels_avx2 : &sq_kernels_avx512;
-    t->matmul_sq4(w, x, r0, r1, y, ldy);
+    mix_sq4_table(x)->matmul_sq4(w, x, r0, r1, y, ldy);
 }
 static void mix_group_sums_sq4(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int32_t *acc) {
-    const sq_kernel_table *t = x->n_tok < SQ_X86_PREFILL_MIN_TOK ? &sq_kernels_avx2 : &sq_kernels_avx512;
-    t->group_sums_sq4(w, x, r0, r1, acc);
+    mix_sq4_table(x)->group_sums_sq4(w, x, r0, r1, acc);
 }
 static void mix_matmul_q8(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
     sq_kernels_avx512.matmul_q8(w, x, r0, r1, y, ldy);

@@ -23,6 +23,7 @@
  *   row-interleaved stack buffer whose lanes are rows (see pf_tile), so no reduction is needed.
  */
 #include "kernels.h"
+#include "transpose8.h"
 
 #include <immintrin.h>
 #include <string.h>
@@ -298,25 +299,6 @@ SQ_INLINE void row_decode(const sq_sq4_matrix *w, const dec_seg *sg, int r, int 
     if (y) *y = ys;
 }
 
-/* columns of 8 vectors: out[i] lane j = in[j] lane i */
-static inline void transpose8_ps(__m256 v[8]) {
-    __m256 t[8], u[8];
-    for (int j = 0; j < 8; j += 2) {
-        t[j] = _mm256_unpacklo_ps(v[j], v[j + 1]);
-        t[j + 1] = _mm256_unpackhi_ps(v[j], v[j + 1]);
-    }
-    for (int j = 0; j < 8; j += 4) {
-        u[j] = _mm256_shuffle_ps(t[j], t[j + 2], 0x44);
-        u[j + 1] = _mm256_shuffle_ps(t[j], t[j + 2], 0xEE);
-        u[j + 2] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0x44);
-        u[j + 3] = _mm256_shuffle_ps(t[j + 1], t[j + 3], 0xEE);
-    }
-    for (int j = 0; j < 4; j++) {
-        v[j] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x20);
-        v[j + 4] = _mm256_permute2f128_ps(u[j], u[j + 4], 0x31);
-    }
-}
-
 /* y[j] (j < nr ≤ 8) += the terms tb[j·TB_STRIDE + g], g = 0..ngs−1 in order (kernels.h: canonical
  * sum); y is set first when first != 0. One row's adds are a serial chain (3-cycle latency per
  * group on Zen 3), longer than a group's dot product at G = 32; here 8 groups × 8 rows of terms
@@ -330,7 +312,7 @@ static inline void sum_rows8(const float *tb, int ngs, int nr, float *y, int fir
         __m256 v[8];
         for (int j = 0; j < 8; j++)
             v[j] = j < nr ? _mm256_loadu_ps(tb + (size_t)j * TB_STRIDE + g) : _mm256_setzero_ps();
-        transpose8_ps(v);
+        sq_transpose8_ps(v);
         for (int i = 0; i < 8; i++) yv = _mm256_add_ps(yv, v[i]);
     }
     _mm256_storeu_ps(ys, yv);
@@ -515,12 +497,15 @@ static void unpack_tile(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int 
             /* the chunk this row's unpack will read next: its next segment, or after its last
              * segment the row PF_R further down (the next tile's). 16 short streams per tile are
              * more than the hardware prefetcher follows; at 8 tokens the unpack is bound by them. */
-            const uint8_t *next = g0 + ngs < ng ? row + (size_t)(g0 + ngs) * bs
-                                  : ri + PF_R < w->rows ? row + (size_t)PF_R * bs * ng : NULL;
-            if (next) {
-                const int nb = (ng - g0 - ngs < ngs && g0 + ngs < ng ? ng - g0 - ngs : ngs) * bs;
-                for (int j = 0; j < nb; j += 64) _mm_prefetch((const char *)next + j, _MM_HINT_T0);
+            const uint8_t *next = NULL;
+            int next_groups = ngs;
+            if (g0 + ngs < ng) {
+                next = row + (size_t)(g0 + ngs) * bs;
+                next_groups = ng - g0 - ngs < ngs ? ng - g0 - ngs : ngs;
+            } else if (ri + PF_R < w->rows) {
+                next = row + (size_t)PF_R * bs * ng;
             }
+            for (int j = 0; next && j < next_groups * bs; j += 64) _mm_prefetch((const char *)next + j, _MM_HINT_T0);
             for (int gl = 0; gl < ngs; gl++) {
                 const uint8_t *blk = row + (size_t)(g0 + gl) * bs, *nib = blk + 2;
                 int8_t *dst = tmp[i] + (size_t)gl * G;
