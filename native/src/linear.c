@@ -4,6 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "error.h"
 #include "dotf.h"
@@ -34,7 +39,7 @@ static sq_status init_weight(sq_linear *l, const sq_gguf_tensor *t, const uint8_
         l->wsum = malloc(n * sizeof *l->wsum);
         if (!l->wsum) return sq_set_error(SQ_ERR_NOMEM, "out of memory for the group sums of '%s'", tname);
         sq_sq4_group_sums(data, l->rows, l->cols, G, l->wsum);
-        l->sq4 = (sq_sq4_matrix){data, l->wsum, l->rows, l->cols, G};
+        l->sq4 = (sq_sq4_matrix){data, l->wsum, l->rows, l->cols, G, SQ_SQ4_ROWS};
         l->wtype = SQ_W_SQ4;
         return SQ_OK;
     }
@@ -128,9 +133,66 @@ sq_status sq_linear_init_rows(sq_linear *l, const sq_gguf *g, const char *name, 
 
 void sq_linear_free(sq_linear *l) {
     free(l->wsum);
+    free(l->packed);
     if (l->spec) sq_spectral_free(l->spec);
     free(l->spec);
     memset(l, 0, sizeof *l);
+}
+
+/* ---- repacking for the kernels ------------------------------------------------------------ */
+
+typedef struct {
+    sq_linear *const *lins;
+    int release;
+} repack_job;
+
+/* Drops the whole pages of [p, p + n) of a read-only file mapping from the resident set (they are
+ * read back from the file if anything touches them again). */
+static void release_pages(const uint8_t *p, size_t n) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)p + page - 1) / page * page, b = ((uintptr_t)p + n) / page * page;
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+static void repack_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const repack_job *j = ctx;
+    sq_linear *l = j->lins[task];
+    const int G = l->sq4.G;
+    sq_sq4_repack_x16(l->data, l->wsum, l->cols, G, 0, l->rows / 16, l->packed);
+    if (j->release) release_pages(l->data, (size_t)l->rows * (l->cols / G) * (2 + (size_t)G / 2));
+}
+
+sq_status sq_linear_repack(sq_linear *const *lins, int n, const sq_kernel_table *kt, sq_pool *pool, int release) {
+    if (kt->sq4_layout != SQ_SQ4_X16) return SQ_OK;
+    sq_linear **todo = malloc(sizeof *todo * (size_t)(n > 0 ? n : 1));
+    if (!todo) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
+    int nt = 0;
+    for (int i = 0; i < n; i++) {
+        sq_linear *l = lins[i];
+        if (l->wtype != SQ_W_SQ4 || l->packed || !sq_sq4_x16_ok(l->rows, l->cols, l->sq4.G)) continue;
+        const size_t bytes = sq_sq4_x16_bytes(l->rows, l->cols, l->sq4.G);
+        l->packed = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!l->packed) {
+            for (int k = 0; k < nt; k++) free(todo[k]->packed), todo[k]->packed = NULL;
+            free(todo);
+            return sq_set_error(SQ_ERR_NOMEM, "out of memory repacking the weights (%zu bytes for one layer)", bytes);
+        }
+        todo[nt++] = l;
+    }
+    repack_job j = {todo, release};
+    sq_pool_run(pool, repack_task, &j, nt);
+    for (int k = 0; k < nt; k++) {
+        sq_linear *l = todo[k];
+        free(l->wsum); /* the records carry the sums */
+        l->wsum = NULL;
+        l->sq4 = (sq_sq4_matrix){l->packed, NULL, l->rows, l->cols, l->sq4.G, SQ_SQ4_X16};
+    }
+    free(todo);
+#if defined(__GLIBC__)
+    malloc_trim(0); /* the freed sums (4 bytes per row and group) back to the system, not kept in RSS */
+#endif
+    return SQ_OK;
 }
 
 /* ---- embedding rows --------------------------------------------------------------------------- */

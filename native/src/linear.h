@@ -1,7 +1,8 @@
 /* linear.h — one linear layer y = W·x (+ spectral branch, + bias) over a batch of tokens (internal).
  *
- * Weights stay in the mapped file; only the SQ4 group sums (wsum) and the spectral K table are
- * allocated at load. A batch's input is prepared once (sq_linear_prepare: activation quantization
+ * Weights stay in the mapped file, except SQ4 weights that the kernels want repacked (x86:
+ * SQ_SQ4_X16, sq_linear_repack); besides those only the SQ4 group sums (wsum) and the spectral K
+ * table are allocated at load. A batch's input is prepared once (sq_linear_prepare: activation quantization
  * for SQ4 or Q8_0 weights, spectral projections) and then shared by every layer that reads it
  * (q/k/v; gate/up), which sq_linear_run computes in one pool job split by output rows.
  */
@@ -22,7 +23,8 @@ typedef struct {
     int rows, cols;          /* C_out, C_in */
     const uint8_t *data;     /* weight bytes in the mapping */
     sq_sq4_matrix sq4;
-    int32_t *wsum;           /* SQ4 only: Σ q_w per (row, group), owned */
+    int32_t *wsum;           /* SQ4 only: Σ q_w per (row, group), owned (NULL once repacked) */
+    uint8_t *packed;         /* SQ4 repacked for the kernels (sq_linear_repack), owned; else NULL */
     sq_q8_matrix q8;
     sq_spectral *spec;       /* NULL when there is no branch (owned) */
     const float *bias;       /* NULL when there is no bias */
@@ -65,6 +67,13 @@ sq_status sq_linear_init(sq_linear *l, const sq_gguf *g, const char *name, int c
 sq_status sq_linear_init_rows(sq_linear *l, const sq_gguf *g, const char *name, int cols, int total_rows, int row0,
                               int rows, const char *part);
 void sq_linear_free(sq_linear *l);
+
+/* Repacks the SQ4 layers of lins[0..n) into the layout the kernel table runs (kt->sq4_layout;
+ * nothing to do for SQ_SQ4_ROWS), those that qualify (sq_sq4_x16_ok), in parallel on pool. The
+ * repacked copy replaces the weights and their group sums; with release != 0 (the weights are in
+ * a file mapping) the source pages leave the process's resident set as each layer is done, so a
+ * load never holds both copies of the model. */
+sq_status sq_linear_repack(sq_linear *const *lins, int n, const sq_kernel_table *kt, sq_pool *pool, int release);
 
 /* Quantizes / projects x (n_tok × K) for the n layers in lins (all with cols == K). */
 void sq_linear_prepare(const sq_exec *e, sq_lin_input *in, const float *x, int n_tok, const sq_linear *const *lins,

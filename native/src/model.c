@@ -516,6 +516,20 @@ static sq_status setup_exec(sq_model *m, int n_threads) {
     return SQ_OK;
 }
 
+/* SQ4 weights into the layout the CPU kernels run (kernels.h: SQ_SQ4_X16 on x86), once at load. */
+static sq_status repack_weights(sq_model *m) {
+    const int n = m->hp.n_layer * SQ_N_LINEAR + 1;
+    sq_linear **lins = malloc(sizeof *lins * (size_t)n);
+    if (!lins) return sq_set_error(SQ_ERR_NOMEM, "out of memory");
+    int k = 0;
+    for (int il = 0; il < m->hp.n_layer; il++)
+        for (int i = 0; i < SQ_N_LINEAR; i++) lins[k++] = &m->layers[il].lin[i];
+    lins[k++] = &m->head;
+    sq_status st = sq_linear_repack(lins, k, m->exec.kt, m->exec.pool, m->gguf.map != NULL);
+    free(lins);
+    return st;
+}
+
 /* The tokenizer is optional (a bare weights file still runs) but must be valid when present. */
 static sq_status load_vocab(sq_model *m) {
     if (!sq_gguf_find(&m->gguf, "tokenizer.ggml.model")) return SQ_OK;
@@ -548,6 +562,7 @@ static sq_status load_model(sq_model *m, const sq_model_params *p) {
     if (!st) st = load_rope(m);
     if (!st) st = setup_exec(m, p->n_threads);
     if (!st) st = sq_model_backend_select(m, p->backend); /* model_cuda.h; the GPU has its own KV cache */
+    if (!st && !m->gpu) st = repack_weights(m);
     if (!st && !m->gpu) st = sq_kv_init(&m->kv, m->kv_type, m->hp.n_layer, m->hp.n_kv_head, m->hp.head_dim, m->n_ctx);
     if (!st) st = alloc_buffers(m);
     if (!st) st = load_vocab(m);

@@ -281,7 +281,7 @@ static void sq4_case(int K, int G, int bits, int rows, int n_tok, int wht, int e
     float *xc = compact(x, n_tok, ldx, K);
     sq_quantize_act_scalar(xc, 0, n_tok, wht, &cq);
     free(xc);
-    sq_sq4_matrix wm = {data, wsum, rows, K, G};
+    sq_sq4_matrix wm = {data, wsum, rows, K, G, SQ_SQ4_ROWS};
     size_t nacc = (size_t)n_tok * rows * (K / G);
     int32_t *acc_ref = xmalloc(nacc * 4);
     float *y_ref = xmalloc((size_t)n_tok * rows * 4);

@@ -341,7 +341,7 @@ static void run_sq4_case(const mm_case *c) {
         }
     }
     sq_qact x = {q, d, z, nt, K, G, c->bits};
-    sq_sq4_matrix w = {data, wsum, rows, K, G};
+    sq_sq4_matrix w = {data, wsum, rows, K, G, SQ_SQ4_ROWS};
 
     /* naive reference */
     const size_t nacc = (size_t)nt * rows * ng;
@@ -366,22 +366,34 @@ static void run_sq4_case(const mm_case *c) {
     const int ldy = rows + 3;
     int32_t *acc = xmalloc(sizeof(int32_t) * nacc);
     float *y = xmalloc(sizeof(float) * nt * ldy), *yscalar = xmalloc(sizeof(float) * nt * ldy);
-    for (int k = -1; k < g_nsimd; k++) {
-        const sq_kernel_table *kt = k < 0 ? &sq_kernels_scalar : g_simd[k];
+    /* the X16 layout (kernels.h) of the same matrix, for the tables built for it */
+    uint8_t *x16 = NULL;
+    sq_sq4_matrix w16 = w;
+    if (sq_sq4_x16_ok(rows, K, G)) {
+        x16 = aligned_alloc(64, (sq_sq4_x16_bytes(rows, K, G) + 63) / 64 * 64); /* kernels.h: 64-byte aligned */
+        CHECK(x16 != NULL, "out of memory");
+        sq_sq4_repack_x16(data, wsum, K, G, 0, rows / 16, x16);
+        w16 = (sq_sq4_matrix){x16, NULL, rows, K, G, SQ_SQ4_X16};
+    }
+    for (int k = -1; k < 2 * g_nsimd; k++) {
+        const sq_kernel_table *kt = k < 0 ? &sq_kernels_scalar : g_simd[k % g_nsimd];
+        const int use_x16 = k >= g_nsimd;
+        if (use_x16 && (!x16 || kt->sq4_layout != SQ_SQ4_X16)) continue;
+        const sq_sq4_matrix *wm = use_x16 ? &w16 : &w;
         /* group sums on two row ranges (exercises r0 > 0 and odd splits) */
         int split = rnd_int(0, rows);
         memset(acc, 0x5A, sizeof(int32_t) * nacc);
-        kt->group_sums_sq4(&w, &x, 0, split, acc);
-        kt->group_sums_sq4(&w, &x, split, rows, acc);
+        kt->group_sums_sq4(wm, &x, 0, split, acc);
+        kt->group_sums_sq4(wm, &x, split, rows, acc);
         CHECK(memcmp(acc, ref, sizeof(int32_t) * nacc) == 0,
-              "%s group sums differ: rows=%d K=%d G=%d n_tok=%d bits=%d wpat=%d apat=%d", kt->name, rows, K, G, nt,
+              "%s%s group sums differ: rows=%d K=%d G=%d n_tok=%d bits=%d wpat=%d apat=%d", kt->name, use_x16 ? " (x16)" : "", rows, K, G, nt,
               c->bits, c->wpat, c->apat);
 
         for (int i = 0; i < nt * ldy; i++) y[i] = -12345.0f;
         int r0 = rnd_int(0, rows), r1 = rnd_int(r0, rows);
-        kt->matmul_sq4(&w, &x, 0, r0, y, ldy);
-        kt->matmul_sq4(&w, &x, r0, r1, y, ldy);
-        kt->matmul_sq4(&w, &x, r1, rows, y, ldy);
+        kt->matmul_sq4(wm, &x, 0, r0, y, ldy);
+        kt->matmul_sq4(wm, &x, r0, r1, y, ldy);
+        kt->matmul_sq4(wm, &x, r1, rows, y, ldy);
         int bad = 0;
         for (int t = 0; t < nt; t++) {
             for (int r = 0; r < rows; r++) {
@@ -391,16 +403,16 @@ static void run_sq4_case(const mm_case *c) {
             for (int r = rows; r < ldy; r++)
                 if (y[t * ldy + r] != -12345.0f) bad++;
         }
-        CHECK(bad == 0, "%s matmul_sq4: %d bad outputs (rows=%d K=%d G=%d n_tok=%d bits=%d)", kt->name, bad, rows, K, G,
+        CHECK(bad == 0, "%s%s matmul_sq4: %d bad outputs (rows=%d K=%d G=%d n_tok=%d bits=%d)", kt->name, use_x16 ? " (x16)" : "", bad, rows, K, G,
               nt, c->bits);
         /* canonical epilogue (kernels.h): every ISA's floats equal the scalar kernel's bit for bit */
         if (k < 0) memcpy(yscalar, y, sizeof(float) * nt * ldy);
         else CHECK(memcmp(y, yscalar, sizeof(float) * nt * ldy) == 0,
-                   "%s matmul_sq4 floats differ from scalar (rows=%d K=%d G=%d n_tok=%d bits=%d)", kt->name, rows, K, G, nt,
+                   "%s%s matmul_sq4 floats differ from scalar (rows=%d K=%d G=%d n_tok=%d bits=%d)", kt->name, use_x16 ? " (x16)" : "", rows, K, G, nt,
                    c->bits);
     }
     free(data), free(wq), free(dw), free(wsum), free(q), free(d), free(z), free(ref), free(yref), free(yabs);
-    free(acc), free(y), free(yscalar);
+    free(acc), free(y), free(yscalar), free(x16);
 }
 
 static void test_sq4(int iters) {
@@ -452,6 +464,24 @@ static void test_sq4(int iters) {
             mm_case ext = {3, groups[gi] * 9, groups[gi], nt, 4, 2, 2};
             run_sq4_case(&ext);
         }
+    /* the X16 layout (rows % 16 == 0, every x86 table): token counts 1..9 (passes of 1..4 or 1..8
+     * tokens, blocks of 8 tokens, the prefill tile from 8 on with 256-bit vectors), every G and
+     * per-row groups, both widths, the extreme patterns (u8: 16-bit sums at their limit, 2·255·15
+     * per maddubs lane) */
+    for (int nt = 1; nt <= 9; nt++)
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (int gi = 0; gi < 5; gi++) {
+                const int G = gi < 4 ? groups[gi] : 32 * rnd_int(1, 40);
+                mm_case x16 = {16 * rnd_int(1, 4), gi < 4 ? G * rnd_int(1, 12) : G, G, nt, bits, (nt + gi) % 5,
+                               (nt + gi + bits) % 4};
+                run_sq4_case(&x16);
+            }
+    /* X16 rows in several chunks of weights (x16_decode: about 384 KB each; here 1 tile of 211 KB),
+     * with token blocks of 8 going by each chunk */
+    for (int nt = 1; nt <= 17; nt += 4) {
+        mm_case chunks = {48, 32 * 600, 32, nt, nt % 3 ? 8 : 4, 0, 0};
+        run_sq4_case(&chunks);
+    }
     /* more groups than one segment of interleaved scales (1024 / 4 per token chunk) */
     for (int nt = 2; nt <= 8; nt++) {
         mm_case many = {5, 32 * 600, 32, nt, nt % 2 ? 8 : 4, 0, 0};

@@ -1,6 +1,7 @@
 /* bench_kernels.c — timing of the matmul kernels on the SmolLM2-135M shapes (not a test).
  *
  *   bench_kernels [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot] [--8b]
+ *                 [--layout table|rows|x16]
  *
  * --8b: the linear shapes of Llama-3.1-8B instead (q/o 4096 x 4096, k/v 1024 x 4096, gate/up
  * 14336 x 4096, down 4096 x 14336). -b 4 / -b 8: the activation bits (A4 vs A8: bench/speed.py --act-bits).
@@ -10,7 +11,9 @@
  * totalling > 256 MB so the weights come from DRAM, as they do in a real decode (1 to 7 tokens: a
  * decode step of that many sequences); "hot" (prefill token counts) reuses one copy
  * (cache-resident for the small shapes); --hot uses one copy for decode token counts too. The 49152 × 576 head is Q8_0 × Q8_0.
- * Rows are split across THREADS pthreads like the engine does. Times are the fastest of the calls
+ * --layout: the SQ4 layout (kernels.h) timed: "table" (default) is the one a model load gives the
+ * kernel set (x16 on x86, rows elsewhere), "rows" the file's, "x16" the repacked one where the table
+ * runs it. Rows are split across THREADS pthreads like the engine does. Times are the fastest of the calls
  * made in 0.5 s (the machine may be shared).
  */
 #include "kernels/kernels.h"
@@ -64,8 +67,8 @@ static void matmul(const sq_kernel_table *kt, int is_q8, const sq_sq4_matrix *w4
     pthread_t th[64];
     job jobs[64];
     for (int i = 0; i < nth; i++) {
-        /* split on multiples of 8 rows so SIMD tiles stay whole */
-        int per = ((rows + nth - 1) / nth + 7) / 8 * 8;
+        /* split on multiples of 16 rows so SIMD tiles stay whole (as the engine does) */
+        int per = ((rows + nth - 1) / nth + 15) / 16 * 16;
         int r0 = i * per < rows ? i * per : rows, r1 = (i + 1) * per < rows ? (i + 1) * per : rows;
         jobs[i] = (job){kt, is_q8, w4, x4, w8, x8, r0, r1, y, ldy};
         if (i) pthread_create(&th[i], NULL, run_job, &jobs[i]);
@@ -74,9 +77,13 @@ static void matmul(const sq_kernel_table *kt, int is_q8, const sq_sq4_matrix *w4
     for (int i = 1; i < nth; i++) pthread_join(th[i], NULL);
 }
 
+static const char *g_layout = "table";
+
 static void bench_shape(const char *isa, int rows, int K, int G, int bits, int is_q8, int nt, int nth, int cold) {
     const sq_kernel_table *kt = sq_kernels_for(isa);
     if (!kt) return;
+    const int want_x16 = !strcmp(g_layout, "x16") || (!strcmp(g_layout, "table") && kt->sq4_layout == SQ_SQ4_X16);
+    const int use_x16 = !is_q8 && want_x16 && kt->sq4_layout == SQ_SQ4_X16 && sq_sq4_x16_ok(rows, K, G);
     const size_t wbytes = is_q8 ? (size_t)rows * (K / 32) * 34 : (size_t)rows * (K / G) * (2 + G / 2);
     int copies = cold ? (int)((256u << 20) / wbytes + 1) : 1;
     if (copies > 4096) copies = 4096;
@@ -94,6 +101,14 @@ static void bench_shape(const char *isa, int rows, int K, int G, int bits, int i
         memcpy(data + off, &h, 2);
     }
     if (!is_q8) sq_sq4_group_sums(data, rows, K, G, wsum);
+    /* X16: every copy repacked (the weight sums of copy 0 serve all: timing only) */
+    const size_t xbytes = use_x16 ? sq_sq4_x16_bytes(rows, K, G) : 0;
+    uint8_t *xdata = use_x16 ? aligned_alloc(64, (xbytes * copies + 63) / 64 * 64) : NULL; /* tiles 64-byte aligned */
+    if (use_x16 && !xdata) {
+        fprintf(stderr, "out of memory\n");
+        exit(1);
+    }
+    for (int c = 0; use_x16 && c < copies; c++) sq_sq4_repack_x16(data + wbytes * c, wsum, K, G, 0, rows / 16, xdata + xbytes * c);
 
     float *xf = malloc(sizeof(float) * nt * K);
     for (int i = 0; i < nt * K; i++) xf[i] = (float)(rnd() % 2001) / 1000.0f - 1.0f;
@@ -110,7 +125,8 @@ static void bench_shape(const char *isa, int rows, int K, int G, int bits, int i
     double t0 = now_s(), per = 1e30;
     do {
         const uint8_t *d = data + wbytes * (calls % copies);
-        sq_sq4_matrix w4 = {d, wsum, rows, K, G};
+        sq_sq4_matrix w4 = {d, wsum, rows, K, G, SQ_SQ4_ROWS};
+        if (use_x16) w4 = (sq_sq4_matrix){xdata + xbytes * (calls % copies), NULL, rows, K, G, SQ_SQ4_X16};
         sq_q8_matrix w8 = {d, rows, K};
         double tc = now_s();
         matmul(kt, is_q8, &w4, &x4, &w8, &x8, rows, y, rows, nth);
@@ -119,9 +135,9 @@ static void bench_shape(const char *isa, int rows, int K, int G, int bits, int i
         calls++;
     } while (now_s() - t0 < 0.5 || calls < 3);
     const double gops = 2.0 * rows * K * (double)nt / per * 1e-9;
-    printf("%-7s %-5s %6d x %-5d %3d %5d  %10.1f us  %8.1f GOPS  %7.2f GB/s  %s\n", isa, is_q8 ? "q8_0" : "sq4", rows, K,
+    printf("%-7s %-5s %6d x %-5d %3d %5d  %10.1f us  %8.1f GOPS  %7.2f GB/s  %s\n", isa, is_q8 ? "q8_0" : use_x16 ? "sq4x16" : "sq4", rows, K,
            is_q8 ? 32 : G, nt, per * 1e6, gops, wbytes / per * 1e-9, cold ? "cold" : "hot");
-    free(data), free(wsum), free(xf), free(x4.q), free(x4.d), free(x4.z), free(x8.q), free(x8.d), free(y);
+    free(data), free(xdata), free(wsum), free(xf), free(x4.q), free(x4.d), free(x4.z), free(x8.q), free(x8.d), free(y);
 }
 
 /* activation quantization (with the in-group WHT) of n_tok × K, single thread */
@@ -184,14 +200,16 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--hot")) hot = 1;
         else if (!strcmp(argv[i], "--8b")) llama8b = 1;
+        else if (!strcmp(argv[i], "--layout") && i + 1 < argc) g_layout = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot] [--8b]\n",
+            fprintf(stderr, "usage: %s [-t THREADS] [-g G] [-b BITS] [-n NTOK,...] [-i ISA,...] [--quick] [--hot] [--8b] [--layout table|rows|x16]\n",
                     argv[0]);
             return 2;
         }
     }
-    if (nth < 1 || nth > 64 || (bits != 4 && bits != 8) || G < 32 || G % 32) {
-        fprintf(stderr, "bad -t/-g/-b\n");
+    if (nth < 1 || nth > 64 || (bits != 4 && bits != 8) || G < 32 || G % 32 ||
+        (strcmp(g_layout, "table") && strcmp(g_layout, "rows") && strcmp(g_layout, "x16"))) {
+        fprintf(stderr, "bad -t/-g/-b/--layout\n");
         return 2;
     }
     if (nth == 1) g_clock = CLOCK_THREAD_CPUTIME_ID;

@@ -2,15 +2,15 @@
  *
  * The only global state of the kernels lives here and is written exactly once (pthread_once).
  *
- * x86 with AVX-512 VNNI has two tables: "avx512" (every kernel with dpbusd) and "avx512-mix"
- * (SQ4 decode steps of fewer than SQ_X86_PREFILL_MIN_TOK tokens on the AVX2 kernels, everything
- * else on the VNNI ones). Measured on AMD Zen 5 (docs/RESULTS.md, "Kernel sets on AVX-512 VNNI"):
- * a 256-bit dpbusd issues once per cycle there and maddubs twice, and the SQ4 decode kernels widen
- * once per group, so maddubs decodes 10 % (one token) to 40 % (2-4 tokens) faster, while the
- * prefill tile and the Q8_0 kernels (which widen every block) are faster with dpbusd. auto picks
- * the mix on AMD family 0x1A (Zen 5) and later; other VNNI CPUs keep "avx512" (Intel's tables list
- * dpbusd at the maddubs rate; neither Intel nor Zen 4 was measured here). All tables give the same
- * bits.
+ * x86 with AVX-512 VNNI has two tables: "avx512" (every kernel with dpbusd) and "avx512-mix",
+ * measured on AMD Zen 5 (docs/RESULTS.md, "Kernel sets on AVX-512 VNNI"), where a 256-bit dpbusd
+ * issues once per cycle and maddubs twice. The mix runs SQ4 matmuls of fewer than
+ * SQ_X86_PREFILL_MIN_TOK tokens in the file's row layout on the AVX2 kernels (those widen once per
+ * group, where maddubs was 10-40 % faster) and everything else on the VNNI ones: the X16 matmuls
+ * (512-bit dpbusd, 16 rows per instruction: what a model load gives every matrix that qualifies),
+ * the prefill tile and the Q8_0 kernels (which widen every block). auto picks the mix on AMD family
+ * 0x1A (Zen 5) and later; other VNNI CPUs keep "avx512" (Intel's tables list dpbusd at the maddubs
+ * rate; neither Intel nor Zen 4 was measured here). All tables give the same bits.
  */
 #include "kernels.h"
 #include "error.h"
@@ -77,14 +77,15 @@ static int x86_has_avx512vnni(void) {
 
 #if defined(SQ_HAVE_X86)
 /* "avx512-mix": the SQ4 decode kernels of the AVX2 table, the rest of the VNNI table (file comment) */
-static const sq_kernel_table *mix_sq4_table(const sq_qact *x) {
+static const sq_kernel_table *mix_sq4_table(const sq_sq4_matrix *w, const sq_qact *x) {
+    if (w->layout == SQ_SQ4_X16) return &sq_kernels_avx512; /* rows in lanes: 512-bit dpbusd, 16 rows each */
     return x->n_tok < SQ_X86_PREFILL_MIN_TOK ? &sq_kernels_avx2 : &sq_kernels_avx512;
 }
 static void mix_matmul_sq4(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {
-    mix_sq4_table(x)->matmul_sq4(w, x, r0, r1, y, ldy);
+    mix_sq4_table(w, x)->matmul_sq4(w, x, r0, r1, y, ldy);
 }
 static void mix_group_sums_sq4(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, int32_t *acc) {
-    mix_sq4_table(x)->group_sums_sq4(w, x, r0, r1, acc);
+    mix_sq4_table(w, x)->group_sums_sq4(w, x, r0, r1, acc);
 }
 static void mix_matmul_q8(const sq_q8_matrix *w, const sq_q8act *x, int r0, int r1, float *y, int ldy) {
     sq_kernels_avx512.matmul_q8(w, x, r0, r1, y, ldy);
@@ -97,6 +98,7 @@ static void mix_quantize_q8act(const float *x, int t0, int t1, sq_q8act *out) {
 }
 static const sq_kernel_table sq_kernels_avx512_mix = {
     .name = "avx512-mix",
+    .sq4_layout = SQ_SQ4_X16,
     .matmul_sq4 = mix_matmul_sq4,
     .matmul_q8 = mix_matmul_q8,
     .group_sums_sq4 = mix_group_sums_sq4,

@@ -55,12 +55,36 @@ typedef struct {
     int n_tok, K, G, bits;
 } sq_qact;
 
-/* SQ4 weight matrix: rows × K, blocks of (fp16 d, G/2 nibble bytes), see FORMAT.md §3.1.
- * wsum[r*(K/G)+g] = Σ q_w of that group (precomputed at load by sq_sq4_group_sums). */
+/* How an SQ4 matrix's bytes are laid out in memory (sq_sq4_matrix.layout).
+ *
+ * SQ_SQ4_ROWS: the file's layout (FORMAT.md §3.1), row after row, blocks of (fp16 d, G/2 nibble
+ *   bytes; byte i holds value i in its low nibble and value i + G/2 in its high one); wsum[r*(K/G)+g]
+ *   = Σ q_w of that group, precomputed at load by sq_sq4_group_sums.
+ * SQ_SQ4_X16: repacked at load for kernels whose lanes are rows (sq_sq4_repack_x16; x86). Tiles
+ *   of 16 rows, one after the other; tile T's group g is one record of SQ_X16_REC(G) = 64 + 8G bytes
+ *   at (T·(K/G) + g)·SQ_X16_REC(G):
+ *     [0, 32)        fp16 d of rows 0..15
+ *     [32, 64)       int16 Σ q_w of rows 0..15 (|Σ| <= 8G)
+ *     [64, 64 + 8G)  G/8 chunks of 64 bytes: byte 4i + j of chunk c holds row i's value 8c + j of the
+ *                    group in its low nibble and value 8c + 4 + j in its high one, each as q_w + 8
+ *   So a chunk is two "k-steps" (4 consecutive values of 16 rows; its 32-byte halves: rows 0-7 and
+ *   8-15), 64-byte aligned, and a dot product with 4 broadcast activation bytes leaves one int32
+ *   lane per row: no horizontal sums. A matrix is one stream. Fewer bytes than the file's blocks
+ *   plus wsum (2 bytes per row and group instead of 4). rows % 16 == 0, K/G <= SQ_X16_MAX_GROUPS
+ *   and G <= SQ_X16_MAX_G (sq_sq4_x16_ok); data 64-byte aligned (the kernels use aligned loads);
+ *   wsum is NULL. */
+enum { SQ_SQ4_ROWS = 0, SQ_SQ4_X16 = 1 };
+#define SQ_X16_REC(G) (64 + 8 * (size_t)(G))
+#define SQ_X16_TILE(K, G) ((size_t)((K) / (G)) * SQ_X16_REC(G))
+#define SQ_X16_MAX_GROUPS 1024
+#define SQ_X16_MAX_G 4096
+
+/* SQ4 weight matrix: rows × K in group size G, in the given layout (SQ_SQ4_ROWS when zero). */
 typedef struct {
     const uint8_t *data;
-    const int32_t *wsum;
+    const int32_t *wsum; /* SQ_SQ4_ROWS only */
     int rows, K, G;
+    int layout;
 } sq_sq4_matrix;
 
 /* Q8_0 matrix (ggml type 8): rows × K, blocks of 32 (fp16 d, 32 int8). */
@@ -78,6 +102,10 @@ typedef struct {
 
 typedef struct {
     const char *name;
+    /* the SQ4 layout this table's matmul_sq4 is built for; a model load repacks its matrices to it
+     * where they qualify (SQ_SQ4_X16: sq_sq4_x16_ok). A table whose layout is X16 runs SQ_SQ4_ROWS
+     * matrices too. */
+    int sq4_layout;
     /* y[t*ldy + r] = Σ_g acc_g·(d_w·d_x) (canonical order, see above) for rows r in [r0, r1), all
      * tokens t of x; y is overwritten. */
     void (*matmul_sq4)(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy);
@@ -122,6 +150,13 @@ void sq_quantize_q8act(const float *x, int t0, int t1, sq_q8act *out);
 
 /* Σ q_w per (row, group) of an SQ4 matrix; wsum has rows*(K/G) entries. */
 void sq_sq4_group_sums(const uint8_t *data, int rows, int K, int G, int32_t *wsum);
+
+/* SQ_SQ4_X16 (see above): whether a rows × K matrix in groups of G can be repacked, its size in
+ * bytes, and the repack of the file-layout matrix src (with its wsum) into dst, tiles [t0, t1) of
+ * 16 rows (so that a load can split the work). */
+int sq_sq4_x16_ok(int rows, int K, int G);
+size_t sq_sq4_x16_bytes(int rows, int K, int G);
+void sq_sq4_repack_x16(const uint8_t *src, const int32_t *wsum, int K, int G, int t0, int t1, uint8_t *dst);
 
 /* Per-ISA tables and scalar building blocks (used by dispatch.c and the tests). */
 extern const sq_kernel_table sq_kernels_scalar;

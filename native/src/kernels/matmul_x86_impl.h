@@ -11,7 +11,11 @@
  * canonical order of kernels.h (fp32 terms added in group order, no FMA): outputs are bit-identical
  * to the scalar kernel's too.
  *
- * Two shapes:
+ * Two layouts (kernels.h). SQ_SQ4_X16, what a model load gives every matrix that qualifies: the
+ * x16_* kernels (lanes = rows, any token count; x16_zmm with AVX-512, x16_tile with 256-bit
+ * vectors), and with 256-bit vectors from PREFILL_MIN_TOK tokens on the prefill tile below, fed by
+ * unpack_tile_x16. SQ_SQ4_ROWS (the file's layout: matrices that do not qualify, and the tests),
+ * in two shapes:
  * - decode (few tokens): one row at a time; the 8-lane partial sums of 8 groups are reduced
  *   together by a transpose-add tree (reduce8). Weight nibbles are unpacked in registers and read
  *   exactly once, into maddubs as nibble ^ 8 (the weight + 8, no sign-LUT shuffle); 8·Σq_x per
@@ -91,6 +95,13 @@ static inline __m256i sq_dpbusd(__m256i acc, __m256i a, __m256i b) {
 #define DOT_ACC(p, a, b) _mm256_add_epi16(_mm256_maddubs_epi16((a), (b)), (p))
 #define WIDEN(p) _mm256_madd_epi16((p), _mm256_set1_epi16(1))
 #endif
+
+/* 4 bytes at p in every 32-bit lane */
+static inline __m256i bcast4(const uint8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm256_set1_epi32(v);
+}
 
 static inline float fp16_load(const uint8_t *p) {
     uint16_t h;
@@ -484,7 +495,13 @@ static inline void transpose_8x32(const int8_t *const rows[8], int8_t *out, size
 
 /* Unpacks groups [g0, g0+ngs) of rows rr[] into the k-step layout: each row's nibbles to s8 values
  * in k order, then 32 values of 8 rows at a time transposed into 8 k-steps (G is a multiple of 32). */
+static void unpack_tile_x16(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int ngs, pf_tile *tl);
+
 static void unpack_tile(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int ngs, pf_tile *tl) {
+    if (w->layout == SQ_SQ4_X16) {
+        unpack_tile_x16(w, rr, g0, ngs, tl);
+        return;
+    }
     const int G = w->G, ng = w->K / G, bs = 2 + G / 2, h = G / 2;
     const __m256i m4 = _mm256_set1_epi8(0x0F), lut = nib_lut();
     const __m128i m4x = _mm_set1_epi8(0x0F), lutx = _mm256_castsi256_si128(lut);
@@ -533,10 +550,57 @@ static void unpack_tile(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int 
     }
 }
 
-static inline __m256i bcast4(const uint8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return _mm256_set1_epi32(v);
+/* The same tile from an X16 matrix. When rr[] is one whole tile (always, in a model: the engine
+ * splits rows on multiples of 16) its records are the k-step layout already: each 64-byte chunk
+ * gives two k-steps of the 16 rows, minus 8. Other row sets (range edges in the tests) are
+ * gathered value by value and transposed like the row layout. */
+static void unpack_tile_x16(const sq_sq4_matrix *w, const int rr[PF_R], int g0, int ngs, pf_tile *tl) {
+    const int G = w->G, K = w->K;
+    const size_t rec = SQ_X16_REC(G), tile_bytes = SQ_X16_TILE(K, G);
+    if (rr[0] % 16 == 0 && rr[PF_R - 1] == rr[0] + PF_R - 1) {
+        const __m256i m4 = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+        const uint8_t *seg = w->data + (size_t)(rr[0] / 16) * tile_bytes + (size_t)g0 * rec;
+        /* the next segment: of this tile, or the next tile's first (the records are one stream) */
+        for (size_t j = 0; j < (size_t)ngs * rec; j += 64) _mm_prefetch((const char *)seg + (size_t)ngs * rec + j, _MM_HINT_T0);
+        for (int gl = 0; gl < ngs; gl++) {
+            const uint8_t *r = seg + (size_t)gl * rec, *nb = r + 64;
+            for (int v = 0; v < PF_RV; v++) {
+                _mm256_storeu_ps(&tl->dw[gl][8 * v], _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(r + 16 * v))));
+                _mm256_storeu_si256((__m256i *)&tl->ws[gl][8 * v],
+                                    _mm256_cvtepi16_epi32(_mm_load_si128((const __m128i *)(r + 32 + 16 * v))));
+            }
+            for (int c = 0; c < G / 8; c++)
+                for (int v = 0; v < PF_RV; v++) {
+                    const __m256i x = _mm256_load_si256((const __m256i *)(nb + 64 * c + 32 * v));
+                    const int ks = gl * G / 4 + 2 * c;
+                    _mm256_store_si256((__m256i *)tl->w8[ks][8 * v], _mm256_sub_epi8(_mm256_and_si256(x, m4), eight));
+                    _mm256_store_si256((__m256i *)tl->w8[ks + 1][8 * v],
+                                       _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(x, 4), m4), eight));
+                }
+        }
+        return;
+    }
+    for (int v = 0; v < PF_RV; v++) {
+        int8_t tmp[8][SEG_MAX] __attribute__((aligned(32)));
+        const int8_t *rows[8];
+        for (int i = 0; i < 8; i++) {
+            const int ri = rr[8 * v + i], ii = ri % 16;
+            for (int gl = 0; gl < ngs; gl++) {
+                const uint8_t *r = w->data + (size_t)(ri / 16) * tile_bytes + (size_t)(g0 + gl) * rec;
+                const uint8_t *nb = r + 64 + 32 * (ii / 8) + 4 * (ii % 8);
+                int16_t ws;
+                memcpy(&ws, r + 32 + 2 * ii, 2);
+                tl->dw[gl][8 * v + i] = fp16_load(r + 2 * ii);
+                tl->ws[gl][8 * v + i] = ws;
+                for (int k = 0; k < G; k++) /* value k: chunk k / 8, byte k % 4, high nibble when k % 8 >= 4 */
+                    tmp[i][gl * G + k] = (int8_t)(((nb[64 * (k / 8) + k % 4] >> (k % 8 >= 4 ? 4 : 0)) & 15) - 8);
+            }
+        }
+        for (int c = 0; c < ngs * G / 32; c++) {
+            for (int i = 0; i < 8; i++) rows[i] = tmp[i] + 32 * c;
+            transpose_8x32(rows, tl->w8[8 * c][8 * v], sizeof tl->w8[0]);
+        }
+    }
 }
 
 /* One token quad over one segment. qa[t]: token t's activations at the segment start. yp[t]: the
@@ -929,13 +993,294 @@ static void decode_rows_nt(const sq_sq4_matrix *w, const sq_qact *x, int r0, int
     }
 }
 
+/* ---- SQ_SQ4_X16 (kernels.h: repacked at load): lanes are rows ---------------------------------
+ * A 64-byte chunk of a group record is two k-steps (4 consecutive values, as q_w + 8) of 16 rows,
+ * unpacked with two ands and a shift (no LUT); each k-step meets 4 broadcast activation bytes of a
+ * token in one dot-product instruction, and the int32 lanes are the rows' sums: no horizontal
+ * reduction and no transpose, so a decode step of several sequences costs little more than one
+ * token (the row-layout kernels above spend most of their work per (row, group, token) on the
+ * reduction) and a prompt needs no unpacking pass. Then per (group, token): s − (8·Σq_x + z·Σq_w)
+ * (the weights entered as q_w + 8) and the term, added to the rows' running sums in group order:
+ * the canonical epilogue with lanes = rows. AVX-512 takes the 16 rows in one 512-bit vector
+ * (x16_zmm), 256-bit vectors take rows 0-7 and 8-15 of each record in turn (x16_tile). A tile is
+ * one contiguous stream (scales and weight sums inline), prefetched X16_PFD bytes ahead. */
+
+#define X16_NT 4                          /* tokens per pass with 256-bit vectors */
+#define X16_TOK 8                         /* tokens whose 8·Σq_x per group are computed per block (32 KB) */
+#define X16_HINT _MM_HINT_T0
+#define X16_PFD 4096                      /* software prefetch distance (bench_kernels --8b -t 2, Zen 5: 2-16 KB tried) */
+#define X16_CHUNK (384 << 10)             /* bytes of weights per chunk of rows (x16_decode) */
+#if SQ_X86_VNNI
+#define X16_SUB(bits) (1 << 30)           /* dpbusd: int32 lanes */
+#else
+#define X16_SUB(bits) ((bits) == 4 ? 32 : 2) /* chunks summed in 16 bits: a maddubs lane ≤ 2·15·15 (u4) or 2·255·15 (u8) */
+#endif
+
+/* A matrix is one stream of records: prefetch the record X16_PFD bytes ahead of r (past the end of
+ * the matrix is harmless) */
+SQ_INLINE void x16_prefetch(const uint8_t *r, int G) {
+    for (size_t j = 0; j < SQ_X16_REC(G); j += 64) _mm_prefetch((const char *)r + X16_PFD + j, X16_HINT);
+}
+
+/* 256-bit vectors: tile `tile` (its first record), all ng groups, nt ≤ X16_NT tokens: ys[h][t] =
+ * rows 8h .. 8h + 7 of token t, or with acc != NULL the group sums into acc[t·acc_ts + i·ng + g]
+ * for the rows i0 <= i < i1. With dpbusd two chains per token: one chain of 16 dependent dpbusd
+ * per group (G = 64) would be bound by their latency. */
+SQ_INLINE void x16_tile(const uint8_t *tile, int ng, const int G, const int nt, const int sub,
+                        const uint8_t *const qx[X16_NT], const int32_t *const cx[X16_NT], const int32_t *const zx[X16_NT],
+                        const float *const dx[X16_NT], __m256 ys[2][X16_NT], int32_t *acc, size_t acc_ts, int i0,
+                        int i1) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int h = 0; h < 2; h++)
+        for (int t = 0; t < nt; t++) ys[h][t] = _mm256_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *r = tile + (size_t)g * SQ_X16_REC(G), *nbg = r + 64;
+        x16_prefetch(r, G);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *nb = nbg + 32 * h;
+            __m256i p[X16_NT], p2[X16_NT], s[X16_NT];
+            for (int t = 0; t < nt; t++) p[t] = p2[t] = s[t] = _mm256_setzero_si256();
+            int n = 0;
+            for (int c = 0; c < G / 8; c++) {
+                const __m256i v = _mm256_load_si256((const __m256i *)(nb + 64 * c));
+                const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                for (int t = 0; t < nt; t++) {
+                    const uint8_t *q = qx[t] + (size_t)g * G + 8 * c;
+                    p[t] = DOT_ACC(p[t], bcast4(q), lo);
+                    if (SQ_X86_VNNI) p2[t] = DOT_ACC(p2[t], bcast4(q + 4), hi);
+                    else p[t] = DOT_ACC(p[t], bcast4(q + 4), hi);
+                }
+                if (++n == sub && c + 1 < G / 8) {
+                    for (int t = 0; t < nt; t++) {
+                        s[t] = _mm256_add_epi32(s[t], WIDEN(p[t]));
+                        p[t] = _mm256_setzero_si256();
+                    }
+                    n = 0;
+                }
+            }
+            const __m256i ws = _mm256_cvtepi16_epi32(_mm_load_si128((const __m128i *)(r + 32 + 16 * h)));
+            const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(r + 16 * h)));
+            for (int t = 0; t < nt; t++) {
+                const __m256i corr = _mm256_add_epi32(_mm256_set1_epi32(cx[t][g]),
+                                                      _mm256_mullo_epi32(_mm256_set1_epi32(zx[t][g]), ws));
+                const __m256i a =
+                    _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(s[t], WIDEN(p[t])), p2[t]), corr);
+                if (acc) {
+                    int32_t v8[8];
+                    _mm256_storeu_si256((__m256i *)v8, a);
+                    for (int i = 8 * h; i < 8 * h + 8; i++)
+                        if (i >= i0 && i < i1) acc[(size_t)t * acc_ts + (size_t)i * ng + g] = v8[i - 8 * h];
+                    continue;
+                }
+                const __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(dx[t][g]));
+                ys[h][t] = _mm256_add_ps(ys[h][t], _mm256_mul_ps(_mm256_cvtepi32_ps(a), sc));
+            }
+        }
+    }
+}
+
+/* Tile T (rows 16T .. 16T + 15; only those in [r0, r1) are stored) of tokens [tb, tb + ntb) in
+ * passes of up to X16_NT tokens (5 = 2 + 3: few_chunk), the tile re-read from L1 between passes. */
+SQ_INLINE void x16_tile_tokens(const sq_sq4_matrix *w, const sq_qact *x, int T, int r0, int r1, int tb, int ntb,
+                               const int32_t cxb[X16_TOK][SQ_X16_MAX_GROUPS], float *y, int ldy, int32_t *acc,
+                               const int sub, const int G) {
+    const int K = w->K, ng = K / G, rows = w->rows, n_ch = (ntb + X16_NT - 1) / X16_NT;
+    const uint8_t *tile = w->data + (size_t)T * SQ_X16_TILE(K, G);
+    const int i0 = r0 > 16 * T ? r0 - 16 * T : 0, i1 = r1 < 16 * T + 16 ? r1 - 16 * T : 16;
+    for (int c = 0; c < n_ch; c++) {
+        const int c0 = few_chunk(ntb, n_ch, c), nt = few_chunk(ntb, n_ch, c + 1) - c0;
+        const uint8_t *qx[X16_NT];
+        const int32_t *cx[X16_NT], *zx[X16_NT];
+        const float *dx[X16_NT];
+        for (int t = 0; t < nt; t++) {
+            const int tt = tb + c0 + t;
+            qx[t] = x->q + (size_t)tt * K;
+            cx[t] = cxb[c0 + t];
+            zx[t] = x->z + (size_t)tt * ng;
+            dx[t] = x->d + (size_t)tt * ng;
+        }
+        __m256 ys[2][X16_NT];
+        if (acc) { /* group sums (tests only): token count not constant */
+            x16_tile(tile, ng, G, nt, sub, qx, cx, zx, dx, ys,
+                     acc + (size_t)(tb + c0) * rows * ng + (size_t)16 * T * ng, (size_t)rows * ng, i0, i1);
+            continue;
+        }
+        switch (nt) { /* constant token counts: the token loops unroll */
+        case 1: x16_tile(tile, ng, G, 1, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
+        case 2: x16_tile(tile, ng, G, 2, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
+        case 3: x16_tile(tile, ng, G, 3, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
+        default: x16_tile(tile, ng, G, 4, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
+        }
+        for (int t = 0; t < nt; t++) {
+            float *yt = y + (size_t)(tb + c0 + t) * ldy + 16 * T;
+            if (i0 == 0 && i1 == 16) {
+                _mm256_storeu_ps(yt, ys[0][t]);
+                _mm256_storeu_ps(yt + 8, ys[1][t]);
+            } else {
+                float v16[16];
+                _mm256_storeu_ps(v16, ys[0][t]);
+                _mm256_storeu_ps(v16 + 8, ys[1][t]);
+                for (int i = i0; i < i1; i++) yt[i] = v16[i];
+            }
+        }
+    }
+}
+
+#if SQ_X86_VNNI && !SQ_VNNI_EMULATE
+/* AVX-512 VNNI: the 16 rows of a tile in one 512-bit vector, up to X16_NT_ZMM tokens per pass (32
+ * registers: a token's sums in 2 or 4 chains, plus its running outputs). The same integer sums
+ * and the same canonical epilogue as x16_tile. */
+#define X16_NT_ZMM 8
+
+SQ_INLINE void x16_zmm(const uint8_t *tile, int ng, const int G, const int nt, const uint8_t *const qx[X16_NT_ZMM],
+                       const int32_t *const cx[X16_NT_ZMM], const int32_t *const zx[X16_NT_ZMM],
+                       const float *const dx[X16_NT_ZMM], __m512 ys[X16_NT_ZMM]) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    for (int t = 0; t < nt; t++) ys[t] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *r = tile + (size_t)g * SQ_X16_REC(G), *nb = r + 64;
+        x16_prefetch(r, G);
+        /* two dpbusd chains per token (lo and hi k-steps), four for up to 4 tokens (chunks c and
+         * c + 1: G/8 is even); one chain of 16 per group (G = 64) would be bound by its latency.
+         * Named registers, not an array indexed by chunk: GCC kept such an array on the stack. */
+        __m512i p0[X16_NT_ZMM], p1[X16_NT_ZMM], p2[X16_NT_ZMM], p3[X16_NT_ZMM];
+        for (int t = 0; t < nt; t++) p0[t] = p1[t] = p2[t] = p3[t] = _mm512_setzero_si512();
+        for (int c = 0; c < G / 8; c += 2) {
+            const __m512i v0 = _mm512_load_si512((const void *)(nb + 64 * c));
+            const __m512i v1 = _mm512_load_si512((const void *)(nb + 64 * c + 64));
+            const __m512i lo0 = _mm512_and_si512(v0, m4), hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
+            const __m512i lo1 = _mm512_and_si512(v1, m4), hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
+            for (int t = 0; t < nt; t++) {
+                const uint8_t *q = qx[t] + (size_t)g * G + 8 * c;
+                int32_t b[4];
+                memcpy(b, q, 16);
+                p0[t] = _mm512_dpbusd_epi32(p0[t], _mm512_set1_epi32(b[0]), lo0);
+                p1[t] = _mm512_dpbusd_epi32(p1[t], _mm512_set1_epi32(b[1]), hi0);
+                if (nt <= 4) {
+                    p2[t] = _mm512_dpbusd_epi32(p2[t], _mm512_set1_epi32(b[2]), lo1);
+                    p3[t] = _mm512_dpbusd_epi32(p3[t], _mm512_set1_epi32(b[3]), hi1);
+                } else {
+                    p0[t] = _mm512_dpbusd_epi32(p0[t], _mm512_set1_epi32(b[2]), lo1);
+                    p1[t] = _mm512_dpbusd_epi32(p1[t], _mm512_set1_epi32(b[3]), hi1);
+                }
+            }
+        }
+        const __m512i ws = _mm512_cvtepi16_epi32(_mm256_load_si256((const __m256i *)(r + 32)));
+        const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)r));
+        for (int t = 0; t < nt; t++) {
+            const __m512i s = _mm512_add_epi32(_mm512_add_epi32(p0[t], p1[t]), _mm512_add_epi32(p2[t], p3[t]));
+            const __m512i corr = _mm512_add_epi32(_mm512_set1_epi32(cx[t][g]),
+                                                  _mm512_mullo_epi32(_mm512_set1_epi32(zx[t][g]), ws));
+            const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(dx[t][g]));
+            ys[t] = _mm512_add_ps(ys[t], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s, corr)), sc));
+        }
+    }
+}
+
+/* Tile T (all 16 rows in range) of tokens [tb, tb + ntb), ntb <= X16_TOK, in passes of up to
+ * X16_NT_ZMM tokens. */
+static void x16_zmm_tokens(const sq_sq4_matrix *w, const sq_qact *x, int T, int tb, int ntb,
+                           const int32_t cxb[X16_TOK][SQ_X16_MAX_GROUPS], float *y, int ldy, const int G) {
+    const int K = w->K, ng = K / G;
+    const uint8_t *tile = w->data + (size_t)T * SQ_X16_TILE(K, G);
+    for (int c0 = 0; c0 < ntb; c0 += X16_NT_ZMM) {
+        const int nt = ntb - c0 < X16_NT_ZMM ? ntb - c0 : X16_NT_ZMM;
+        const uint8_t *qx[X16_NT_ZMM];
+        const int32_t *cx[X16_NT_ZMM], *zx[X16_NT_ZMM];
+        const float *dx[X16_NT_ZMM];
+        for (int t = 0; t < nt; t++) {
+            const int tt = tb + c0 + t;
+            qx[t] = x->q + (size_t)tt * K;
+            cx[t] = cxb[c0 + t];
+            zx[t] = x->z + (size_t)tt * ng;
+            dx[t] = x->d + (size_t)tt * ng;
+        }
+        __m512 ys[X16_NT_ZMM];
+        switch (nt) { /* constant token counts: the token loops unroll */
+        case 1: x16_zmm(tile, ng, G, 1, qx, cx, zx, dx, ys); break;
+        case 2: x16_zmm(tile, ng, G, 2, qx, cx, zx, dx, ys); break;
+        case 3: x16_zmm(tile, ng, G, 3, qx, cx, zx, dx, ys); break;
+        case 4: x16_zmm(tile, ng, G, 4, qx, cx, zx, dx, ys); break;
+        case 5: x16_zmm(tile, ng, G, 5, qx, cx, zx, dx, ys); break;
+        case 6: x16_zmm(tile, ng, G, 6, qx, cx, zx, dx, ys); break;
+        case 7: x16_zmm(tile, ng, G, 7, qx, cx, zx, dx, ys); break;
+        default: x16_zmm(tile, ng, G, 8, qx, cx, zx, dx, ys); break;
+        }
+        for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)(tb + c0 + t) * ldy + 16 * T, ys[t]);
+    }
+}
+#endif
+
+/* Rows [r0, r1) of any number of tokens from an X16 matrix (tiles that r0 / r1 cut are computed
+ * whole and only their rows in range stored): y (ldy) or, with acc != NULL, the group sums
+ * (group_sums_sq4's layout). Rows go in chunks of about X16_CHUNK bytes of weights; per chunk, per
+ * block of X16_TOK tokens: 8·Σq_x of every group, then each tile with the tokens in passes. A
+ * chunk stays in L2 while its blocks of tokens go by, so a prompt reads each weight from memory
+ * once, not once per 8 tokens. */
+SQ_INLINE void x16_decode(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy, int32_t *acc,
+                          const int G) {
+    const int K = w->K, ng = K / G;
+    const int sub = X16_SUB(x->bits);
+    const size_t tile_bytes = SQ_X16_TILE(K, G);
+    const int chunk = X16_CHUNK / tile_bytes > 1 ? (int)(X16_CHUNK / tile_bytes) : 1; /* tiles */
+    int32_t cxb[X16_TOK][SQ_X16_MAX_GROUPS];
+    for (int Tc = r0 / 16; 16 * Tc < r1; Tc += chunk) {
+        const int c0r = 16 * Tc > r0 ? 16 * Tc : r0, c1r = 16 * (Tc + chunk) < r1 ? 16 * (Tc + chunk) : r1;
+        for (int tb = 0; tb < x->n_tok; tb += X16_TOK) {
+            const int ntb = x->n_tok - tb < X16_TOK ? x->n_tok - tb : X16_TOK;
+            for (int t = 0; t < ntb; t++) act_sums8(x->q + (size_t)(tb + t) * K, ng, G, cxb[t]);
+            for (int T = Tc; 16 * T < c1r; T++) {
+#if SQ_X86_VNNI && !SQ_VNNI_EMULATE
+                if (!acc && 16 * T >= c0r && 16 * T + 16 <= c1r) {
+                    x16_zmm_tokens(w, x, T, tb, ntb, (const int32_t(*)[SQ_X16_MAX_GROUPS])cxb, y, ldy, G);
+                    continue;
+                }
+#endif
+                x16_tile_tokens(w, x, T, c0r, c1r, tb, ntb, (const int32_t(*)[SQ_X16_MAX_GROUPS])cxb, y, ldy, acc,
+                                sub, G);
+            }
+        }
+    }
+}
+
+#define DEF_X16_DECODE(NAME, GEXPR)                                                                             \
+    static void NAME(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy, int32_t *acc) { \
+        x16_decode(w, x, r0, r1, y, ldy, acc, GEXPR);                                                             \
+    }
+DEF_X16_DECODE(x16_decode_32, 32)
+DEF_X16_DECODE(x16_decode_64, 64)
+DEF_X16_DECODE(x16_decode_128, 128)
+DEF_X16_DECODE(x16_decode_any, w->G)
+
+static void x16_decode_g(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy, int32_t *acc) {
+    switch (w->G) {
+    case 32: x16_decode_32(w, x, r0, r1, y, ldy, acc); break;
+    case 64: x16_decode_64(w, x, r0, r1, y, ldy, acc); break;
+    case 128: x16_decode_128(w, x, r0, r1, y, ldy, acc); break;
+    default: x16_decode_any(w, x, r0, r1, y, ldy, acc); break;
+    }
+}
+
+/* X16 matrices: the tiled prefill from this many tokens on. With AVX-512 never: x16_zmm multiplies
+ * 16 rows per instruction and beat the prefill tile at every count measured (Zen 5, bench_kernels
+ * --8b -t 2: 1.5x at 64 tokens, 1.5-1.8x at 512). With 256-bit vectors from 8 tokens on, like the
+ * row layout (the prefill tile measured faster from 12 tokens, about even at 8). */
+#if SQ_X86_VNNI && !SQ_VNNI_EMULATE
+#define X16_PREFILL_MIN_TOK (1 << 30)
+#else
+#define X16_PREFILL_MIN_TOK PREFILL_MIN_TOK
+#endif
 static int use_prefill(const sq_sq4_matrix *w, const sq_qact *x) {
-    return x->n_tok >= PREFILL_MIN_TOK && w->G <= SEG_MAX;
+    return x->n_tok >= (w->layout == SQ_SQ4_X16 ? X16_PREFILL_MIN_TOK : PREFILL_MIN_TOK) && w->G <= SEG_MAX;
 }
 
 static void matmul_sq4_x86(const sq_sq4_matrix *w, const sq_qact *x, int r0, int r1, float *y, int ldy) {
     if (use_prefill(w, x)) {
         sq4_prefill(w, x, r0, r1, y, ldy, NULL);
+        return;
+    }
+    if (w->layout == SQ_SQ4_X16) {
+        x16_decode_g(w, x, r0, r1, y, ldy, NULL);
         return;
     }
     if (x->n_tok == 1)
@@ -948,6 +1293,10 @@ static void group_sums_sq4_x86(const sq_sq4_matrix *w, const sq_qact *x, int r0,
     const int ng = w->K / w->G;
     if (use_prefill(w, x)) {
         sq4_prefill(w, x, r0, r1, NULL, 0, acc);
+        return;
+    }
+    if (w->layout == SQ_SQ4_X16) {
+        x16_decode_g(w, x, r0, r1, NULL, 0, acc);
         return;
     }
     for (int t = 0; t < x->n_tok; t++) decode_rows(w, x, r0, r1, t, NULL, acc + (size_t)t * w->rows * ng);
@@ -1409,6 +1758,7 @@ static void quantize_q8act_x86(const float *x, int t0, int t1, sq_q8act *out) {
 
 const sq_kernel_table SQ_X86_TABLE = {
     .name = SQ_X86_NAME,
+    .sq4_layout = SQ_SQ4_X16,
     .matmul_sq4 = matmul_sq4_x86,
     .matmul_q8 = matmul_q8_x86,
     .group_sums_sq4 = group_sums_sq4_x86,
