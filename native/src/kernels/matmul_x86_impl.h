@@ -1002,12 +1002,13 @@ static void decode_rows_nt(const sq_sq4_matrix *w, const sq_qact *x, int r0, int
  * reduction) and a prompt needs no unpacking pass. Then per (group, token): s − (8·Σq_x + z·Σq_w)
  * (the weights entered as q_w + 8) and the term, added to the rows' running sums in group order:
  * the canonical epilogue with lanes = rows. AVX-512 takes the 16 rows in one 512-bit vector
- * (x16_zmm), 256-bit vectors take rows 0-7 and 8-15 of each record in turn (x16_tile). A tile is
- * one contiguous stream (scales and weight sums inline), prefetched X16_PFD bytes ahead. */
+ * (x16_zmm), 256-bit vectors take rows 0-7 and 8-15 of each record in turn (x16_tile). A matrix is
+ * one contiguous stream of records (scales and weight sums inline), prefetched X16_PFD bytes ahead:
+ * a separate header region per tile was a second stream that restarted at every tile, and decoded
+ * one token 10-20 % slower. */
 
 #define X16_NT 4                          /* tokens per pass with 256-bit vectors */
 #define X16_TOK 8                         /* tokens whose 8·Σq_x per group are computed per block (32 KB) */
-#define X16_HINT _MM_HINT_T0
 #define X16_PFD 4096                      /* software prefetch distance (bench_kernels --8b -t 2, Zen 5: 2-16 KB tried) */
 #define X16_CHUNK (384 << 10)             /* bytes of weights per chunk of rows (x16_decode) */
 #if SQ_X86_VNNI
@@ -1019,7 +1020,7 @@ static void decode_rows_nt(const sq_sq4_matrix *w, const sq_qact *x, int r0, int
 /* A matrix is one stream of records: prefetch the record X16_PFD bytes ahead of r (past the end of
  * the matrix is harmless) */
 SQ_INLINE void x16_prefetch(const uint8_t *r, int G) {
-    for (size_t j = 0; j < SQ_X16_REC(G); j += 64) _mm_prefetch((const char *)r + X16_PFD + j, X16_HINT);
+    for (size_t j = 0; j < SQ_X16_REC(G); j += 64) _mm_prefetch((const char *)r + X16_PFD + j, _MM_HINT_T0);
 }
 
 /* 256-bit vectors: tile `tile` (its first record), all ng groups, nt ≤ X16_NT tokens: ys[h][t] =
