@@ -1023,13 +1023,31 @@ SQ_INLINE void x16_prefetch(const uint8_t *r, int G) {
     for (size_t j = 0; j < SQ_X16_REC(G); j += 64) _mm_prefetch((const char *)r + X16_PFD + j, _MM_HINT_T0);
 }
 
+/* Per token of a pass: its activations, 8·Σq_x, zero points and scales, each at group 0. */
+typedef struct {
+    const uint8_t *q[X16_TOK];
+    const int32_t *cx[X16_TOK], *z[X16_TOK];
+    const float *d[X16_TOK];
+} x16_toks;
+
+/* tokens [t0, t0 + nt) of x; their 8·Σq_x are rows c0.. of the block's cxb */
+static inline void x16_toks_at(const sq_qact *x, int t0, int nt, const int32_t cxb[X16_TOK][SQ_X16_MAX_GROUPS], int c0,
+                               x16_toks *tk) {
+    const int ng = x->K / x->G;
+    for (int t = 0; t < nt; t++) {
+        tk->q[t] = x->q + (size_t)(t0 + t) * x->K;
+        tk->cx[t] = cxb[c0 + t];
+        tk->z[t] = x->z + (size_t)(t0 + t) * ng;
+        tk->d[t] = x->d + (size_t)(t0 + t) * ng;
+    }
+}
+
 /* 256-bit vectors: tile `tile` (its first record), all ng groups, nt ≤ X16_NT tokens: ys[h][t] =
  * rows 8h .. 8h + 7 of token t, or with acc != NULL the group sums into acc[t·acc_ts + i·ng + g]
  * for the rows i0 <= i < i1. With dpbusd two chains per token: one chain of 16 dependent dpbusd
  * per group (G = 64) would be bound by their latency. */
 SQ_INLINE void x16_tile(const uint8_t *tile, int ng, const int G, const int nt, const int sub,
-                        const uint8_t *const qx[X16_NT], const int32_t *const cx[X16_NT], const int32_t *const zx[X16_NT],
-                        const float *const dx[X16_NT], __m256 ys[2][X16_NT], int32_t *acc, size_t acc_ts, int i0,
+                        const x16_toks *tk, __m256 ys[2][X16_NT], int32_t *acc, size_t acc_ts, int i0,
                         int i1) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int h = 0; h < 2; h++)
@@ -1046,7 +1064,7 @@ SQ_INLINE void x16_tile(const uint8_t *tile, int ng, const int G, const int nt, 
                 const __m256i v = _mm256_load_si256((const __m256i *)(nb + 64 * c));
                 const __m256i lo = _mm256_and_si256(v, m4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
                 for (int t = 0; t < nt; t++) {
-                    const uint8_t *q = qx[t] + (size_t)g * G + 8 * c;
+                    const uint8_t *q = tk->q[t] + (size_t)g * G + 8 * c;
                     p[t] = DOT_ACC(p[t], bcast4(q), lo);
                     if (SQ_X86_VNNI) p2[t] = DOT_ACC(p2[t], bcast4(q + 4), hi);
                     else p[t] = DOT_ACC(p[t], bcast4(q + 4), hi);
@@ -1062,8 +1080,8 @@ SQ_INLINE void x16_tile(const uint8_t *tile, int ng, const int G, const int nt, 
             const __m256i ws = _mm256_cvtepi16_epi32(_mm_load_si128((const __m128i *)(r + 32 + 16 * h)));
             const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(r + 16 * h)));
             for (int t = 0; t < nt; t++) {
-                const __m256i corr = _mm256_add_epi32(_mm256_set1_epi32(cx[t][g]),
-                                                      _mm256_mullo_epi32(_mm256_set1_epi32(zx[t][g]), ws));
+                const __m256i corr = _mm256_add_epi32(_mm256_set1_epi32(tk->cx[t][g]),
+                                                      _mm256_mullo_epi32(_mm256_set1_epi32(tk->z[t][g]), ws));
                 const __m256i a =
                     _mm256_sub_epi32(_mm256_add_epi32(_mm256_add_epi32(s[t], WIDEN(p[t])), p2[t]), corr);
                 if (acc) {
@@ -1073,7 +1091,7 @@ SQ_INLINE void x16_tile(const uint8_t *tile, int ng, const int G, const int nt, 
                         if (i >= i0 && i < i1) acc[(size_t)t * acc_ts + (size_t)i * ng + g] = v8[i - 8 * h];
                     continue;
                 }
-                const __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(dx[t][g]));
+                const __m256 sc = _mm256_mul_ps(dw, _mm256_set1_ps(tk->d[t][g]));
                 ys[h][t] = _mm256_add_ps(ys[h][t], _mm256_mul_ps(_mm256_cvtepi32_ps(a), sc));
             }
         }
@@ -1090,27 +1108,19 @@ SQ_INLINE void x16_tile_tokens(const sq_sq4_matrix *w, const sq_qact *x, int T, 
     const int i0 = r0 > 16 * T ? r0 - 16 * T : 0, i1 = r1 < 16 * T + 16 ? r1 - 16 * T : 16;
     for (int c = 0; c < n_ch; c++) {
         const int c0 = few_chunk(ntb, n_ch, c), nt = few_chunk(ntb, n_ch, c + 1) - c0;
-        const uint8_t *qx[X16_NT];
-        const int32_t *cx[X16_NT], *zx[X16_NT];
-        const float *dx[X16_NT];
-        for (int t = 0; t < nt; t++) {
-            const int tt = tb + c0 + t;
-            qx[t] = x->q + (size_t)tt * K;
-            cx[t] = cxb[c0 + t];
-            zx[t] = x->z + (size_t)tt * ng;
-            dx[t] = x->d + (size_t)tt * ng;
-        }
+        x16_toks tk;
+        x16_toks_at(x, tb + c0, nt, cxb, c0, &tk);
         __m256 ys[2][X16_NT];
         if (acc) { /* group sums (tests only): token count not constant */
-            x16_tile(tile, ng, G, nt, sub, qx, cx, zx, dx, ys,
+            x16_tile(tile, ng, G, nt, sub, &tk, ys,
                      acc + (size_t)(tb + c0) * rows * ng + (size_t)16 * T * ng, (size_t)rows * ng, i0, i1);
             continue;
         }
         switch (nt) { /* constant token counts: the token loops unroll */
-        case 1: x16_tile(tile, ng, G, 1, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
-        case 2: x16_tile(tile, ng, G, 2, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
-        case 3: x16_tile(tile, ng, G, 3, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
-        default: x16_tile(tile, ng, G, 4, sub, qx, cx, zx, dx, ys, NULL, 0, 0, 0); break;
+        case 1: x16_tile(tile, ng, G, 1, sub, &tk, ys, NULL, 0, 0, 0); break;
+        case 2: x16_tile(tile, ng, G, 2, sub, &tk, ys, NULL, 0, 0, 0); break;
+        case 3: x16_tile(tile, ng, G, 3, sub, &tk, ys, NULL, 0, 0, 0); break;
+        default: x16_tile(tile, ng, G, 4, sub, &tk, ys, NULL, 0, 0, 0); break;
         }
         for (int t = 0; t < nt; t++) {
             float *yt = y + (size_t)(tb + c0 + t) * ldy + 16 * T;
@@ -1133,9 +1143,8 @@ SQ_INLINE void x16_tile_tokens(const sq_sq4_matrix *w, const sq_qact *x, int T, 
  * and the same canonical epilogue as x16_tile. */
 #define X16_NT_ZMM 8
 
-SQ_INLINE void x16_zmm(const uint8_t *tile, int ng, const int G, const int nt, const uint8_t *const qx[X16_NT_ZMM],
-                       const int32_t *const cx[X16_NT_ZMM], const int32_t *const zx[X16_NT_ZMM],
-                       const float *const dx[X16_NT_ZMM], __m512 ys[X16_NT_ZMM]) {
+SQ_INLINE void x16_zmm(const uint8_t *tile, int ng, const int G, const int nt, const x16_toks *tk,
+                       __m512 ys[X16_NT_ZMM]) {
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     for (int t = 0; t < nt; t++) ys[t] = _mm512_setzero_ps();
     for (int g = 0; g < ng; g++) {
@@ -1152,7 +1161,7 @@ SQ_INLINE void x16_zmm(const uint8_t *tile, int ng, const int G, const int nt, c
             const __m512i lo0 = _mm512_and_si512(v0, m4), hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
             const __m512i lo1 = _mm512_and_si512(v1, m4), hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
             for (int t = 0; t < nt; t++) {
-                const uint8_t *q = qx[t] + (size_t)g * G + 8 * c;
+                const uint8_t *q = tk->q[t] + (size_t)g * G + 8 * c;
                 int32_t b[4];
                 memcpy(b, q, 16);
                 p0[t] = _mm512_dpbusd_epi32(p0[t], _mm512_set1_epi32(b[0]), lo0);
@@ -1170,9 +1179,9 @@ SQ_INLINE void x16_zmm(const uint8_t *tile, int ng, const int G, const int nt, c
         const __m512 dw = _mm512_cvtph_ps(_mm256_load_si256((const __m256i *)r));
         for (int t = 0; t < nt; t++) {
             const __m512i s = _mm512_add_epi32(_mm512_add_epi32(p0[t], p1[t]), _mm512_add_epi32(p2[t], p3[t]));
-            const __m512i corr = _mm512_add_epi32(_mm512_set1_epi32(cx[t][g]),
-                                                  _mm512_mullo_epi32(_mm512_set1_epi32(zx[t][g]), ws));
-            const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(dx[t][g]));
+            const __m512i corr = _mm512_add_epi32(_mm512_set1_epi32(tk->cx[t][g]),
+                                                  _mm512_mullo_epi32(_mm512_set1_epi32(tk->z[t][g]), ws));
+            const __m512 sc = _mm512_mul_ps(dw, _mm512_set1_ps(tk->d[t][g]));
             ys[t] = _mm512_add_ps(ys[t], _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(s, corr)), sc));
         }
     }
@@ -1186,26 +1195,18 @@ static void x16_zmm_tokens(const sq_sq4_matrix *w, const sq_qact *x, int T, int 
     const uint8_t *tile = w->data + (size_t)T * SQ_X16_TILE(K, G);
     for (int c0 = 0; c0 < ntb; c0 += X16_NT_ZMM) {
         const int nt = ntb - c0 < X16_NT_ZMM ? ntb - c0 : X16_NT_ZMM;
-        const uint8_t *qx[X16_NT_ZMM];
-        const int32_t *cx[X16_NT_ZMM], *zx[X16_NT_ZMM];
-        const float *dx[X16_NT_ZMM];
-        for (int t = 0; t < nt; t++) {
-            const int tt = tb + c0 + t;
-            qx[t] = x->q + (size_t)tt * K;
-            cx[t] = cxb[c0 + t];
-            zx[t] = x->z + (size_t)tt * ng;
-            dx[t] = x->d + (size_t)tt * ng;
-        }
+        x16_toks tk;
+        x16_toks_at(x, tb + c0, nt, cxb, c0, &tk);
         __m512 ys[X16_NT_ZMM];
         switch (nt) { /* constant token counts: the token loops unroll */
-        case 1: x16_zmm(tile, ng, G, 1, qx, cx, zx, dx, ys); break;
-        case 2: x16_zmm(tile, ng, G, 2, qx, cx, zx, dx, ys); break;
-        case 3: x16_zmm(tile, ng, G, 3, qx, cx, zx, dx, ys); break;
-        case 4: x16_zmm(tile, ng, G, 4, qx, cx, zx, dx, ys); break;
-        case 5: x16_zmm(tile, ng, G, 5, qx, cx, zx, dx, ys); break;
-        case 6: x16_zmm(tile, ng, G, 6, qx, cx, zx, dx, ys); break;
-        case 7: x16_zmm(tile, ng, G, 7, qx, cx, zx, dx, ys); break;
-        default: x16_zmm(tile, ng, G, 8, qx, cx, zx, dx, ys); break;
+        case 1: x16_zmm(tile, ng, G, 1, &tk, ys); break;
+        case 2: x16_zmm(tile, ng, G, 2, &tk, ys); break;
+        case 3: x16_zmm(tile, ng, G, 3, &tk, ys); break;
+        case 4: x16_zmm(tile, ng, G, 4, &tk, ys); break;
+        case 5: x16_zmm(tile, ng, G, 5, &tk, ys); break;
+        case 6: x16_zmm(tile, ng, G, 6, &tk, ys); break;
+        case 7: x16_zmm(tile, ng, G, 7, &tk, ys); break;
+        default: x16_zmm(tile, ng, G, 8, &tk, ys); break;
         }
         for (int t = 0; t < nt; t++) _mm512_storeu_ps(y + (size_t)(tb + c0 + t) * ldy + 16 * T, ys[t]);
     }

@@ -24,7 +24,7 @@ void sq_sq4_repack_x16(const uint8_t *src, const int32_t *wsum, int K, int G, in
                 const size_t rg = (size_t)(16 * tile + i) * ng + g;
                 const uint8_t *blk = src + rg * bs;
                 memcpy(out + 2 * i, blk, 2);
-                const int16_t ws = (int16_t)wsum[rg]; /* |Σ q_w| <= 8G <= 32768 - 1 (sq_sq4_x16_ok) */
+                const int16_t ws = (int16_t)wsum[rg]; /* -8G <= Σ q_w <= 7G: int16 for G <= 4096 (sq_sq4_x16_ok) */
                 memcpy(out + 32 + 2 * i, &ws, 2);
                 for (int k = 0; k < h; k++) { /* FORMAT.md §3.1: byte k holds values k and k + G/2 */
                     v[k] = (uint8_t)((blk[2 + k] & 0x0F) ^ 8);
