@@ -102,7 +102,7 @@ FULL = Settings("full", tuple(ALL_ROWS),
 # 4 perplexity windows, 20 items per task, one speed rep; the numbers are not results
 QUICK = Settings("quick", ("f16", "rtn", "specquant", "llama.cpp Q4_0"), ppl_windows=4,
                  zs_limits=(("piqa", 20), ("arc_easy", 20), ("hellaswag", 20)), speed_reps=1,
-                 convert_args=("--calib-windows", "4", "--calib-len", "256"), file_tag="quick")
+                 convert_args=("--calib-windows", "4", "--calib-len", "256", "--tune-steps", "0"), file_tag="quick")
 
 
 def log(msg: str) -> None:

@@ -36,6 +36,8 @@ VARIANTS: dict[str, list[str]] = {
     "smoothquant": ["--method", "smoothquant"],
     "paper": ["--preset", "paper"],
     "specquant": [],
+    "sq-notune": ["--tune-steps", "0"],
+    "sq-tune128": ["--tune-steps", "128"],
     "sq-nogptq": ["--no-gptq"],
     "sq-noclip": ["--no-clip"],
     "sq-norot": ["--rotation", "none"],

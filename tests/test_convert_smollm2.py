@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import smollm2_path
+from specquant_gguf.convert.tune import TUNE_STEPS
 from specquant_gguf.gguf import SQ4_TYPE_ID, read_model
 
 # ../shared beside the checkout (CI's layout), or $SPECQUANT_WIKITEXT
@@ -40,6 +41,7 @@ def test_smollm2_file_layout(smol_sq4) -> None:
     md = m.metadata
     assert md["specquant.method"] == "specquant" and md["specquant.calibration.source"] == "self-generated"
     assert md["llama.block_count"] == 30 and md["tokenizer.ggml.pre"] == "smollm"
+    assert md["specquant.tune_steps"] == TUNE_STEPS  # the default recipe tunes the scales of a small model
     src_md = read_model(src).metadata
     for key, value in src_md.items():
         if key.startswith("tokenizer."):

@@ -87,6 +87,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPTQ in order of decreasing input energy (default off)")
     p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=None,
                    help="clipping search of each weight group's scale (default on)")
+    p.add_argument("--tune-steps", type=int, default=None, metavar="N",
+                   help="end-to-end tuning of the weight scales and norm gains against the float model "
+                        "after GPTQ, N steps of one calibration window (0 = off; default: 48 for models up "
+                        "to 0.6 B linear parameters, 0 above: it holds both models in memory)")
     p.add_argument("--calib", metavar="FILE", default=None,
                    help="calibration text: a text file or .jsonl with a \"text\" field "
                         "(default: text the model generates itself; no data set needed)")
@@ -121,6 +125,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def build_recipe(args: argparse.Namespace) -> Recipe:
     """Flags -> Recipe, rejecting combinations that make no sense (UsageError)."""
     r = method_defaults(args.method, args.preset)
+    if args.tune_steps is not None and not 0 <= args.tune_steps <= 100_000:
+        raise UsageError(f"--tune-steps must be in [0, 100000], got {args.tune_steps}")
     if args.preset == "paper" and args.method != "specquant":
         raise UsageError("--preset paper applies to --method specquant only")
     quant_flags = {"--act-bits": args.act_bits, "--a8-linears": args.a8_linears, "--group-size": args.group_size, "--alpha": args.alpha,
@@ -128,7 +134,8 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
                    "--spectral-rule": args.spectral_rule, "--spectral-temp": args.spectral_temp,
                    "--rotation": args.rotation, "--residual-rotation": args.residual_rotation,
                    "--gptq/--no-gptq": args.gptq,
-                   "--act-order/--no-act-order": args.act_order, "--clip/--no-clip": args.clip}
+                   "--act-order/--no-act-order": args.act_order, "--clip/--no-clip": args.clip,
+                   "--tune-steps N > 0": args.tune_steps or None}
     if not r.quantized:
         given = [k for k, v in quant_flags.items() if v is not None]
         if given:
@@ -170,6 +177,10 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         kw["spectral_temp"] = args.spectral_temp
     if args.head_type is not None:
         kw["head_type"] = args.head_type
+    if args.tune_steps is not None:
+        if args.tune_steps and (args.method != "specquant" or args.preset != "default"):
+            raise UsageError("--tune-steps applies to --method specquant with the default preset")
+        kw["tune_steps"] = args.tune_steps
     r = replace(r, **kw)
     if r.act_bits == 8 and r.a8_linears:  # every activation is 8-bit already
         if args.a8_linears is not None:

@@ -4,7 +4,9 @@ The model is processed block by block, like GPTQ: the calibration hidden states 
 (loaded alone in fp32 from the memory-mapped source), the statistics of its linear inputs decide
 its smoothing and quantization, its converted tensors go to the writer, and it is dropped before
 block i+1 is loaded. Peak memory: one block in fp32, the embeddings, the calibration hidden states
-and the (already quantized) output.
+and the (already quantized) output. The exception is the end-to-end tuning of small models
+(tune.py, on by default up to tune.TUNE_MAX_PARAMS): it holds the converted blocks and the float
+model together, then writes the file.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from .forward import block_forward, embed_tokens
 from .qlinear import QLinear, SimLinear, sim_linear_fn
 from .recipe import LARGE_MODEL_SEARCH, Recipe
 from .residual import rotate_residual
+from .tune import CHECK_WINDOWS, auto_steps, tune_memory_bytes, tune_scales
 from .hub import resolve
 from .sources import ModelSource, open_source
 
@@ -378,6 +381,8 @@ def write_metadata(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
         "specquant.smooth.alpha": (r.mean_alpha(summary.alphas) if r.smoothing else 0.0, gguf.GGUFValueType.FLOAT32),
         "specquant.calibration.source": (calib.source if calib is not None else "none", None),
         "specquant.calibration.tokens": (calib.n_tokens if calib is not None else 0, gguf.GGUFValueType.UINT32),
+        # informational: steps of end-to-end scale tuning (tune.py); 0 = none
+        "specquant.tune_steps": ((r.tune_steps or 0) if calib is not None else 0, gguf.GGUFValueType.UINT32),
     }
     for key, (value, vtype) in keys.items():
         w.add_kv(key, value, vtype)
@@ -563,12 +568,38 @@ def _write_tensors(w: Any, source: ModelSource, r: Recipe, calib: Calibration | 
 
 def write_converted(source: ModelSource, r: Recipe, calib: Calibration | None, out: str | Path, seed: int = 0,
                     quiet: bool = True, clock: StageClock | None = None, work: WorkDir | None = None) -> Summary:
-    """Converts every block and writes the file, with a progress bar over the blocks (ETA)."""
+    """Converts every block and writes the file, with a progress bar over the blocks (ETA). With
+    r.tune_steps, all blocks are converted first, then tuned together (tune.py), then written."""
+    clock = clock or StageClock()
+    tuning = bool(r.tune_steps) and calib is not None
     with Progress(source.config.n_layer, f"{r.method} blocks", quiet, unit="blk") as bar:
         # the embeddings are read where they are used (written first, then the calibration tokens
         # embedded), never held while the blocks convert
         blocks = convert_blocks(source, calib, r, None, seed, on_block=lambda _: bar.update(), clock=clock, work=work)
-        return write_blocks(source, r, calib, out, blocks, None, clock)
+        if not tuning:
+            return write_blocks(source, r, calib, out, blocks, None, clock)
+        done = [qb for _, qb in blocks]
+    with clock.stage("tuning"), Progress(r.tune_steps, "tuning scales", quiet, unit="step") as bar:
+        res = tune_scales(done, source, calib.tokens, r, r.tune_steps, seed=seed, progress=bar.update)
+    verdict = "tuned values written" if res.kept else "no better: the GPTQ values are kept"
+    log(f"tuning: KL to the float model on {CHECK_WINDOWS} calibration windows {res.kl_before:.4f} -> "
+        f"{res.kl_after:.4f} nats/token ({verdict}), {res.steps} steps, {res.seconds:.0f} s", quiet)
+    return write_blocks(source, r, calib, out, enumerate(done), None, clock)
+
+
+def resolve_tuning(r: Recipe, cfg: ModelConfig) -> Recipe:
+    """The recipe with tune_steps decided: the default for the model's size when unset (only the
+    default specquant recipe tunes), and a clear refusal when forced on a model too large for it."""
+    if r.tune_steps is None:
+        default = r.method == "specquant" and r.preset == "default"
+        return dataclasses.replace(r, tune_steps=auto_steps(cfg) if default else 0)
+    if r.tune_steps:
+        need = tune_memory_bytes(cfg)
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:
+            raise UsageError(f"--tune-steps holds the float and the quantized model in memory (~{need / 2**30:.0f} "
+                             f"GiB) and this machine has {have / 2**30:.0f} GiB: use --tune-steps 0")
+    return r
 
 
 def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = CalibOptions(), seed: int = 0,
@@ -594,6 +625,7 @@ def convert(model: str, out: str | Path, r: Recipe, calib_opts: CalibOptions = C
     n_calib, calib_len, segments = calib_shape(cfg, calib_opts)
     check_model(cfg, r, calib_len)
     r = large_model_search(r, cfg, calib_opts.large)
+    r = resolve_tuning(r, cfg)
     log(f"{source.description}: {cfg.arch}, {cfg.n_layer} blocks, hidden {cfg.n_embd}, "
         f"{cfg.n_head}/{cfg.n_head_kv} heads, vocab {cfg.vocab_size}", quiet)
     work = None

@@ -75,6 +75,9 @@ class Recipe:
     # linear kinds whose input activations stay 8-bit when the SQ4 layers run at 4 bits: the
     # converter calibrates them at 8 and writes specquant.act_bits_a8_linears (parse_a8_linears)
     a8_linears: tuple[str, ...] = ()
+    # steps of end-to-end tuning of the weight scales and norm gains against the float model
+    # (tune.py); None = the default for the model's size (tune.auto_steps), resolved by the driver
+    tune_steps: int | None = None
 
     @property
     def quantized(self) -> bool:
