@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tune-steps", type=int, default=None, metavar="N",
                    help="end-to-end tuning of the weight scales and norm gains against the float model "
                         "after GPTQ, N steps of one calibration window (0 = off; default: 48 for models up "
-                        "to 0.6 B linear parameters, 0 above: it holds both models in memory)")
+                        "to 0.2 B linear parameters, 0 above: it holds both models in memory)")
     p.add_argument("--calib", metavar="FILE", default=None,
                    help="calibration text: a text file or .jsonl with a \"text\" field "
                         "(default: text the model generates itself; no data set needed)")

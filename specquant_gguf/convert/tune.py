@@ -34,8 +34,10 @@ from .sources import ModelSource
 TUNE_STEPS = 48
 TUNE_LR = 2e-3
 # linear parameters above which the default recipe skips the tuning: every step runs the float and
-# the quantized model forward and the quantized one backward (Qwen2.5-0.5B: ~0.36e9, ~25 s a step)
-TUNE_MAX_PARAMS = 0.6e9
+# the quantized model forward and the quantized one backward. Measured at Qwen2.5-0.5B's shape
+# (0.36e9, random weights, 2 cores): ~37 s a step (48 steps: ~30 min) and +5 GB of memory, too much
+# for a default; SmolLM2-135M (0.11e9): 7 s a step, +1 GB
+TUNE_MAX_PARAMS = 0.2e9
 # inputs that several linears read (one quantized activation, as the runtime shares it)
 _SHARED_FIRST = ("attn_q", "ffn_gate", "attn_output", "ffn_down")
 
