@@ -1,6 +1,7 @@
 """End-to-end tuning of the weight scales and norm gains (convert/tune.py) on tiny random models."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from specquant_gguf.convert.driver import convert_blocks, resolve_tuning, sim_bl
 from specquant_gguf.convert.forward import block_forward, head_logits
 from specquant_gguf.convert.quantize import fake_quant_act
 from specquant_gguf.convert.recipe import Recipe
-from specquant_gguf.convert.tune import TUNE_STEPS, auto_steps, ste_fake_quant_act, tune_scales
+from specquant_gguf.convert.tune import TUNE_STEPS, auto_steps, tune_scales
 from specquant_gguf.errors import UsageError
 from specquant_gguf.gguf import read_model
 
@@ -25,7 +26,7 @@ from oracle.tinyllama import MemorySource, float_logits, tiny_config, write_gguf
 def test_straight_through_quantizer_has_the_fake_quant_values_and_a_gradient() -> None:
     x = (torch.randn(3, 5, 128) * torch.linspace(0.1, 4, 128)).requires_grad_(True)
     for bits in (4, 8):
-        y = ste_fake_quant_act(x, 64, bits)
+        y = fake_quant_act(x, 64, bits, straight_through=True)
         assert torch.allclose(y, fake_quant_act(x.detach(), 64, bits), atol=1e-5, rtol=1e-5)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
@@ -69,6 +70,25 @@ def test_tuning_keeps_the_codes_and_brings_the_model_closer_to_float() -> None:
             assert ql.d.dtype == torch.float16 and torch.isfinite(ql.d.float()).all()
             assert not torch.equal(ql.d, d0[n])
         assert all(v.requires_grad is False for v in qb.norms.values())
+
+
+def test_norm_gains_move_by_relative_steps() -> None:
+    """A silenced channel (gain near 0, SmolLM2's massive activations) must stay silenced: the gains
+    are tuned as gain·exp(t), so zeros stay zero, signs stay, and each moves by a bounded factor."""
+    src, calib, r, qblocks = _converted(8, 48, seed=1)
+    for qb in qblocks:
+        for v in qb.norms.values():
+            v[0], v[1] = 0.0, 1e-3
+    gains = [{k: v.clone() for k, v in qb.norms.items()} for qb in qblocks]
+    res = tune_scales(qblocks, src, calib.tokens, r, steps=40, lr=1e-3)
+    assert res.kept
+    bound = math.exp(40 * 1e-3 * 3.2)  # Adam moves a parameter by at most ~(1-β1)/sqrt(1-β2) = 3.2 lr a step
+    for qb, g0 in zip(qblocks, gains):
+        for k, v in qb.norms.items():
+            assert v[0] == 0.0 and torch.equal(torch.sign(v), torch.sign(g0[k]))
+            ratio = v[g0[k] != 0] / g0[k][g0[k] != 0]
+            assert ratio.min() > 1 / bound and ratio.max() < bound
+            assert not torch.equal(v, g0[k])
 
 
 def test_default_steps_follow_the_model_size() -> None:

@@ -202,11 +202,13 @@ def gptq(w: torch.Tensor, hess: torch.Tensor, group: int, ratios: tuple[float, .
     return q_t.t().contiguous().cpu(), scales.to(torch.float16).cpu()
 
 
-def fake_quant_act(x: torch.Tensor, group: int, bits: int = 4) -> torch.Tensor:
+def fake_quant_act(x: torch.Tensor, group: int, bits: int = 4, straight_through: bool = False) -> torch.Tensor:
     """Per-token, per-group asymmetric activation quantization of FORMAT.md §4.2, dequantized again.
 
     Bit-for-bit the runtime's rounding (fp32, round half to even, zero always in range); the value
-    returned is (q − z)·d, which is what the integer dot product multiplies."""
+    returned is (q − z)·d, which is what the integer dot product multiplies. straight_through: the
+    rounding passes gradients unchanged (the range and so d stay differentiable), for training
+    through the quantizer (tune.py); the values are the same up to fp32 rounding."""
     shape = x.shape
     levels = float(2 ** bits - 1)
     v = x.float().reshape(*shape[:-1], shape[-1] // group, group)
@@ -214,8 +216,11 @@ def fake_quant_act(x: torch.Tensor, group: int, bits: int = 4) -> torch.Tensor:
     mx = torch.clamp(v.amax(-1, keepdim=True), min=0.0)
     d = (mx - mn) / levels
     inv = torch.where(d > 0, 1.0 / torch.where(d > 0, d, torch.ones_like(d)), torch.zeros_like(d))
-    z = torch.round(-mn * inv)
-    q = torch.clamp(torch.round(v * inv) + z, 0.0, levels)
+    z = torch.round(-mn * inv).detach()
+    t = v * inv
+    q = torch.clamp(torch.round(t) + z, 0.0, levels)
+    if straight_through:
+        q = (t + z) + (q - (t + z)).detach()
     return ((q - z) * d).reshape(shape)
 
 
