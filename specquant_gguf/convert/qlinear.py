@@ -9,12 +9,14 @@ fp32 summation order, so this is the fast research twin of reference.py (which r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..gguf.constants import TYPE_F16, TYPE_F32, TYPE_Q8_0
 from ..gguf.types import block_info, sq4_block_bytes
 from . import spectral
+from .forward import LinearFn
 from .quantize import dequantize, fake_quant_act, fake_quant_q8_0
 from .rotation import wht_groups
 
@@ -80,19 +82,28 @@ class SimLinear:
         return y
 
 
-def sim_linear_fn(linears: dict[str, SimLinear]):
-    """A forward.LinearFn over simulated linears that quantizes a shared input only once."""
-    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+# linears that read the same input as the linear called just before them (q/k/v share one input,
+# gate/up another): the runtime quantizes that input once
+SHARES_PREVIOUS_INPUT = ("attn_k", "attn_v", "ffn_up")
+
+
+def shared_input_fn(quant: Callable[[str, torch.Tensor], torch.Tensor],
+                    apply: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]) -> LinearFn:
+    """A forward.LinearFn from quant(name, x) -> the activation the product sees and
+    apply(name, x, xq) -> the output, quantizing an input that several linears read only once."""
+    last: list[torch.Tensor | None] = [None, None]
 
     def lin(name: str, x: torch.Tensor) -> torch.Tensor:
-        sl = linears[name]
-        if name in ("attn_q", "ffn_gate"):
-            cache.clear()
-        hit = cache.get(id(x))
-        if hit is not None and hit[0] is x and name in ("attn_k", "attn_v", "ffn_up"):
-            return sl(x, hit[1])
-        xq = sl.quant_input(x)
-        cache[id(x)] = (x, xq)
-        return sl(x, xq)
+        if name in SHARES_PREVIOUS_INPUT and last[0] is x:
+            xq = last[1]
+        else:
+            xq = quant(name, x)
+            last[:] = [x, xq]
+        return apply(name, x, xq)
 
     return lin
+
+
+def sim_linear_fn(linears: dict[str, SimLinear]) -> LinearFn:
+    """A forward.LinearFn over simulated linears."""
+    return shared_input_fn(lambda name, x: linears[name].quant_input(x), lambda name, x, xq: linears[name](x, xq))

@@ -26,6 +26,7 @@ from . import spectral
 from .block import QBlock
 from .calibrate import linear_params
 from .forward import LinearFn, block_forward, embed_tokens, head_logits
+from .qlinear import shared_input_fn
 from .quantize import fake_quant_act
 from .recipe import Recipe
 from .rotation import hadamard
@@ -39,8 +40,6 @@ TUNE_LR = 2e-3
 # (0.36e9, random weights, 2 cores): ~37 s a step (48 steps: ~30 min) and +5 GB of memory, too much
 # for a default; SmolLM2-135M (0.11e9): 7 s a step, +1 GB
 TUNE_MAX_PARAMS = 0.2e9
-# inputs that several linears read (one quantized activation, as the runtime shares it)
-_SHARED_FIRST = ("attn_q", "ffn_gate", "attn_output", "ffn_down")
 
 
 def tune_memory_bytes(cfg: ModelConfig) -> int:
@@ -90,28 +89,27 @@ class _TunedBlock:
         return self.qb.linears[name].d.float() * torch.exp(self.log_scale[name])
 
     def linear_fn(self) -> LinearFn:
-        cache: dict[int, torch.Tensor] = {}
         rotate = self.r.rotation == "wht"
 
-        def lin(name: str, x: torch.Tensor) -> torch.Tensor:
+        def quant(name: str, x: torch.Tensor) -> torch.Tensor:
             ql = self.qb.linears[name]
-            if name in _SHARED_FIRST:
-                cache.clear()
+            if ql.kind != "sq4":
+                return x
+            xr = _wht(x, ql.group) if rotate else x
+            return fake_quant_act(xr, ql.group, self.r.act_bits_of(name), straight_through=True)
+
+        def apply(name: str, x: torch.Tensor, xq: torch.Tensor) -> torch.Tensor:
+            ql = self.qb.linears[name]
             if ql.kind != "sq4":
                 y = x @ self.fixed[name].t()
             else:
-                g = ql.group
-                xq = cache.get(id(x))
-                if xq is None:
-                    xr = _wht(x, g) if rotate else x
-                    xq = cache[id(x)] = fake_quant_act(xr, g, self.r.act_bits_of(name), straight_through=True)
-                w = ql.q.float() * self.scales(name).repeat_interleave(g, dim=1)
+                w = ql.q.float() * self.scales(name).repeat_interleave(ql.group, dim=1)
                 y = xq @ w.t()
                 if ql.k_max > 0:
                     y = y + spectral.branch(x, ql.coef, ql.ks, ql.axis, ql.shape[0]).to(y.dtype)
             return y + ql.bias if ql.bias is not None else y
 
-        return lin
+        return shared_input_fn(quant, apply)
 
     def store(self) -> None:
         """Writes the tuned values into the QBlock (scales rounded to the file's fp16)."""
