@@ -41,6 +41,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import common  # noqa: E402  (adds the repo to sys.path)
 import llama_cpp_env  # noqa: E402
 import membw  # noqa: E402
+from specquant_gguf.convert.recipe import DEFAULT_A8_LINEARS  # noqa: E402
 
 PROMPT_LEN, GEN_LEN = 512, 128
 
@@ -232,16 +233,19 @@ def runnable_isas(probe: Path) -> list[str]:
     return out
 
 
-def synthetic_8b(n_blocks: int, folder: Path) -> Path:
-    """n_blocks random blocks of Llama-3.1-8B's shape as an SQ4 file (cached by block count)."""
-    path = folder / f"synthetic-8b-shape-{n_blocks}blk.sq4.gguf"
+def synthetic_8b(n_blocks: int, folder: Path, a8_linears: Sequence[str] = ()) -> Path:
+    """n_blocks random blocks of Llama-3.1-8B's shape as an SQ4 file (cached by block count);
+    a8_linears: the kinds whose inputs stay 8-bit at act_bits 4 (the default conversion: ffn_down)."""
+    tag = "".join(f"-a8{k}" for k in a8_linears)
+    path = folder / f"synthetic-8b-shape-{n_blocks}blk{tag}.sq4.gguf"
     if not path.is_file():
         sys.path.insert(0, str(common.REPO / "tests"))
         from oracle.synthetic import make_tiny_llama_gguf
 
         folder.mkdir(parents=True, exist_ok=True)
         make_tiny_llama_gguf(path, n_layers=n_blocks, hidden=4096, heads=32, kv_heads=8, ffn=14336, vocab=300,
-                             group_size=64, act_bits=4, rotation="wht", context_length=1024, seed=16)
+                             group_size=64, act_bits=4, rotation="wht", context_length=1024, seed=16,
+                             a8_linears=list(a8_linears) or None)
     return path
 
 
@@ -302,16 +306,17 @@ def format_kernels(rows: list[dict[str, Any]]) -> str:
 
 
 def format_act_bits(res: dict[str, Any]) -> str:
-    lines = [f"{'model':<26}{'isa':>8}{'thr':>4}{'A4 pp512':>10}{'A8 pp512':>10}{'A8/A4':>7}"
-             f"{'A4 tg128':>10}{'A8 tg128':>10}{'A8/A4':>7}"]
     rows = res["rows"]
+    w = max([26, *(len(r["name"]) + 1 for r in rows)])
+    lines = [f"{'model':<{w}}{'isa':>11}{'thr':>4}{'A4 pp512':>10}{'A8 pp512':>10}{'A8/A4':>7}"
+             f"{'A4 tg128':>10}{'A8 tg128':>10}{'A8/A4':>7}"]
     for name in dict.fromkeys(r["name"] for r in rows):
         for isa in dict.fromkeys(r["isa"] for r in rows if r["name"] == name):
             by = {r["act_bits"]: r for r in rows if r["name"] == name and r["isa"] == isa}
             if 4 not in by or 8 not in by:
                 continue
             a4, a8 = by[4], by[8]
-            lines.append(f"{name:<26}{isa:>8}{a4['threads']:>4}{a4['prefill_tok_s']:>10.1f}{a8['prefill_tok_s']:>10.1f}"
+            lines.append(f"{name:<{w}}{isa:>11}{a4['threads']:>4}{a4['prefill_tok_s']:>10.1f}{a8['prefill_tok_s']:>10.1f}"
                          f"{a8['prefill_tok_s'] / a4['prefill_tok_s']:>7.2f}{a4['decode_tok_s']:>10.1f}"
                          f"{a8['decode_tok_s']:>10.1f}{a8['decode_tok_s'] / a4['decode_tok_s']:>7.2f}")
     if res.get("kernels"):
@@ -363,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             k: v for k, v in default_files()[0].items() if k == "specquant"}
         if a.synthetic_8b > 0:
             ours[f"8B-shape x{a.synthetic_8b} blocks"] = synthetic_8b(a.synthetic_8b, common.models_dir())
+            # the default conversion's layout: ffn_down's input 8-bit also when the rest runs at 4
+            ours[f"8B-shape x{a.synthetic_8b} blocks, ffn_down 8-bit"] = synthetic_8b(
+                a.synthetic_8b, common.models_dir(), DEFAULT_A8_LINEARS)
         if not ours:
             print("speed: no files (pass --ours NAME=FILE or --synthetic-8b N)", file=sys.stderr)
             return 2

@@ -50,7 +50,7 @@ VARIANTS: dict[str, list[str]] = {
     "sq-c4": ["--calib", C4, "--calib-windows", "64"],
     "sq-a8": ["--act-bits", "8"],
     "sq-a8-g32": ["--act-bits", "8", "--group-size", "32"],
-    "sq-a8down": ["--a8-linears", "ffn_down"],
+    "sq-a4all": ["--a8-linears", "none"],  # every input at 4 bits (the default keeps ffn_down's at 8)
     "sq-a8downout": ["--a8-linears", "attn_output,ffn_down"],
     "sq-g32-a8down": ["--group-size", "32", "--a8-linears", "ffn_down"],
     "sq-g32-a8downout": ["--group-size", "32", "--a8-linears", "attn_output,ffn_down"],

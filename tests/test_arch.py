@@ -144,21 +144,33 @@ def test_llamacpp_llama31_file_keeps_rope_freqs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
-    """The default W4A4 conversion of a tiny HF model of the family: runtime vs oracle as test_parity."""
+    """The W4A4 conversion of a tiny HF model of the family: runtime vs oracle as test_parity.
+    With every input at 4 bits (--a8-linears none) they agree to float rounding at every position
+    (no activation code of these seeds rounds the other way). The default file keeps ffn_down's
+    input at 8 bits, whose 255 levels make such flips ~17x likelier: a last-bit difference in
+    SiLU(gate)·up moves one code and peaky attention carries it on (seen: 2e-2 from position 25
+    of 64 on, every kernel set alike), so that file gets test_parity's statistical criterion."""
     from specquant_gguf.cli import main
 
     model_type, extra = FAMILIES[family]
     hf = tiny_hf_model(model_type, seed=5, **extra)
     folder = save_hf_folder(hf, tmp_path / "hf", "t5")
-    out = tmp_path / "sq4.gguf"
-    assert main(["convert", str(folder), "--out", str(out), "--quiet", "--calib-windows", "4",
-                 "--calib-len", "32", "--group-size", "32", "--no-calib-cache"]) == 0
-    ref = ReferenceModel(out).forward(IDS)
-    with Model(out, n_ctx=128, n_threads=1, kv_type="f32", act_bits=4) as m:  # the file's bits, as the oracle
-        got = m.eval(IDS)
-    print(f"\n{family} W4A4: runtime vs oracle {_rel(got, ref):.1e}")
-    assert _rel(got, ref) < 1e-3, f"{family}: runtime vs oracle {_rel(got, ref):.2e}"
-    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    flags = ["--quiet", "--calib-windows", "4", "--calib-len", "32", "--group-size", "32", "--no-calib-cache"]
+    for a8 in ("none", None):
+        out = tmp_path / f"sq4-{a8}.gguf"
+        assert main(["convert", str(folder), "--out", str(out), *flags, *(["--a8-linears", a8] if a8 else [])]) == 0
+        ref = ReferenceModel(out).forward(IDS)
+        with Model(out, n_ctx=128, n_threads=1, kv_type="f32", act_bits=4) as m:  # the file's bits, as the oracle
+            got, eights = m.eval(IDS), m.a8_linears
+        assert eights == (() if a8 else ("ffn_down",))
+        print(f"\n{family} W4A4 (8-bit inputs: {eights}): runtime vs oracle {_rel(got, ref):.1e}")
+        if a8 == "none":
+            assert _rel(got, ref) < 1e-3, f"{family}: runtime vs oracle {_rel(got, ref):.2e}"
+            assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+        else:
+            row = np.abs(got - ref).max(1) / np.abs(ref).max(1)
+            assert (row < 1e-3).mean() >= 0.9 and row.max() < 5e-2, f"{family}: row errors {row}"
+            assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
 # ------------------------------------------------------------------------------------------- Gemma 2

@@ -181,6 +181,17 @@ def test_prompt_mode(sq_chat: Path, tiny_sq4) -> None:
     assert a4.returncode == 0 and b"(backend cpu, activations 4-bit)" in a4.stderr, a4.stderr
 
 
+def test_timing_line_names_the_8_bit_linears(sq_chat: Path, tmp_path: Path) -> None:
+    """A file that keeps ffn_down's input at 8 bits (the default conversion) says so when it runs at 4."""
+    from oracle.synthetic import make_tiny_llama_gguf
+
+    down = make_tiny_llama_gguf(tmp_path / "down.gguf", seed=3, a8_linears=["ffn_down"]).path
+    for bits, want in (("4", b"activations 4-bit (ffn_down 8-bit))"), ("8", b"activations 8-bit)")):
+        r = subprocess.run([sq_chat, "-m", down, "-p", "Hello", "-n", "2", "--temp", "0", "-t", "1",
+                            "--act-bits", bits], capture_output=True, timeout=120)
+        assert r.returncode == 0 and want in r.stderr, r.stderr
+
+
 def _no_template_copy(src: Path, dst: Path) -> Path:
     from specquant_gguf.gguf import ModelFile, ModelWriter, RawTensor
     with ModelFile(src) as f, ModelWriter(dst, arch=f.get("general.architecture")) as w:

@@ -658,8 +658,12 @@ static void print_timings(const session *s, double t_load) {
     double pf = s->t_prefill > 0 ? (double)s->n_prefill / s->t_prefill : 0;
     double dc = s->t_decode > 0 ? (double)s->n_decode / s->t_decode : 0;
     int bits = sq_model_act_bits(s->m);
-    char acts[32] = "";
-    if (bits) snprintf(acts, sizeof acts, ", activations %d-bit", bits);
+    char acts[192] = "", a8[128] = "";
+    /* at 4 bits, the kinds the file keeps at 8 (specquant.act_bits_a8_linears, printed as ["a", "b"]) */
+    const char *listed = bits == 4 ? sq_model_meta(s->m, "specquant.act_bits_a8_linears") : NULL;
+    for (size_t n = 0; listed && *listed && n + 1 < sizeof a8; listed++)
+        if (*listed != '[' && *listed != ']' && *listed != '"') a8[n++] = *listed, a8[n] = 0;
+    if (bits) snprintf(acts, sizeof acts, ", activations %d-bit%s%s%s", bits, a8[0] ? " (" : "", a8, a8[0] ? " 8-bit)" : "");
     fprintf(stderr, "\n%s: load    %8.2f ms (backend %s%s)\n", g_prog, t_load * 1e3, sq_model_backend(s->m), acts);
     fprintf(stderr, "%s: prefill %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_prefill * 1e3, s->n_prefill, pf);
     fprintf(stderr, "%s: decode  %8.2f ms / %5ld tokens (%8.2f tokens/s)\n", g_prog, s->t_decode * 1e3, s->n_decode, dc);

@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
                 rc = 130 if not args.interactive else 0
         if rc == 0 and chatting:
             _interactive(session)
-        acts = f", activations {model.act_bits}-bit" if model.act_bits else ""
+        acts = f", activations {model.activations()}" if model.act_bits else ""
         print(f"\nspecquant chat: load    {t_load * 1e3:8.2f} ms (backend {model.backend}{acts})", file=sys.stderr)
         for line in session.timings.lines():
             print(line, file=sys.stderr)

@@ -65,7 +65,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a8-linears", default=None, metavar="KINDS",
                    help="comma-separated linear kinds whose activations stay 8-bit when the SQ4 layers run at "
                         "4 bits (attn_q,attn_k,attn_v together; ffn_gate,ffn_up together; attn_output; "
-                        "ffn_down), or 'none'; calibrated so and recorded in the file (default: none)")
+                        "ffn_down), or 'none'; calibrated so and recorded in the file (default: ffn_down for "
+                        "--method specquant, none for the others)")
     p.add_argument("--group-size", type=int, default=None, metavar="G",
                    help="weight/activation group size: 32, 64 (default), 128, or 0 = one group per row")
     p.add_argument("--alpha", type=_alpha_arg, default=None, metavar="A",

@@ -7,6 +7,7 @@ import json
 
 from ..errors import UsageError
 from ..eval.perplexity import TEXT_MODES, evaluate_ppl
+from ..runtime.model import describe_activations
 from ._options import add_act_bits
 
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(res.to_dict()))
     else:
         print(f"ppl = {res.ppl:.4f}")
-        acts = f", activations {res.act_bits}-bit" if res.act_bits else ""
+        acts = f", activations {describe_activations(res.act_bits, res.a8_linears)}" if res.act_bits else ""
         print(f"({res.tokens} tokens scored in {res.windows} windows of {res.ctx}, backend {res.backend}{acts}, "
               f"{res.seconds:.1f} s)")
     return 0

@@ -49,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     results = evaluate_tasks(model, tasks, data_dir, args.limit, progress=not args.no_progress)
     if args.json:
+        native = getattr(model, "model", None)
         out = {"file": str(args.file), "data_dir": str(data_dir), "limit": args.limit, "ctx": args.ctx,
-               "threads": args.threads, "act_bits": getattr(getattr(model, "model", None), "act_bits", None), "tasks": results, "average": average(results),
-               "seconds": round(time.perf_counter() - t0, 2)}
+               "threads": args.threads, "act_bits": getattr(native, "act_bits", None),
+               "a8_linears": list(getattr(native, "a8_linears", ())),
+               "tasks": results, "average": average(results), "seconds": round(time.perf_counter() - t0, 2)}
         print(json.dumps(out, indent=2))
     else:
         print(format_table(results))

@@ -119,6 +119,7 @@ class PplResult:
     data: str = ""
     window_ppl: list[float] | None = None
     act_bits: int | None = None  # SQ4 activation bits the native runtime ran (None: no SQ4 layer / not native)
+    a8_linears: tuple[str, ...] = ()  # linear kinds that ran at 8 bits although act_bits was 4 (Model.a8_linears)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,4 +164,5 @@ def evaluate_ppl(path: str | os.PathLike[str], data: str | os.PathLike[str], ctx
     return PplResult(ppl=ppl, nll=nll, tokens=count, ctx=ctx, windows=len(wins), backend=model.name,
                      seconds=time.perf_counter() - t0, text_tokens=len(ids), add_bos=model.add_bos,
                      file=str(path), data=str(data), window_ppl=per,
-                     act_bits=getattr(getattr(model, "model", None), "act_bits", None))
+                     act_bits=getattr(getattr(model, "model", None), "act_bits", None),
+                     a8_linears=getattr(getattr(model, "model", None), "a8_linears", ()))

@@ -12,6 +12,7 @@ shared prefix; one generation stream at a time may use the cache (see runtime.ge
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any, Callable, Iterable, Sequence
@@ -45,6 +46,13 @@ def _int_arg(name: str, v: Any) -> int:
     if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not -2 ** 31 <= int(v) < 2 ** 31:
         raise ArgumentError(f"{name} must be an int, got {v!r}")
     return int(v)
+
+
+def describe_activations(act_bits: int | None, a8_linears: Sequence[str] = ()) -> str:
+    """The activation bits that run, as the timing lines print them: "4-bit (ffn_down 8-bit)"."""
+    if not act_bits:
+        return ""
+    return f"{act_bits}-bit" + (f" ({', '.join(a8_linears)} 8-bit)" if a8_linears else "")
 
 
 class Model:
@@ -184,6 +192,17 @@ class Model:
         """Bits of the SQ4 layers' activations this model runs (4 or 8: the act_bits asked for, or
         auto's choice for the backend); None when no layer is SQ4."""
         return int(self._call(lib().sq_model_act_bits)) or None
+
+    @property
+    def a8_linears(self) -> tuple[str, ...]:
+        """Linear kinds whose inputs run at 8 bits although act_bits is 4 (the file's
+        specquant.act_bits_a8_linears, e.g. ("ffn_down",) in a default file); () at act_bits 8."""
+        listed = self.metadata("specquant.act_bits_a8_linears") if self.act_bits == 4 else None
+        return tuple(json.loads(listed)) if listed else ()
+
+    def activations(self) -> str:
+        """What runs, for timing lines: "4-bit", "4-bit (ffn_down 8-bit)", "8-bit", or "" (no SQ4)."""
+        return describe_activations(self.act_bits, self.a8_linears)
 
     def metadata(self, key: str) -> str | None:
         """A metadata value as text (numbers printed, arrays as [a, b, ...]); None when absent."""
