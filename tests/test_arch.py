@@ -148,8 +148,11 @@ def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
     With every input at 4 bits (--a8-linears none) they agree to float rounding at every position
     (no activation code of these seeds rounds the other way). The default file keeps ffn_down's
     input at 8 bits, whose 255 levels make such flips ~17x likelier: a last-bit difference in
-    SiLU(gate)·up moves one code and peaky attention carries it on (seen: 2e-2 from position 25
-    of 64 on, every kernel set alike), so that file gets test_parity's statistical criterion."""
+    SiLU(gate)·up moves one code and peaky attention carries it on from that position (seen, over
+    seeds 1-6 of the six families: up to 0.32 at single positions, at most 14 % of the positions
+    above 1e-3). Their median stays at float rounding (1.2e-7 to 5.2e-7 in all 36 conversions),
+    whereas a runtime that ran ffn_down at 4 bits anyway would be ~0.2 off at the median (the
+    oracle patched so: 0.19-0.33): the bar for that file is the median, and the argmax."""
     from specquant_gguf.cli import main
 
     model_type, extra = FAMILIES[family]
@@ -169,7 +172,7 @@ def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
             assert np.array_equal(got.argmax(-1), ref.argmax(-1))
         else:
             row = np.abs(got - ref).max(1) / np.abs(ref).max(1)
-            assert (row < 1e-3).mean() >= 0.9 and row.max() < 5e-2, f"{family}: row errors {row}"
+            assert np.median(row) < 1e-4, f"{family}: row errors {row}"
             assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.9
 
 
