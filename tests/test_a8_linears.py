@@ -7,6 +7,7 @@ converter's flag.
 """
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -111,8 +112,6 @@ def test_convert_flag_round_trips(tiny_src: Path, tmp_path: Path, monkeypatch) -
 
 
 def _recipe(*flags: str) -> Recipe:
-    import argparse
-
     p = argparse.ArgumentParser()
     add_arguments(p)
     return build_recipe(p.parse_args(["model", "--out", "x.gguf", *flags]))

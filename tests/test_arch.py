@@ -160,7 +160,7 @@ def test_hf_folder_w4a4_matches_oracle(tmp_path: Path, family: str) -> None:
     folder = save_hf_folder(hf, tmp_path / "hf", "t5")
     flags = ["--quiet", "--calib-windows", "4", "--calib-len", "32", "--group-size", "32", "--no-calib-cache"]
     for a8 in ("none", None):
-        out = tmp_path / f"sq4-{a8}.gguf"
+        out = tmp_path / f"sq4-{a8 or 'default'}.gguf"
         assert main(["convert", str(folder), "--out", str(out), *flags, *(["--a8-linears", a8] if a8 else [])]) == 0
         ref = ReferenceModel(out).forward(IDS)
         with Model(out, n_ctx=128, n_threads=1, kv_type="f32", act_bits=4) as m:  # the file's bits, as the oracle
