@@ -161,8 +161,8 @@ def evaluate_ppl(path: str | os.PathLike[str], data: str | os.PathLike[str], ctx
         raise SpecQuantError("the model asks for BOS but the file has no tokenizer.ggml.bos_token_id")
     wins = make_windows(ids, ctx, windows, bos)
     ppl, nll, count, per = perplexity(model, wins, progress=progress, desc=f"ppl {Path(path).name}")
+    native = getattr(model, "model", None)  # the runtime's Model behind a NativeScorer
     return PplResult(ppl=ppl, nll=nll, tokens=count, ctx=ctx, windows=len(wins), backend=model.name,
                      seconds=time.perf_counter() - t0, text_tokens=len(ids), add_bos=model.add_bos,
                      file=str(path), data=str(data), window_ppl=per,
-                     act_bits=getattr(getattr(model, "model", None), "act_bits", None),
-                     a8_linears=getattr(getattr(model, "model", None), "a8_linears", ()))
+                     act_bits=getattr(native, "act_bits", None), a8_linears=getattr(native, "a8_linears", ()))
